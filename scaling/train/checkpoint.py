@@ -1,0 +1,38 @@
+"""orbax-checkpoint ``CheckpointManager``: periodic, keep-last-k, atomic (written to a temporary directory and
+renamed on commit, so a kill mid-save leaves the previous checkpoint intact)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    def __init__(self, directory: Path, keep: int):
+        self.mgr = ocp.CheckpointManager(
+            Path(directory).absolute(),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.mgr.latest_step()
+
+    def save(self, step: int, state: Any, meta: dict) -> None:
+        self.mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+    def restore(self, step: int, like: Any) -> tuple[Any, dict]:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        out = self.mgr.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+        )
+        return out["state"], out["meta"]
+
+    def wait(self) -> None:
+        self.mgr.wait_until_finished()
+
+    def close(self) -> None:
+        self.mgr.wait_until_finished()
+        self.mgr.close()

@@ -1,0 +1,101 @@
+"""The run record: a small, stable JSON schema every run writes (atomically) and the analysis side reads.
+
+Fields (schema 1): run_id, status (running | completed | failed | diverged), name, config (the resolved run config),
+n_params, n_params_nonembedding, n_params_active, n_params_active_nonembedding, n_experts, top_k, tokens (D),
+steps, flops (C), flops_per_token, flops_convention, final_train_loss, final_eval_loss, final_eval_loss_stderr,
+final_eval_bpb, tokens_per_sec, step_time_s, compile_time_s, wall_time_s, device_kind, device_count,
+process_count, seed, data (kind, fingerprint, ...), library versions, params_digest, error, diverged_at_step,
+started_at, updated_at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+STATUSES = ("running", "completed", "failed", "diverged")
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=_json_default)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def read_record(run_dir: str | Path) -> dict | None:
+    p = Path(run_dir) / "record.json"
+    if not p.exists():
+        return None
+    return json.loads(p.read_text())
+
+
+def config_hash(config_dict: dict) -> str:
+    """A stable id for a resolved run config (logging options excluded: they do not change the numbers)."""
+    relevant = {k: v for k, v in config_dict.items() if k not in ("log", "name")}
+    blob = json.dumps(relevant, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def library_versions() -> dict:
+    import flax
+    import jax
+    import optax
+    import orbax.checkpoint as ocp
+
+    out = {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__}
+    out["orbax_checkpoint"] = getattr(ocp, "__version__", "?")
+    try:
+        import wandb
+
+        out["wandb"] = wandb.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return out
+
+
+def device_info() -> dict:
+    import jax
+
+    d = jax.devices()[0]
+    return {
+        "device_kind": d.device_kind,
+        "platform": d.platform,
+        "device_count": jax.device_count(),
+        "process_count": jax.process_count(),
+    }
+
+
+def params_digest(tree: Any) -> str:
+    """sha256 over every parameter's bytes in tree order: equal digests mean bit-identical parameters."""
+    import jax
+
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        h.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
