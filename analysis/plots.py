@@ -1,0 +1,130 @@
+"""Plots (matplotlib): each function returns a Figure; ``save(fig, path)`` writes PNG or SVG by suffix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+if "inline" not in matplotlib.get_backend().lower():
+    matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.laws import ChinchillaLaw, Law  # noqa: E402
+from analysis.runs import compute_frontier  # noqa: E402
+
+
+def save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def loss_vs_compute(df: pd.DataFrame, law: Law | None = None, target_C: float | None = None, heldout: pd.DataFrame | None = None):
+    """Runs coloured by N, their compute frontier, and the law's compute-optimal loss extended to ``target_C``."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sc = ax.scatter(df["C"], df["loss"], c=np.log10(df["N"]), cmap="viridis", s=18, alpha=0.8)
+    fig.colorbar(sc, ax=ax, label="log10 N")
+    fr = compute_frontier(df)
+    ax.plot(fr["C"], fr["loss"], "k--", lw=1, label="frontier (lower envelope)")
+    if isinstance(law, ChinchillaLaw):
+        cmax = max(df["C"].max(), target_C or 0)
+        Cs = np.logspace(np.log10(df["C"].min()), np.log10(cmax) + 0.1, 100)
+        opt = law.compute_optimal_interval(Cs)
+        ax.plot(opt["C"], opt["loss"], "r-", lw=1.5, label="law: compute-optimal loss")
+        if "loss_lo" in opt:
+            ax.fill_between(opt["C"], opt["loss_lo"], opt["loss_hi"], color="r", alpha=0.15, label="95% interval")
+    if target_C:
+        ax.axvline(target_C, color="gray", ls=":", label=f"target C = {target_C:.2g}")
+    if heldout is not None and len(heldout):
+        ax.scatter(heldout["C"], heldout["loss"], marker="*", s=160, c="red", edgecolor="k", label="held-out run", zorder=5)
+    ax.set(xscale="log", xlabel="training FLOPs C", ylabel="loss", title="Loss vs compute")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def isoflop_curves(df: pd.DataFrame, result) -> plt.Figure:
+    """Loss vs N per compute budget with the fitted parabolas and their minima."""
+    from analysis.isoflop import assign_budgets
+
+    d = df.copy()
+    if "budget" not in d:
+        d["budget"] = assign_budgets(d)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    budgets = sorted(d["budget"].unique())
+    cmap = plt.get_cmap("plasma")
+    for i, b in enumerate(budgets):
+        g = d[d["budget"] == b]
+        color = cmap(i / max(1, len(budgets) - 1))
+        ax.scatter(g["N"], g["loss"], color=color, s=16, label=f"C={b:.2g}")
+        row = result.minima[result.minima["budget"] == b]
+        if len(row):
+            coef = row.iloc[0]["coef"]
+            x = np.linspace(np.log10(g["N"].min()) - 0.1, np.log10(g["N"].max()) + 0.1, 50)
+            ax.plot(10**x, np.polyval(coef, x), color=color, lw=1)
+            ax.scatter([row.iloc[0]["N_opt"]], [row.iloc[0]["loss_opt"]], color=color, marker="D", edgecolor="k", s=40, zorder=5)
+    ax.set(xscale="log", xlabel="parameters N", ylabel="loss", title="IsoFLOP profiles (diamonds: minima)")
+    ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def optimal_allocation(result, law: ChinchillaLaw | None = None, C_range: tuple[float, float] | None = None):
+    """N_opt and D_opt vs C: IsoFLOP minima with their power-law fits (and the parametric law's, if given)."""
+    m = result.minima
+    lo, hi = C_range or (m["budget"].min() / 3, m["budget"].max() * 30)
+    Cs = np.logspace(np.log10(lo), np.log10(hi), 50)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter(m["budget"], m["N_opt"], c="C0", label="N_opt (IsoFLOP minima)")
+    ax.scatter(m["budget"], m["D_opt"], c="C1", label="D_opt")
+    ax.plot(Cs, result.N_opt(Cs), "C0-", label=f"N_opt ∝ C^{result.a:.3f}")
+    ax.plot(Cs, result.D_opt(Cs), "C1-", label=f"D_opt ∝ C^{result.b:.3f}")
+    if law is not None:
+        opt = law.compute_optimal(Cs)
+        ax.plot(Cs, opt["N_opt"], "C0--", lw=1, label="N_opt (parametric law)")
+        ax.plot(Cs, opt["D_opt"], "C1--", lw=1, label="D_opt (parametric law)")
+    ax.set(xscale="log", yscale="log", xlabel="compute C", ylabel="N or D", title="Compute-optimal allocation")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def predicted_vs_actual(pred: pd.DataFrame):
+    """Held-out runs: predicted vs measured loss (with intervals when present)."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if "lo" in pred:
+        ax.errorbar(pred["loss"], pred["predicted"], yerr=[pred["predicted"] - pred["lo"], pred["hi"] - pred["predicted"]], fmt="o", ms=4, alpha=0.8)
+    else:
+        ax.scatter(pred["loss"], pred["predicted"], s=16)
+    lo, hi = float(min(pred["loss"].min(), pred["predicted"].min())), float(max(pred["loss"].max(), pred["predicted"].max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    ax.set(xlabel="measured loss", ylabel="predicted loss", title="Held-out runs: predicted vs measured")
+    return fig
+
+
+def law_contours(law: Law, df: pd.DataFrame | None = None, N_range=None, D_range=None):
+    """Contours of the fitted law over (N, D), iso-compute lines C = 6ND and the compute-optimal path."""
+    if df is not None:
+        N_range = N_range or (df["N"].min() / 3, df["N"].max() * 100)
+        D_range = D_range or (df["D"].min() / 3, df["D"].max() * 100)
+    N_range, D_range = N_range or (1e6, 1e12), D_range or (1e8, 1e14)
+    Ns = np.logspace(*np.log10(N_range), 120)
+    Ds = np.logspace(*np.log10(D_range), 120)
+    NN, DD = np.meshgrid(Ns, Ds)
+    L = law.predict(N=NN.ravel(), D=DD.ravel()).reshape(NN.shape)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    cs = ax.contourf(NN, DD, np.log(L), levels=30, cmap="viridis_r")
+    fig.colorbar(cs, ax=ax, label="log loss")
+    for C in np.logspace(np.log10(6 * N_range[0] * D_range[0]) + 1, np.log10(6 * N_range[1] * D_range[1]) - 1, 6):
+        ax.plot(Ns, C / (6 * Ns), "w:", lw=0.8)
+    if isinstance(law, ChinchillaLaw):
+        Cs = np.logspace(np.log10(6 * N_range[0] * D_range[0]), np.log10(6 * N_range[1] * D_range[1]), 120)
+        opt = law.compute_optimal(Cs)
+        ax.plot(opt["N_opt"], opt["D_opt"], "r-", lw=2, label="compute-optimal")
+        ax.legend()
+    if df is not None:
+        ax.scatter(df["N"], df["D"], s=8, c="k", alpha=0.6)
+    ax.set(xscale="log", yscale="log", xlim=N_range, ylim=D_range, xlabel="N", ylabel="D", title=f"{law.name} law over (N, D)")
+    return fig

@@ -1,0 +1,150 @@
+"""``scaling`` command line: a thin shell over the library.
+
+    scaling train CONFIG.yaml [--set key=value ...] --out RUN_DIR
+    scaling bench [CONFIG.yaml] [--preset NAME] [--moe]
+    scaling sweep plan|run|status|submit SWEEP.yaml ...
+    scaling fit chinchilla|isoflop|power|kaplan RUNS.csv ...
+    scaling predict FIT.json --N ... --D ...
+    scaling validate RUNS.csv --law chinchilla --cutoff-flops ...
+    scaling plot KIND RUNS.csv --out FILE
+    scaling quickstart [--tiny] [--out DIR]
+
+Exit codes: 0 success, 1 failure, 2 bad input (config, arguments), 3 a run diverged, 130 stopped (resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import textwrap
+
+
+class StopFlag:
+    """SIGTERM / SIGINT set a flag the train loop polls; it checkpoints and exits (a second Ctrl-C kills)."""
+
+    def __init__(self) -> None:
+        self.stop = False
+
+    def install(self) -> "StopFlag":
+        def handler(signum, frame):
+            if self.stop:
+                raise KeyboardInterrupt
+            self.stop = True
+            print(f"\nsignal {signum}: stopping after the next checkpoint (send again to abort)", file=sys.stderr)
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+        return self
+
+    def __call__(self) -> bool:
+        return self.stop
+
+
+def config_help() -> str:
+    from scaling.config import describe_fields
+
+    lines = ["config fields (YAML sections; any can be set with --set section.field=value):", ""]
+    for name, typ, doc in describe_fields():
+        if typ == "section":
+            lines.append(f"{name}:  {doc}")
+            continue
+        lines.append(f"  {name}  ({typ})")
+        lines.extend(textwrap.wrap(doc, 100, initial_indent="      ", subsequent_indent="      "))
+    lines += [
+        "",
+        "model also accepts 'preset: NAME' (10k, 100k, 1m, 10m, 100m, 1b) or 'target_params: N' to start from a",
+        "sized config; other model fields then override it.",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from scaling.config import ConfigError, load_config
+
+    overrides = list(args.set or [])
+    if args.wandb:
+        overrides.append(f"log.wandb={args.wandb}")
+    if args.no_progress:
+        overrides.append("log.progress=false")
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    from scaling.train import DivergedError, StopRequested, train
+    from scaling.ui import progress_bar
+
+    stop = StopFlag().install()
+    try:
+        with progress_bar(cfg.log.progress) as progress:
+            record = train(cfg, args.out, progress=progress, should_stop=stop)
+    except DivergedError as e:
+        print(f"run diverged: {e}", file=sys.stderr)
+        return 3
+    except StopRequested as e:
+        print(str(e), file=sys.stderr)
+        return 130
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"run {record['run_id']} completed: N={record['n_params']:,} D={record['tokens']:,} C={record['flops']:.3e} "
+        f"train loss {record['final_train_loss']:.4f} eval loss {record['final_eval_loss']:.4f} "
+        f"± {record['final_eval_loss_stderr']:.4f}  ({record['tokens_per_sec']:,.0f} tok/s)  -> {args.out}/record.json"
+    )
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from scaling.bench import main as bench_main
+
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scaling", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser(
+        "train",
+        help="train one model (resumes if RUN_DIR has a checkpoint)",
+        description="Train one decoder LM from a YAML config. Rerunning the same command resumes from the last checkpoint.",
+        epilog=config_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument("config", nargs="?", help="YAML run config (omit to use the defaults)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. train.lr=1e-3")
+    t.add_argument("--out", required=True, help="run directory (created; reused to resume)")
+    t.add_argument("--wandb", choices=["offline", "online", "disabled"], help="W&B mode (default from config: offline)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    b = sub.add_parser("bench", help="measure tokens/s, step time, compile time and MFU of a config")
+    b.add_argument("config", nargs="?", help="YAML run config (default: preset)")
+    b.add_argument("--preset", default=None, help="model preset (10k, 100k, 1m, 10m, 100m, 1b)")
+    b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    b.add_argument("--steps", type=int, default=20, help="timed steps (after warm-up)")
+    b.add_argument("--moe", action="store_true", help="also benchmark an MoE model and the dense model of equal active parameters")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.set_defaults(func=cmd_bench)
+
+    from scaling.sweep.cli import add_sweep_parser
+
+    add_sweep_parser(sub)
+    from analysis.cli import add_analysis_parsers
+
+    add_analysis_parsers(sub)
+    from scaling.quickstart import add_quickstart_parser
+
+    add_quickstart_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

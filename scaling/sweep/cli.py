@@ -1,0 +1,160 @@
+"""``scaling sweep plan | run | status | submit``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _human(x: float) -> str:
+    for unit, div in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def _load(path: str):
+    from scaling.config import ConfigError
+    from scaling.sweep.spec import load_sweep
+
+    try:
+        return load_sweep(path)
+    except ConfigError as e:
+        print(f"sweep error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_plan(args) -> int:
+    from scaling.config import ConfigError
+    from scaling.sweep.estimate import DeviceInfo, estimate
+    from scaling.sweep.spec import plan_sweep
+
+    spec = _load(args.sweep)
+    try:
+        plan = plan_sweep(spec)
+    except ConfigError as e:
+        print(f"sweep error: {e}", file=sys.stderr)
+        return 2
+    dev = DeviceInfo.current()
+    table = Table(title=f"sweep {spec.name}: {len(plan)} runs on {dev.count}x {dev.kind}")
+    for col in ("run_id", "variant", "N", "N_active", "D", "C", "budget", "steps", "batch", "lr", "seed", "memory", "est. time"):
+        table.add_column(col, justify="right" if col not in ("run_id", "variant") else "left")
+    problems = []
+    total_C, total_t = 0.0, 0.0
+    for r in plan:
+        est = estimate(r.config, dev)
+        total_C += r.flops
+        total_t += est["time_s"]
+        if est["memory_bytes"] > dev.memory_bytes:
+            problems.append(f"run {r.run_id} needs ~{_human(est['memory_bytes'])}B of device memory; {dev.kind} has {_human(dev.memory_bytes)}B")
+        table.add_row(
+            r.run_id, r.variant, _human(r.n_params), _human(r.n_params_active), _human(r.tokens), f"{r.flops:.3g}",
+            f"{r.budget:.3g}" if r.budget else "-", str(r.steps), str(r.config.train.batch_size), f"{r.config.train.lr:.2e}",
+            str(r.seed), f"{_human(est['memory_bytes'])}B", f"{est['time_s']:.0f}s",
+        )
+    Console(width=200).print(table)
+    print(f"total compute {total_C:.3e} FLOPs; estimated time {total_t / 60:.1f} min on this machine ({dev.basis})")
+    if problems:
+        for p in problems:
+            print(f"cannot run: {p}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_run(args) -> int:
+    from scaling.cli import StopFlag
+    from scaling.sweep.runner import run_sweep
+    from scaling.ui import progress_bar
+
+    spec = _load(args.sweep)
+    out = args.out or os.path.join("runs", spec.name)
+    stop = StopFlag().install()
+    with progress_bar(not args.no_progress) as progress:
+        res = run_sweep(
+            spec, out, shard=args.shard, retry_failed=args.retry_failed, should_stop=stop, progress=progress,
+            sweep_yaml=Path(args.sweep).read_text(),
+        )
+    print(
+        f"sweep {spec.name}: {len(res.completed)} completed now, {len(res.failed)} failed/diverged, "
+        f"{len(res.skipped)} skipped (done, failed earlier, or claimed by another worker) -> {out}/runs.csv"
+    )
+    if res.stopped:
+        print("stopped: rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 1 if res.failed else 0
+
+
+def cmd_status(args) -> int:
+    from scaling.sweep.runner import status_table
+    from scaling.sweep.spec import load_sweep
+
+    sweep_dir = Path(args.sweep_dir)
+    spec_path = sweep_dir / "sweep.yaml"
+    if not spec_path.exists():
+        print(f"error: {sweep_dir} has no sweep.yaml (not a sweep directory)", file=sys.stderr)
+        return 2
+    df = status_table(load_sweep(spec_path), sweep_dir)
+    table = Table(title=f"{sweep_dir}")
+    for col in ("run_id", "variant", "status", "progress", "N", "D", "C", "loss", "±"):
+        table.add_column(col)
+    for _, r in df.iterrows():
+        loss = f"{r['loss']:.4f}" if r["loss"] == r["loss"] and r["loss"] is not None else "-"
+        se = f"{r['eval_loss_stderr']:.4f}" if r["eval_loss_stderr"] == r["eval_loss_stderr"] and r["eval_loss_stderr"] is not None else ""
+        table.add_row(r["run_id"], r["variant"], r["status"], f"{100 * (r['progress'] or 0):.0f}%", _human(r["N"]), _human(r["D"]), f"{r['C']:.3g}", loss, se)
+    Console(width=160).print(table)
+    counts = df["status"].value_counts().to_dict()
+    print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    return 0
+
+
+def cmd_submit(args) -> int:
+    from scaling.sweep.submit import submit_slurm
+
+    spec = _load(args.sweep)
+    out = args.out or os.path.join("runs", spec.name)
+    res = submit_slurm(
+        args.sweep, out, workers=args.workers, partition=args.partition, gpus_per_node=args.gpus, timeout_min=args.timeout_min,
+        dry_run=args.dry_run, extra=dict(kv.split("=", 1) for kv in (args.slurm or [])),
+    )
+    print(res)
+    return 0
+
+
+def add_sweep_parser(sub) -> None:
+    s = sub.add_parser("sweep", help="plan, run, inspect or submit a sweep of runs")
+    ss = s.add_subparsers(dest="sweep_command", required=True, metavar="ACTION")
+
+    p = ss.add_parser("plan", help="print every run (N, D, C, steps, memory, time) and refuse sweeps that cannot run")
+    p.add_argument("sweep", help="sweep YAML")
+    p.set_defaults(func=cmd_plan)
+
+    r = ss.add_parser("run", help="run every run not yet completed (resumes interrupted runs)")
+    r.add_argument("sweep", help="sweep YAML")
+    r.add_argument("--out", help="sweep directory (default runs/NAME)")
+    r.add_argument("--shard", help="static partition i/n: run only every n-th run starting at i")
+    r.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed or diverged")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=cmd_run)
+
+    st = ss.add_parser("status", help="table of runs: completed / running / failed / pending, losses, progress")
+    st.add_argument("sweep_dir")
+    st.set_defaults(func=cmd_status)
+
+    sb = ss.add_parser("submit", help="submit workers to a cluster (slurm job array through submitit)")
+    sb.add_argument("sweep", help="sweep YAML")
+    sb.add_argument("--backend", choices=["slurm"], default="slurm")
+    sb.add_argument("--out", help="sweep directory on the shared filesystem (default runs/NAME)")
+    sb.add_argument("--workers", type=int, default=4, help="array tasks; each claims runs until none are left")
+    sb.add_argument("--partition", default=None)
+    sb.add_argument("--gpus", type=int, default=1, help="GPUs per task")
+    sb.add_argument("--timeout-min", type=int, default=24 * 60)
+    sb.add_argument("--slurm", action="append", metavar="KEY=VALUE", help="extra submitit slurm parameter (e.g. account=abc)")
+    sb.add_argument("--dry-run", action="store_true", help="write the sbatch script and print it; submit nothing")
+    sb.set_defaults(func=cmd_submit)
+
+
+__all__ = ["add_sweep_parser"]

@@ -1,0 +1,43 @@
+"""Hyper-parameters that change with model size, in one place.
+
+Learning rate: ``lr = lr_base * (N / lr_ref_params) ** lr_exponent``, clipped to [lr_min, lr_max] (larger models
+take smaller steps; the default exponent -0.25 sits between muP-free empirical fits). Warmup: ``warmup_fraction``
+of the steps, but at least ``min_warmup_steps`` where the run is long enough. A value set explicitly in the
+sweep's ``base`` (or a per-run override) wins over the recipe when ``respect_base: true``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from scaling.config import _f
+
+
+@dataclass(frozen=True)
+class Recipe:
+    enabled: bool = _f(True, "Apply the recipe (false: every run uses base as written).")
+    lr_base: float = _f(3e-3, "Learning rate at lr_ref_params parameters.")
+    lr_ref_params: float = _f(1e6, "Reference size of lr_base.")
+    lr_exponent: float = _f(-0.25, "lr scales as N ** lr_exponent.")
+    lr_min: float = _f(1e-4, "Lower clip of the learning rate.")
+    lr_max: float = _f(2e-2, "Upper clip of the learning rate.")
+    min_warmup_steps: int = _f(0, "Warmup at least this many steps (as a fraction of the run, at most half of it).")
+    respect_base: bool = _f(False, "Keep train.lr from base when it is set there.")
+
+    def lr(self, n_params: float) -> float:
+        lr = self.lr_base * (n_params / self.lr_ref_params) ** self.lr_exponent
+        return float(min(self.lr_max, max(self.lr_min, lr)))
+
+    def apply(self, raw: dict, n_params: float, tokens: float) -> dict:
+        if not self.enabled:
+            return raw
+        out = copy.deepcopy(raw)
+        train = out.setdefault("train", {})
+        if not (self.respect_base and "lr" in train):
+            train["lr"] = self.lr(n_params)
+        if self.min_warmup_steps:
+            seq = out.get("model", {}).get("seq_len", 128)
+            steps = max(1, int(tokens // (train.get("batch_size", 32) * seq)))
+            train["warmup_fraction"] = max(train.get("warmup_fraction", 0.05), min(0.5, self.min_warmup_steps / steps))
+        return out

@@ -1,0 +1,293 @@
+"""Run a sweep: every run not yet completed, resumably, by any number of workers sharing one directory.
+
+Layout::
+
+    SWEEP_DIR/sweep.yaml            the sweep file as run
+    SWEEP_DIR/plan.csv              every planned run
+    SWEEP_DIR/runs/RUN_ID/          one run directory each (scaling.train.loop)
+    SWEEP_DIR/runs/RUN_ID/claim.json  the claim of the worker running it (owner, host, pid, heartbeat)
+    SWEEP_DIR/events.jsonl          start / end of every execution (owner, run, status), appended
+    SWEEP_DIR/runs.csv (.parquet)   one row per run: the table the analysis package reads
+
+Claims are created with O_CREAT | O_EXCL, so two workers never run the same run; the owner refreshes the
+heartbeat every few seconds, and a claim whose heartbeat is older than ``stale_after`` seconds (a dead worker) is
+taken over by renaming it away first (only one renamer can win).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from scaling.sweep.spec import PlannedRun, SweepSpec, plan_sweep, with_logging
+from scaling.train.record import read_record, write_json_atomic
+
+HEARTBEAT_S = 5.0
+STALE_AFTER_S = 60.0
+TIMING_COLUMNS = ("tokens_per_sec", "step_time_s", "compile_time_s", "wall_time_s", "train_time_s")
+
+
+class Claim:
+    def __init__(self, path: Path, owner: str):
+        self.path, self.owner = path, owner
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _payload(self) -> str:
+        return json.dumps({"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()})
+
+    def try_acquire(self, stale_after: float) -> bool:
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not self._is_stale(stale_after):
+                    return False
+                try:  # take over a dead worker's claim: only one renamer wins
+                    os.rename(self.path, self.path.with_name(f"claim.stale-{uuid.uuid4().hex[:8]}"))
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(self._payload())
+            self._thread = threading.Thread(target=self._beat, daemon=True)
+            self._thread.start()
+            return True
+        return False
+
+    def _is_stale(self, stale_after: float) -> bool:
+        try:
+            info = json.loads(self.path.read_text() or "{}")
+            beat = float(info.get("heartbeat", 0))
+        except (OSError, ValueError):
+            try:
+                beat = self.path.stat().st_mtime
+            except FileNotFoundError:
+                return True
+        return time.time() - beat > stale_after
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                tmp = self.path.with_name(f".claim.{self.owner}.tmp")
+                tmp.write_text(self._payload())
+                if json.loads(self.path.read_text()).get("owner") == self.owner:
+                    os.replace(tmp, self.path)
+                else:
+                    tmp.unlink(missing_ok=True)
+            except (OSError, ValueError):
+                pass
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=HEARTBEAT_S + 1)
+        try:
+            if json.loads(self.path.read_text()).get("owner") == self.owner:
+                self.path.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+def _event(sweep_dir: Path, **fields) -> None:
+    line = json.dumps({"time": time.time(), **fields}) + "\n"
+    fd = os.open(sweep_dir / "events.jsonl", os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def parse_shard(shard: str | None) -> tuple[int, int]:
+    if not shard:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard expects i/n (e.g. 0/4), got {shard!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"--shard {shard}: need 0 <= i < n")
+    return i, n
+
+
+@dataclass
+class SweepResult:
+    completed: list[str]
+    failed: list[str]
+    skipped: list[str]
+    stopped: bool = False
+
+
+def run_sweep(
+    spec: SweepSpec,
+    sweep_dir: str | Path,
+    *,
+    shard: str | None = None,
+    retry_failed: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+    stale_after: float = STALE_AFTER_S,
+    progress=None,
+    sweep_yaml: str | None = None,
+    on_run_end: Callable[[PlannedRun, dict | None], None] | None = None,
+) -> SweepResult:
+    from scaling.train import DivergedError, StopRequested, train
+
+    sweep_dir = Path(sweep_dir)
+    (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
+    plan = plan_sweep(spec)
+    if sweep_yaml is not None:
+        write_text_atomic(sweep_dir / "sweep.yaml", sweep_yaml)
+    pd.DataFrame([r.row() for r in plan]).to_csv(sweep_dir / f".plan.csv.{os.getpid()}", index=False)
+    os.replace(sweep_dir / f".plan.csv.{os.getpid()}", sweep_dir / "plan.csv")
+    i, n = parse_shard(shard)
+    owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    result = SweepResult([], [], [])
+    overall = progress.add_task(f"sweep {spec.name}", total=len(plan), loss=float("nan"), tps=0.0) if progress else None
+
+    for k, run in enumerate(plan):
+        if k % n != i:
+            continue
+        if should_stop is not None and should_stop():
+            result.stopped = True
+            break
+        run_dir = sweep_dir / "runs" / run.run_id
+        rec = read_record(run_dir)
+        status = rec.get("status") if rec else None
+        if status == "completed" or (status in ("failed", "diverged") and not retry_failed):
+            result.skipped.append(run.run_id)
+            if overall is not None:
+                progress.advance(overall)
+            continue
+        run_dir.mkdir(parents=True, exist_ok=True)
+        claim = Claim(run_dir / "claim.json", owner)
+        if not claim.try_acquire(stale_after):
+            result.skipped.append(run.run_id)
+            continue
+        try:
+            rec = read_record(run_dir)  # another worker may have finished it between our check and our claim
+            if rec and (rec.get("status") == "completed" or (rec.get("status") in ("failed", "diverged") and not retry_failed)):
+                result.skipped.append(run.run_id)
+                continue
+            if rec and rec.get("status") in ("failed", "diverged"):
+                _reset_failed_run(run_dir)
+            _event(sweep_dir, event="start", run_id=run.run_id, owner=owner)
+            cfg = with_logging(run, spec)
+            final = None
+            try:
+                final = train(cfg, run_dir, progress=progress, should_stop=should_stop, run_id=run.run_id)
+                result.completed.append(run.run_id)
+                status = "completed"
+            except StopRequested:
+                result.stopped = True
+                status = "stopped"
+            except DivergedError:
+                result.failed.append(run.run_id)
+                status = "diverged"
+            except Exception:  # recorded as failed by train(); the sweep goes on
+                result.failed.append(run.run_id)
+                status = "failed"
+            _event(sweep_dir, event="end", run_id=run.run_id, owner=owner, status=status)
+            if on_run_end is not None:
+                on_run_end(run, final)
+        finally:
+            claim.release()
+        if overall is not None:
+            progress.advance(overall)
+        if result.stopped:
+            break
+    collect(spec, sweep_dir, plan)
+    return result
+
+
+def _reset_failed_run(run_dir: Path) -> None:
+    """--retry-failed: start the run over (its checkpoints may hold the NaN state)."""
+    import shutil
+
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    for name in ("record.json", "metrics.jsonl", "wandb_id"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def collect(spec: SweepSpec, sweep_dir: str | Path, plan: list[PlannedRun] | None = None) -> pd.DataFrame:
+    """Gather every run's record into ``runs.csv`` (and ``runs.parquet`` when pyarrow is installed)."""
+    sweep_dir = Path(sweep_dir)
+    plan = plan if plan is not None else plan_sweep(spec)
+    rows = []
+    for run in plan:
+        rec = read_record(sweep_dir / "runs" / run.run_id) or {}
+        cfg = run.config
+        rows.append(
+            {
+                "run_id": run.run_id,
+                "sweep": spec.name,
+                "status": rec.get("status", "pending"),
+                "kind": "moe" if cfg.model.moe else "dense",
+                "variant": run.variant,
+                "N": rec.get("n_params", run.n_params),
+                "N_active": rec.get("n_params_active", run.n_params_active),
+                "N_nonembedding": rec.get("n_params_nonembedding"),
+                "D": rec.get("tokens", run.tokens),
+                "C": rec.get("flops", run.flops),
+                "budget": run.budget,
+                "loss": rec.get("final_eval_loss"),
+                "eval_loss": rec.get("final_eval_loss"),
+                "eval_loss_stderr": rec.get("final_eval_loss_stderr"),
+                "eval_bpb": rec.get("final_eval_bpb"),
+                "train_loss": rec.get("final_train_loss"),
+                "progress": rec.get("progress", 0.0),
+                "seed": run.seed,
+                "d_model": cfg.model.d_model,
+                "n_layers": cfg.model.n_layers,
+                "n_heads": cfg.model.n_heads,
+                "n_experts": cfg.model.moe.n_experts if cfg.model.moe else None,
+                "top_k": cfg.model.moe.top_k if cfg.model.moe else None,
+                "lr": cfg.train.lr,
+                "batch_size": cfg.train.batch_size,
+                "steps": run.steps,
+                "flops_convention": rec.get("flops_convention"),
+                **{c: rec.get(c) for c in TIMING_COLUMNS},
+                "error": rec.get("error"),
+            }
+        )
+    df = pd.DataFrame(rows)
+    tmp = sweep_dir / f".runs.csv.tmp{os.getpid()}"
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, sweep_dir / "runs.csv")
+    try:
+        import pyarrow  # noqa: F401
+
+        tmp = sweep_dir / f".runs.parquet.tmp{os.getpid()}"
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, sweep_dir / "runs.parquet")
+    except ImportError:
+        pass
+    return df
+
+
+def status_table(spec: SweepSpec, sweep_dir: str | Path) -> pd.DataFrame:
+    df = collect(spec, sweep_dir)
+    sweep_dir = Path(sweep_dir)
+    running = []
+    for rid, st in zip(df["run_id"], df["status"]):
+        claim = sweep_dir / "runs" / rid / "claim.json"
+        running.append(st == "running" and claim.exists() and not Claim(claim, "")._is_stale(STALE_AFTER_S))
+    df["status"] = [("running" if r else ("interrupted" if s == "running" else s)) for r, s in zip(running, df["status"])]
+    return df
+
+
+__all__ = ["Claim", "SweepResult", "collect", "parse_shard", "run_sweep", "status_table", "write_json_atomic"]

@@ -1,0 +1,233 @@
+"""Sweep files: a typed, validated description of a grid of runs, and the planner that expands it.
+
+A sweep YAML has::
+
+    name: tiny_isoflop             # W&B group and default output name
+    base: {model: ..., data: ..., train: ..., log: ...}   # a run config every run starts from
+    grid:
+      kind: isoflop                # isoflop | explicit | tokens_per_param
+      sizes: [1e4, 3e4, {d_model: 64, n_layers: 2, n_heads: 2}]   # target parameter counts or model dicts
+      budgets: [1e12, 3e12]        # isoflop: compute budgets C (FLOPs); D = C / FLOPs-per-token(N)
+      tokens: [1e6, 4e6]           # explicit: token budgets D (every size x every D)
+      ratios: [5, 20, 80]          # tokens_per_param: D = ratio x N
+    seeds: [0]
+    variants: {dense: {}, moe: {model: {moe: {n_experts: 8, top_k: 2}}}}   # each variant x every grid point
+    recipe: {lr_base: 3e-3, ...}   # hyper-parameters as functions of N (scaling.sweep.recipe)
+    overrides: [{match: {variant: moe}, set: {train.lr: 1e-3}}]
+
+Run ids are stable hashes of each resolved run config, so editing a sweep adds or removes runs without renaming
+the others.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from scaling.accounting import count_params, flops_per_token
+from scaling.config import ConfigError, RunConfig, _f, from_dict, load_config, set_by_path
+from scaling.sweep.recipe import Recipe
+from scaling.train.record import config_hash
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    kind: Literal["isoflop", "explicit", "tokens_per_param"] = _f("isoflop", "Grid kind.")
+    sizes: list = _f([], "Model sizes: numbers (target total parameters) or model-section dicts.")
+    budgets: list = _f([], "isoflop: compute budgets in FLOPs.")
+    tokens: list = _f([], "explicit: token budgets D.")
+    ratios: list = _f([], "tokens_per_param: D = ratio x N (total parameters).")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str = _f("sweep", "Sweep name: the W&B group.")
+    base: dict = _f({}, "Run config shared by every run (sections model, data, train, log).")
+    grid: GridSpec = _f(GridSpec(), "The grid.")
+    seeds: list = _f([0], "Seeds: every grid point is run once per seed.")
+    variants: dict = _f({}, "Named partial configs (e.g. dense / moe) crossed with the grid; empty = one variant.")
+    recipe: Recipe = _f(Recipe(), "Size-dependent hyper-parameters.")
+    overrides: list = _f([], "Per-run overrides: [{match: {variant|size|budget|seed: value}, set: {dotted.key: value}}].")
+
+
+@dataclass
+class PlannedRun:
+    run_id: str
+    config: RunConfig
+    variant: str
+    size_index: int
+    budget: Optional[float]
+    seed: int
+    n_params: int
+    n_params_active: int
+    tokens: int
+    flops: float
+    steps: int
+    tags: dict = field(default_factory=dict)
+
+    def row(self) -> dict:
+        return {
+            "run_id": self.run_id,
+            "variant": self.variant,
+            "size": self.size_index,
+            "N": self.n_params,
+            "N_active": self.n_params_active,
+            "D": self.tokens,
+            "C": self.flops,
+            "budget": self.budget,
+            "steps": self.steps,
+            "batch_size": self.config.train.batch_size,
+            "lr": self.config.train.lr,
+            "seed": self.seed,
+        }
+
+
+def _positive_numbers(values: list, where: str) -> list[float]:
+    out = []
+    for i, v in enumerate(values):
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}[{i}]: expected a number, got {v!r}") from None
+        if not (f > 0 and math.isfinite(f)):
+            raise ConfigError(f"{where}[{i}] must be a positive number, got {v!r}")
+        out.append(f)
+    return out
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"sweep file {str(p)!r} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"sweep file {str(p)!r} is not valid YAML: {e}") from None
+    return parse_sweep(raw)
+
+
+def parse_sweep(raw: dict) -> SweepSpec:
+    spec = from_dict(SweepSpec, raw)
+    g = spec.grid
+    if not g.sizes:
+        raise ConfigError("grid.sizes is empty: list at least one model size")
+    if g.kind == "isoflop":
+        if not g.budgets:
+            raise ConfigError("grid.budgets is empty: an isoflop grid needs compute budgets")
+        _positive_numbers(g.budgets, "grid.budgets")
+    elif g.kind == "explicit":
+        if not g.tokens:
+            raise ConfigError("grid.tokens is empty: an explicit grid needs token budgets")
+        _positive_numbers(g.tokens, "grid.tokens")
+    else:
+        if not g.ratios:
+            raise ConfigError("grid.ratios is empty: a tokens_per_param grid needs ratios")
+        _positive_numbers(g.ratios, "grid.ratios")
+    for key, values in (("budgets", g.budgets), ("tokens", g.tokens), ("ratios", g.ratios)):
+        if values and g.kind != {"budgets": "isoflop", "tokens": "explicit", "ratios": "tokens_per_param"}[key]:
+            raise ConfigError(f"grid.{key} is not used by grid.kind={g.kind!r}")
+    if not spec.seeds or not all(isinstance(s, int) for s in spec.seeds):
+        raise ConfigError(f"seeds must be a non-empty list of integers, got {spec.seeds!r}")
+    for name, v in spec.variants.items():
+        if not isinstance(v, dict):
+            raise ConfigError(f"variants.{name}: expected a partial run config (mapping), got {v!r}")
+    for i, o in enumerate(spec.overrides):
+        if not isinstance(o, dict) or set(o) - {"match", "set"} or "set" not in o:
+            raise ConfigError(f"overrides[{i}]: expected {{match: {{...}}, set: {{key: value}}}}, got {o!r}")
+        bad = set(o.get("match") or {}) - {"variant", "size", "budget", "seed"}
+        if bad:
+            raise ConfigError(f"overrides[{i}].match: unknown key {sorted(bad)[0]!r}; allowed: variant, size, budget, seed")
+    # Validate base (and each variant) as run configs now, so errors name the field.
+    for vname, variant in (spec.variants or {"": {}}).items():
+        try:
+            load_config(base=_merge(spec.base, variant), overrides=["train.tokens=1000000000"])
+        except ConfigError as e:
+            raise ConfigError(f"{'variants.' + vname if vname else 'base'}: {e}") from None
+    return spec
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = copy.deepcopy(a)
+    for k, v in (b or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _size_dict(size: Any, i: int) -> dict:
+    if isinstance(size, dict):
+        return dict(size)
+    try:
+        return {"target_params": float(size)}
+    except (TypeError, ValueError):
+        raise ConfigError(f"grid.sizes[{i}]: expected a number (target parameters) or a model mapping, got {size!r}") from None
+
+
+def plan_sweep(spec: SweepSpec) -> list[PlannedRun]:
+    """Every run of the sweep, resolved and validated; refuses runs that cannot train (with the reason)."""
+    runs: list[PlannedRun] = []
+    g = spec.grid
+    variants = spec.variants or {"default": {}}
+    for vname, variant in variants.items():
+        for si, size in enumerate(g.sizes):
+            base = _merge(_merge(spec.base, variant), {"model": _size_dict(size, si)})
+            probe = load_config(base=base, overrides=["train.tokens=1000000000"])
+            counts = count_params(probe.model)
+            fpt = flops_per_token(probe.model, probe.train.flops_attention)
+            if g.kind == "isoflop":
+                points = [(float(C), float(C) / fpt) for C in g.budgets]
+            elif g.kind == "explicit":
+                points = [(None, float(D)) for D in g.tokens]
+            else:
+                points = [(None, float(r) * counts.total) for r in g.ratios]
+            for budget, D in points:
+                for seed in spec.seeds:
+                    raw = _merge(base, {"train": {"seed": seed}})
+                    raw = spec.recipe.apply(raw, n_params=counts.total, tokens=D)
+                    tps = probe.model.seq_len * raw.get("train", {}).get("batch_size", probe.train.batch_size)
+                    steps = int(round(D / tps))
+                    where = f"run (variant={vname}, size={si}, {'budget=%.3g' % budget if budget else 'D=%.3g' % D}, seed={seed})"
+                    if steps < 1:
+                        raise ConfigError(
+                            f"{where}: the budget is smaller than one step of this model "
+                            f"({tps} tokens x {fpt:.3g} FLOPs/token = {tps * fpt:.3g} FLOPs); raise the budget or shrink the batch"
+                        )
+                    raw = _merge(raw, {"train": {"tokens": steps * tps}})
+                    for o in spec.overrides:
+                        m = o.get("match") or {}
+                        here = {"variant": vname, "size": si, "budget": budget, "seed": seed}
+                        if all(here.get(k) == (float(v) if k == "budget" else v) for k, v in m.items()):
+                            for k, v in o["set"].items():
+                                set_by_path(raw, k, v)
+                    try:
+                        cfg = load_config(base=raw)
+                    except ConfigError as e:
+                        raise ConfigError(f"{where}: {e}") from None
+                    run_id = config_hash(cfg.to_dict())
+                    cnt = count_params(cfg.model)
+                    fl = flops_per_token(cfg.model, cfg.train.flops_attention) * cfg.steps * cfg.tokens_per_step
+                    runs.append(
+                        PlannedRun(run_id, cfg, vname, si, budget, seed, cnt.total, cnt.active, cfg.steps * cfg.tokens_per_step, fl, cfg.steps)
+                    )
+    seen: dict[str, PlannedRun] = {}
+    for r in runs:
+        if r.run_id in seen:
+            raise ConfigError(f"two runs of the sweep resolve to the same config (run {r.run_id}); remove the duplicate grid point")
+        seen[r.run_id] = r
+    return runs
+
+
+def with_logging(run: PlannedRun, spec: SweepSpec) -> RunConfig:
+    """The run's config with W&B grouping (sweep name) and tags (N, D, C, variant); ids ignore these."""
+    from dataclasses import replace
+
+    tags = [f"N={run.n_params:.2g}", f"D={run.tokens:.2g}", f"C={run.flops:.2g}", run.variant, spec.grid.kind]
+    log = replace(run.config.log, wandb_group=spec.name, wandb_tags=tags, progress=False)
+    return replace(run.config, log=log, name=None)
