@@ -124,13 +124,13 @@ def cmd_predict(args) -> int:
     law = Law.load(args.fit)
     cols = {k: v for k, v in (("N", args.N), ("D", args.D), ("C", args.C)) if v is not None}
     try:
-        pred = law.predict_interval(**cols)
+        pred = law.predict_interval(include_noise=args.single_run, **cols)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     rows = pred.assign(**{k: v for k, v in cols.items()}).to_dict(orient="records")
     text = "\n".join(
-        ", ".join(f"{k}={v:.4g}" for k, v in cols.items())
+        ", ".join(f"{k}={r[k]:.4g}" for k in cols)
         + f": loss {r['loss']:.4f}"
         + (f"  (95% [{r['lo']:.4f}, {r['hi']:.4f}])" if "lo" in r else "")
         for r in rows
@@ -213,6 +213,7 @@ def add_analysis_parsers(sub) -> None:
     p.add_argument("--N", type=float, nargs="+", help="parameters")
     p.add_argument("--D", type=float, nargs="+", help="tokens")
     p.add_argument("--C", type=float, nargs="+", help="FLOPs (power laws in C)")
+    p.add_argument("--single-run", action="store_true", help="interval for one new run (adds the fit's run-to-run scatter)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 

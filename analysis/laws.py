@@ -60,6 +60,7 @@ class Law(ABC):
         self.n_points: int | None = None
         self.fit_time_s: float | None = None
         self.bootstrap_samples: np.ndarray | None = None  # (n_boot, len(theta))
+        self.resid_scale: float | None = None  # robust std of the log residuals (1.4826 MAD)
         self.notes: list[str] = []
 
     # -- to implement -----------------------------------------------------------------------------------------
@@ -117,6 +118,8 @@ class Law(ABC):
         if best_x is None:
             raise RuntimeError(f"{self.name} fit failed from every start")
         self.theta, self.objective, self.n_points = best_x, best_f, len(df)
+        r = self._log_pred(best_x[None], X)[0] - y
+        self.resid_scale = float(1.4826 * np.median(np.abs(r - np.median(r))))
         self.fit_time_s = time.perf_counter() - t0
         self.notes = list(df.attrs.get("notes", []))
         return self
@@ -150,11 +153,20 @@ class Law(ABC):
         with np.errstate(over="ignore"):
             return np.exp(self._log_pred(self.bootstrap_samples, X))
 
-    def predict_interval(self, df: pd.DataFrame | None = None, level: float = 0.95, **cols: Any) -> pd.DataFrame:
+    def predict_interval(
+        self, df: pd.DataFrame | None = None, level: float = 0.95, include_noise: bool = False, **cols: Any
+    ) -> pd.DataFrame:
+        """Point prediction with a bootstrap percentile interval (lo, hi) and standard error (se).
+
+        By default the interval is for the law's expected loss (parameter uncertainty). ``include_noise=True``
+        makes it a prediction interval for one new run: each bootstrap prediction is also multiplied by
+        exp(eps), eps ~ N(0, resid_scale^2), the run-to-run scatter of the fit's log residuals."""
         point = self.predict(df, **cols)
         out = pd.DataFrame({"loss": point})
         if self.bootstrap_samples is not None:
             s = self.predict_samples(df, **cols)
+            if include_noise and self.resid_scale:
+                s = s * np.exp(self.resid_scale * np.random.default_rng(0).standard_normal(s.shape))
             q = (1 - level) / 2
             out["lo"], out["hi"] = np.nanquantile(s, q, axis=0), np.nanquantile(s, 1 - q, axis=0)
             out["se"] = np.nanstd(s, axis=0, ddof=1)
@@ -190,6 +202,7 @@ class Law(ABC):
             "intervals": self.intervals(level),
             "interval_level": level,
             "bootstrap_samples": None if self.bootstrap_samples is None else self.bootstrap_samples.tolist(),
+            "resid_scale": self.resid_scale,
             "notes": self.notes,
         }
 
@@ -203,6 +216,7 @@ class Law(ABC):
         law.objective, law.n_points, law.fit_time_s = d.get("objective"), d.get("n_points"), d.get("fit_time_s")
         bs = d.get("bootstrap_samples")
         law.bootstrap_samples = None if bs is None else np.asarray(bs, float)
+        law.resid_scale = d.get("resid_scale")
         law.notes = d.get("notes", [])
         return law
 

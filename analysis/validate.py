@@ -35,7 +35,7 @@ def validate_extrapolation(
         from analysis.uncertainty import bootstrap
 
         bootstrap(model, train.reset_index(drop=True), n=n_bootstrap, seed=seed)
-    pred = model.predict_interval(test)
+    pred = model.predict_interval(test, include_noise=True)  # single runs: parameter + run-to-run scatter
     out = test[["N", "D", "C", "loss"]].reset_index(drop=True).copy()
     out["predicted"] = pred["loss"].to_numpy()
     out["abs_error"] = out["predicted"] - out["loss"]

@@ -133,7 +133,7 @@ def run_quickstart(out: str | Path, tiny: bool = False, data: str = "stdlib", wa
     held_cfg = load_config(base=held_raw)
     N_h, D_h = count_params(held_cfg.model).total, held_cfg.steps * held_cfg.tokens_per_step
     C_h = flops_per_token(held_cfg.model) * D_h
-    pred = law.predict_interval(N=N_h, D=D_h).iloc[0]
+    pred = law.predict_interval(N=N_h, D=D_h, include_noise=True).iloc[0]
     prediction = {
         "C_target": C_target,
         "N_opt_isoflop": N_star,
@@ -144,7 +144,7 @@ def run_quickstart(out: str | Path, tiny: bool = False, data: str = "stdlib", wa
         "predicted_loss": float(pred["loss"]),
         "predicted_lo": float(pred["lo"]),
         "predicted_hi": float(pred["hi"]),
-        "interval": "95% bootstrap percentile interval of the Chinchilla-law prediction",
+        "interval": "95% prediction interval: bootstrap over sweep runs plus the fit's run-to-run scatter",
     }
     pred_path = report / "prediction.json"
     if not pred_path.exists():  # the prediction is written before the held-out run trains, and kept

@@ -32,7 +32,7 @@ def tiny_overrides(**extra):
         "log.progress": False,
     }
     base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
+    return [f"{k}={'null' if v is None else v}" for k, v in base.items()]
 
 
 def run_cli(*args, env=None, timeout=600, check=True):

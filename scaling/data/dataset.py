@@ -121,12 +121,15 @@ class TokenDataset:
         starts = idx * seq_len
         return np.stack([np.asarray(tokens[s : s + seq_len + 1], dtype=np.int32) for s in starts])
 
-    def train_batch(self, step: int, batch_size: int, seq_len: int, seed: int, rows: slice = slice(None)) -> np.ndarray:
+    def train_windows(self, step: int, batch_size: int, seq_len: int, seed: int, rows: slice = slice(None)) -> np.ndarray:
+        """Indices of the training windows (of seq_len + 1 tokens, stride seq_len) that make up batch ``step``."""
         n = self._n_windows(self.train.tokens, seq_len)
         g = step * batch_size + np.arange(batch_size)[rows]
         epochs, pos = g // n, g % n
-        idx = np.array([self._perm(seed, int(e), n)[p] for e, p in zip(epochs, pos)])
-        return self._windows(self.train.tokens, idx, seq_len)
+        return np.array([self._perm(seed, int(e), n)[p] for e, p in zip(epochs, pos)])
+
+    def train_batch(self, step: int, batch_size: int, seq_len: int, seed: int, rows: slice = slice(None)) -> np.ndarray:
+        return self._windows(self.train.tokens, self.train_windows(step, batch_size, seq_len, seed, rows), seq_len)
 
     def eval_batch(self, i: int, batch_size: int, seq_len: int) -> np.ndarray:
         n = self._n_windows(self.eval.tokens, seq_len)

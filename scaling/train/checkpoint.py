@@ -17,11 +17,20 @@ class Checkpointer:
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         )
 
+        self._pending: int | None = None
+        self.committed_step: int | None = self.mgr.latest_step()
+
     def latest_step(self) -> int | None:
+        """The newest checkpoint on disk (at start-up: only committed ones are found)."""
         return self.mgr.latest_step()
 
     def save(self, step: int, state: Any, meta: dict) -> None:
+        """Start an asynchronous save; the previous one is waited for first, so it is then known committed."""
+        self.mgr.wait_until_finished()
+        if self._pending is not None:
+            self.committed_step = self._pending
         self.mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        self._pending = step
 
     def restore(self, step: int, like: Any) -> tuple[Any, dict]:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
@@ -35,4 +44,6 @@ class Checkpointer:
 
     def close(self) -> None:
         self.mgr.wait_until_finished()
+        if self._pending is not None:
+            self.committed_step = self._pending
         self.mgr.close()

@@ -231,12 +231,14 @@ def train(
                 }
                 session_time, session_tokens = 0.0, 0
                 ckpt.save(done, {"params": params, "rest": rest, "opt": opt_state}, loop_state)
-                write_record(last_checkpoint_step=done, progress=done / steps)
+                # saves commit asynchronously: report the newest *committed* checkpoint
+                write_record(last_checkpoint_step=ckpt.committed_step, progress=done / steps)
             if stopping and done < steps:
                 ckpt.close()
                 raise StopRequested(f"stopped at step {done}/{steps}; rerun to resume")
         flush()
         ckpt.close()
+        record["last_checkpoint_step"] = ckpt.committed_step
 
         train_time = loop_state["train_time_s"]
         final = {

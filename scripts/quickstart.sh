@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up the environment if needed, then run the end-to-end quickstart (about 15 min on 2 CPU cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+export WANDB_MODE=${WANDB_MODE:-offline}
+exec .venv/bin/scaling quickstart "$@"

@@ -1,0 +1,222 @@
+"""Sweeps: plan, run, collect; SIGKILL and resume; failures recorded while the sweep goes on; two workers."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from scaling.config import ConfigError
+from scaling.sweep.runner import TIMING_COLUMNS, run_sweep
+from scaling.sweep.spec import load_sweep, parse_sweep, plan_sweep
+
+from .conftest import ROOT, run_cli
+
+TINY = ROOT / "sweeps" / "tiny_isoflop.yaml"
+DETERMINISTIC = ["run_id", "status", "N", "N_active", "D", "C", "budget", "loss", "eval_loss_stderr", "train_loss", "steps"]
+
+
+def tiny_sweep(tmp_path, wandb="disabled", **changes) -> Path:
+    raw = yaml.safe_load(TINY.read_text())
+    raw["base"]["log"] = {"wandb": wandb}
+    for k, v in changes.items():
+        raw[k] = v
+    p = tmp_path / "sweep.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sweep")
+    path = tiny_sweep(d, wandb="offline")
+    run_cli("sweep", "run", str(path), "--out", str(d / "out"), "--no-progress")
+    return path, d / "out"
+
+
+def test_plan_lists_runs_within_1pct_of_budget():
+    plan = plan_sweep(load_sweep(TINY))
+    assert len(plan) == 6 and len({r.run_id for r in plan}) == 6
+    for r in plan:
+        assert abs(r.flops / r.budget - 1) < 0.01
+    p = run_cli("sweep", "plan", str(TINY))
+    assert "total compute" in p.stdout and all(r.run_id in p.stdout for r in plan)
+
+
+def test_sweep_runs_and_collects(finished_sweep):
+    path, out = finished_sweep
+    df = pd.read_csv(out / "runs.csv")
+    assert len(df) == 6 and (df["status"] == "completed").all()
+    assert ((df["C"] / df["budget"] - 1).abs() < 0.01).all()
+    for col in ("N", "N_active", "N_nonembedding", "D", "C", "loss", "eval_loss", "status", "flops_convention"):
+        assert col in df
+    assert (out / "runs.parquet").exists()
+    status = run_cli("sweep", "status", str(out))
+    assert "6 completed" in status.stdout
+    # every run logged to one W&B group named after the sweep, tagged with N, D, C
+    from .wandb_reader import read_records
+
+    run_dir = out / "runs" / df["run_id"][0]
+    for r in read_records(next((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))):
+        if r.WhichOneof("record_type") == "run":
+            assert r.run.run_group == "tiny_isoflop"
+            assert any(t.startswith("N=") for t in r.run.tags) and any(t.startswith("C=") for t in r.run.tags)
+            break
+    else:
+        pytest.fail("no run record in the W&B file")
+    # the analysis side reads it without knowing the training code
+    from analysis import load_runs
+
+    runs = load_runs(out / "runs.csv")
+    assert len(runs) == 6
+
+
+def test_rerun_skips_completed_runs(finished_sweep):
+    path, out = finished_sweep
+    before = (out / "events.jsonl").read_text()
+    p = run_cli("sweep", "run", str(path), "--out", str(out), "--no-progress")
+    assert "0 completed now" in p.stdout and "6 skipped" in p.stdout
+    assert (out / "events.jsonl").read_text() == before
+
+
+def test_sigkill_mid_sweep_then_resume_equals_uninterrupted(finished_sweep, tmp_path):
+    path, ref = finished_sweep
+    out = tmp_path / "out"
+    spec = tiny_sweep(tmp_path, wandb="offline")
+    cmd = [sys.executable, "-m", "scaling", "sweep", "run", str(spec), "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    killed_mid_run = False
+    while time.time() < deadline and proc.poll() is None:
+        recs = [json.loads(p.read_text()) for p in out.glob("runs/*/record.json") if p.stat().st_size]
+        done = sum(r["status"] == "completed" for r in recs)
+        mid = [r for r in recs if r["status"] == "running" and (r.get("last_checkpoint_step") or 0) > 0]
+        if done >= 2 and mid:
+            proc.send_signal(signal.SIGKILL)
+            killed_mid_run = True
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert killed_mid_run, "the sweep finished before it could be killed mid-run"
+    events_before = [json.loads(l) for l in (out / "events.jsonl").read_text().splitlines()]
+    completed_before = {e["run_id"] for e in events_before if e["event"] == "end"}
+    run_cli(*cmd[3:])
+    events = [json.loads(l) for l in (out / "events.jsonl").read_text().splitlines()]
+    restarted = [e["run_id"] for e in events[len(events_before):] if e["event"] == "start"]
+    assert not set(restarted) & completed_before  # completed runs are not rerun
+    resumed = [json.loads((out / "runs" / r / "record.json").read_text()) for r in restarted]
+    assert any(r.get("resumed_from_step") for r in resumed)  # the interrupted run resumed from its checkpoint
+    a = pd.read_csv(ref / "runs.csv")[DETERMINISTIC]
+    b = pd.read_csv(out / "runs.csv")[DETERMINISTIC]
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_failed_and_diverged_runs_are_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    spec = parse_sweep(yaml.safe_load(tiny_sweep(tmp_path).read_text()) | {
+        "overrides": [{"match": {"size": 0, "budget": 2.0e10}, "set": {"train.lr": 1e30, "train.grad_clip": None}}]
+    })
+    plan = plan_sweep(spec)
+    broken = plan[3].run_id  # an injected exception in another run
+    import scaling.train as train_mod
+
+    real = train_mod.train
+
+    def flaky(cfg, run_dir, **kw):
+        if kw.get("run_id") == broken:
+            from scaling.train import record
+
+            record.write_json_atomic(Path(run_dir) / "record.json", {"run_id": broken, "status": "failed", "error": "RuntimeError: injected"})
+            raise RuntimeError("injected")
+        return real(cfg, run_dir, **kw)
+
+    monkeypatch.setattr(train_mod, "train", flaky)
+    res = run_sweep(spec, tmp_path / "out")
+    df = pd.read_csv(tmp_path / "out" / "runs.csv").set_index("run_id")
+    assert df.loc[plan[0].run_id, "status"] == "diverged"
+    assert df.loc[broken, "status"] == "failed" and "injected" in df.loc[broken, "error"]
+    assert (df.drop(index=[plan[0].run_id, broken])["status"] == "completed").all()
+    assert len(res.failed) == 2 and len(res.completed) == 4
+    # --retry-failed reruns exactly the failed ones
+    monkeypatch.setattr(train_mod, "train", real)
+    res2 = run_sweep(spec, tmp_path / "out", retry_failed=True)
+    assert sorted(res2.completed) == sorted([broken]) and res2.failed == [plan[0].run_id]
+
+
+def test_two_workers_never_run_the_same_run(tmp_path):
+    spec = tiny_sweep(tmp_path)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "scaling", "sweep", "run", str(spec), "--out", str(out), "--no-progress"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in procs:
+        p.wait(timeout=600)
+        assert p.returncode == 0, p.stderr.read()
+    events = [json.loads(l) for l in (out / "events.jsonl").read_text().splitlines()]
+    starts = [e["run_id"] for e in events if e["event"] == "start"]
+    assert sorted(starts) == sorted(set(starts)) and len(starts) == 6
+    assert len({e["owner"] for e in events}) == 2  # both workers took part
+    assert (pd.read_csv(out / "runs.csv")["status"] == "completed").all()
+
+
+def test_stale_claim_of_a_dead_worker_is_taken_over(tmp_path):
+    from scaling.sweep.runner import Claim
+
+    path = tmp_path / "claim.json"
+    path.write_text(json.dumps({"owner": "dead", "heartbeat": time.time() - 3600}))
+    assert Claim(path, "me").try_acquire(stale_after=60)
+    assert json.loads(path.read_text())["owner"] == "me"
+    assert not Claim(path, "other").try_acquire(stale_after=60)
+
+
+def test_shard_partitions_runs(tmp_path):
+    from scaling.sweep.runner import parse_shard
+
+    assert parse_shard("1/3") == (1, 3)
+    with pytest.raises(ValueError, match="i/n"):
+        parse_shard("x")
+
+
+def test_run_ids_are_stable_when_the_sweep_is_edited():
+    raw = yaml.safe_load(TINY.read_text())
+    ids = {r.run_id for r in plan_sweep(parse_sweep(raw))}
+    raw["grid"]["budgets"].append(1e11)
+    ids2 = {r.run_id for r in plan_sweep(parse_sweep(raw))}
+    assert ids < ids2 and len(ids2) == 9
+
+
+@pytest.mark.parametrize(
+    "change, pattern",
+    [
+        ({"grdi": {}}, r"unknown field grdi; allowed fields: .*grid"),
+        ({"grid": {"kind": "isoflop", "sizes": [1e4], "budgets": []}}, r"grid\.budgets is empty"),
+        ({"grid": {"kind": "isoflop", "sizes": [], "budgets": [1e10]}}, r"grid\.sizes is empty"),
+        ({"grid": {"kind": "isoflop", "sizes": [1e4], "budgets": [-1e10]}}, r"grid\.budgets\[0\] must be a positive number"),
+        ({"grid": {"kind": "isoflops", "sizes": [1e4], "budgets": [1e10]}}, r"grid\.kind: 'isoflops' is not allowed"),
+        ({"base": {"train": {"lrr": 1}}}, r"base: unknown field train\.lrr"),
+        ({"grid": {"kind": "isoflop", "sizes": [1e4], "budgets": [10.0]}}, r"budget is smaller than one step"),
+    ],
+)
+def test_bad_sweep_files_name_the_key(change, pattern):
+    raw = yaml.safe_load(TINY.read_text()) | change
+    with pytest.raises(ConfigError, match=pattern):
+        plan_sweep(parse_sweep(raw))
+
+
+def test_slurm_submission_script_without_a_cluster(tmp_path):
+    p = run_cli("sweep", "submit", str(TINY), "--out", str(tmp_path / "s"), "--workers", "3", "--partition", "gpu", "--dry-run")
+    script = (tmp_path / "s" / "slurm" / "array.sbatch").read_text()
+    assert "#SBATCH --array=0-2%3" in script and "#SBATCH --partition=gpu" in script
+    assert "-m scaling sweep run" in script and str(TINY) in script
+    assert script in p.stdout
+
+
+def test_example_sweeps_plan():
+    for f in sorted((ROOT / "sweeps").glob("*.yaml")):
+        raw = yaml.safe_load(f.read_text())
+        if "grid" in raw:
+            assert plan_sweep(parse_sweep(raw)), f

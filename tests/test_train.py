@@ -1,0 +1,144 @@
+"""Training: learns the known answer, records honestly, logs to W&B offline, resumes exactly after SIGKILL."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scaling.config import load_config
+from scaling.train import DivergedError, train
+
+from .conftest import ROOT, run_cli, tiny_overrides
+
+RECORD_KEYS = {
+    "run_id", "status", "config", "n_params", "n_params_nonembedding", "n_params_active", "tokens", "flops",
+    "flops_convention", "final_train_loss", "final_eval_loss", "final_eval_loss_stderr", "tokens_per_sec",
+    "wall_time_s", "device_kind", "device_count", "seed", "data", "versions", "params_digest",
+}
+
+
+def test_synthetic_loss_falls_to_the_entropy_rate(tmp_path):
+    cfg = load_config(None, tiny_overrides(**{"model.d_model": 64, "model.n_heads": 2, "model.seq_len": 64,
+                                                "train.batch_size": 16, "train.tokens": 16 * 64 * 300}))
+    rec = train(cfg, tmp_path / "run")
+    H = rec["entropy_rate"]
+    metrics = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    first = next(m for m in metrics if m["kind"] == "train")
+    assert first["lm_loss"] > 0.8 * np.log(256)  # starts near ln(vocab)
+    assert rec["final_eval_loss"] < 1.10 * H, (rec["final_eval_loss"], H)
+    assert rec["final_eval_loss"] > H - 4 * rec["final_eval_loss_stderr"] - 0.01  # cannot beat the source
+
+
+def test_stdlib_model_beats_unigram_entropy(tmp_path, cache_dir):
+    from scaling.data import build_dataset, unigram_entropy
+
+    cfg = load_config(None, tiny_overrides(**{"data.source": "stdlib", "data.max_bytes": 3_000_000, "model.d_model": 64,
+                                                "model.n_heads": 2, "model.seq_len": 64, "train.batch_size": 16,
+                                                "train.tokens": 16 * 64 * 250, "train.lr": 5e-3}))
+    rec = train(cfg, tmp_path / "run")
+    h1 = unigram_entropy(build_dataset(cfg.data, cfg.model))
+    assert rec["final_eval_loss"] < h1 - 0.3, (rec["final_eval_loss"], h1)
+    assert rec["final_eval_bpb"] == pytest.approx(rec["final_eval_loss"] / np.log(2) / rec["data"]["bytes_per_token"])
+
+
+def test_record_schema_and_flops(tmp_path):
+    cfg = load_config(None, tiny_overrides())
+    rec = train(cfg, tmp_path / "run")
+    on_disk = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert RECORD_KEYS <= set(on_disk)
+    assert on_disk["status"] == "completed" and on_disk["n_params_active"] == on_disk["n_params"]
+    assert on_disk["tokens"] == cfg.steps * cfg.train.batch_size * cfg.model.seq_len
+    assert on_disk["flops"] == on_disk["flops_per_token"] * on_disk["tokens"]
+    assert "causal" in on_disk["flops_convention"]
+    assert rec["final_eval_loss_stderr"] > 0
+
+
+def test_wandb_offline_run_holds_the_logged_metrics(tmp_path):
+    from .wandb_reader import read_records
+
+    cfg = load_config(None, tiny_overrides(**{"log.wandb": "offline", "train.log_every": 5}))
+    train(cfg, tmp_path / "run")
+    files = glob.glob(str(tmp_path / "run" / "wandb" / "offline-run-*" / "run-*.wandb"))
+    assert len(files) == 1
+    history, config = [], {}
+    for r in read_records(files[0]):
+        if r.WhichOneof("record_type") == "history":
+            history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
+        elif r.WhichOneof("record_type") in ("config", "run"):
+            for i in (r.config if r.WhichOneof("record_type") == "config" else r.run.config).update:
+                config[i.key] = json.loads(i.value_json)
+    steps = [h["_step"] for h in history if "train/lm_loss" in h]
+    assert steps == list(range(5, cfg.steps + 1, 5))
+    assert any("eval/eval_loss" in h for h in history)
+    N = config["N"]["value"] if isinstance(config["N"], dict) else config["N"]
+    assert N == json.loads((tmp_path / "run" / "record.json").read_text())["n_params"]
+    jsonl = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+    last = [h for h in history if "train/lm_loss" in h][-1]
+    assert last["train/lm_loss"] == pytest.approx(jsonl[-1]["lm_loss"])
+
+
+def test_nan_marks_the_run_diverged(tmp_path):
+    cfg = load_config(None, tiny_overrides(**{"train.lr": 1e30, "train.grad_clip": None, "train.warmup_fraction": 0}))
+    with pytest.raises(DivergedError):
+        train(cfg, tmp_path / "run")
+    rec = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert rec["status"] == "diverged" and "non-finite" in rec["error"]
+    p = run_cli("train", "--out", str(tmp_path / "cli"), *sum((["--set", o] for o in tiny_overrides(**{"train.lr": 1e30, "train.grad_clip": None})), []), check=False)
+    assert p.returncode == 3 and "diverged" in p.stderr
+
+
+def _loss_on_devices(n: int, tmp_path: Path) -> dict:
+    code = (
+        "import json,sys; from scaling.config import load_config; from scaling.train import train;"
+        "cfg=load_config(None, sys.argv[2:]); r=train(cfg, sys.argv[1]);"
+        "print(json.dumps({'loss': r['final_train_loss'], 'eval': r['final_eval_loss'], 'devices': r['device_count']}))"
+    )
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / f"d{n}"), *tiny_overrides(**{"train.batch_size": 16, "train.tokens": 16 * 32 * 20})],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_one_and_eight_devices_give_the_same_loss(tmp_path):
+    one, eight = _loss_on_devices(1, tmp_path), _loss_on_devices(8, tmp_path)
+    assert (one["devices"], eight["devices"]) == (1, 8)
+    assert eight["loss"] == pytest.approx(one["loss"], rel=1e-4)
+    assert eight["eval"] == pytest.approx(one["eval"], rel=1e-4)
+
+
+def test_sigkill_and_resume_gives_identical_results(tmp_path):
+    over = tiny_overrides(**{"model.d_model": 64, "model.n_heads": 2, "train.tokens": 8 * 32 * 300, "train.checkpoint_every": 20})
+    args = ["train", "--no-progress", *sum((["--set", o] for o in over), [])]
+    ref = run_cli(*args, "--out", str(tmp_path / "ref"))
+    assert ref.returncode == 0
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "scaling", *args, "--out", str(run_dir)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        rec = run_dir / "record.json"
+        if rec.exists() and (json.loads(rec.read_text()).get("last_checkpoint_step") or 0) >= 60:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads((run_dir / "record.json").read_text())
+    assert killed_at["status"] == "running" and killed_at["last_checkpoint_step"] < 300
+    run_cli(*args, "--out", str(run_dir))
+    a = json.loads((tmp_path / "ref" / "record.json").read_text())
+    b = json.loads((run_dir / "record.json").read_text())
+    assert b["resumed_from_step"] >= killed_at["last_checkpoint_step"] >= 60
+    assert b["params_digest"] == a["params_digest"]
+    assert b["final_train_loss"] == a["final_train_loss"]
+    assert b["final_eval_loss"] == a["final_eval_loss"]
+    # the metrics log of the resumed run matches the uninterrupted one line for line (timings aside)
+    strip = lambda p: [{k: v for k, v in json.loads(l).items() if k != "tokens_per_sec"} for l in p.read_text().splitlines()]  # noqa: E731
+    assert strip(run_dir / "metrics.jsonl") == strip(tmp_path / "ref" / "metrics.jsonl")
