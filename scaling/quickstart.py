@@ -82,7 +82,7 @@ def run_quickstart(out: str | Path, tiny: bool = False, data: str = "stdlib", wa
     from analysis.laws import ChinchillaLaw
     from scaling.accounting import count_params, flops_per_token
     from scaling.config import load_config
-    from scaling.model.presets import shape_for_width
+    from scaling.model.presets import shape_for_width, widths
     from scaling.sweep.runner import run_sweep
     from scaling.sweep.spec import parse_sweep
     from scaling.train import train
@@ -120,7 +120,7 @@ def run_quickstart(out: str | Path, tiny: bool = False, data: str = "stdlib", wa
     N_star = float(iso.N_opt(C_target))
     base_model = {"seq_len": size.seq_len, "vocab_size": 256}
     best = None
-    for d in range(16, 513, 16):
+    for d in widths(512):
         m = {**shape_for_width(d), **base_model}
         n = count_params(load_config(base={"model": m}).model).total
         if best is None or abs(math.log(n / N_star)) < abs(math.log(best[1] / N_star)):

@@ -1,5 +1,6 @@
 """Golden values: parameter and FLOP counts against hand counts, the model's real parameters and 6ND."""
 
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -82,6 +83,15 @@ def test_moe_shared_and_fine_grained_and_every_n():
 def test_config_for_params_hits_target(target):
     cfg = config_for_params(target)
     assert 0.6 < count_params(cfg).total / target < 1.6
+
+
+@pytest.mark.parametrize("target", np.logspace(4, 9, 41))
+def test_config_for_params_is_always_valid(target):
+    from scaling.config import load_config
+
+    cfg = config_for_params(float(target), vocab_size=8192, seq_len=512)
+    load_config(None, [f"model.target_params={target}", "model.vocab_size=8192"])  # validates
+    assert cfg.d_model % cfg.n_heads == 0
 
 
 def test_presets_span_1e4_to_1e9():

@@ -164,13 +164,18 @@ def test_two_workers_never_run_the_same_run(tmp_path):
 
 
 def test_stale_claim_of_a_dead_worker_is_taken_over(tmp_path):
+    import socket
+
     from scaling.sweep.runner import Claim
 
     path = tmp_path / "claim.json"
-    path.write_text(json.dumps({"owner": "dead", "heartbeat": time.time() - 3600}))
-    assert Claim(path, "me").try_acquire(stale_after=60)
+    path.write_text(json.dumps({"owner": "dead", "host": "elsewhere", "pid": 1, "heartbeat": time.time() - 3600}))
+    assert Claim(path, "me").try_acquire(stale_after=60)  # old heartbeat
     assert json.loads(path.read_text())["owner"] == "me"
-    assert not Claim(path, "other").try_acquire(stale_after=60)
+    assert not Claim(path, "other").try_acquire(stale_after=60)  # live claim
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    path.write_text(json.dumps({"owner": "killed", "host": socket.gethostname(), "pid": int(dead.stdout), "heartbeat": time.time()}))
+    assert Claim(path, "me2").try_acquire(stale_after=60)  # fresh heartbeat, but its process on this host is gone
 
 
 def test_shard_partitions_runs(tmp_path):

@@ -1,8 +1,8 @@
 """Named model presets from ~1e4 to ~1e9 parameters and the one depth/width rule that sizes a model.
 
-The rule (``shape_for_width``): head dim 16 below d_model 64, 32 below 256, 64 from there; n_layers =
-max(1, round(d_model / 64)) (aspect ratio d_model / n_layers ~= 64, as in Kaplan et al.'s well-performing range);
-d_model a multiple of 16. ``config_for_params`` picks the width whose total parameter count is nearest the target.
+The rule (``shape_for_width``): head dim 16 below d_model 64, 32 below 256, 64 from there (d_model a multiple of
+its head dim); n_layers = max(1, round(d_model / 64)) (aspect ratio d_model / n_layers ~= 64, in Kaplan et al.'s
+well-performing range). ``config_for_params`` picks the width whose total parameter count is nearest the target.
 """
 
 from __future__ import annotations
@@ -14,8 +14,19 @@ from scaling.config import ModelConfig
 ASPECT_RATIO = 64
 
 
+def head_dim_for_width(d_model: int) -> int:
+    return 16 if d_model < 64 else 32 if d_model < 256 else 64
+
+
+def widths(max_width: int = 16384):
+    """The widths the rule allows: multiples of their head dim."""
+    return (d for d in range(16, max_width + 1, 16) if d % head_dim_for_width(d) == 0)
+
+
 def shape_for_width(d_model: int) -> dict:
-    head_dim = 16 if d_model < 64 else 32 if d_model < 256 else 64
+    head_dim = head_dim_for_width(d_model)
+    if d_model % head_dim:
+        raise ValueError(f"d_model={d_model} is not a multiple of its head dim {head_dim}")
     return {
         "d_model": d_model,
         "n_layers": max(1, round(d_model / ASPECT_RATIO)),
@@ -28,7 +39,7 @@ def config_for_params(target: float, **fixed) -> ModelConfig:
     from scaling.accounting import count_params
 
     best, best_err = None, math.inf
-    for d in range(16, 16385, 16):
+    for d in widths():
         cfg = ModelConfig(**shape_for_width(d), **fixed)
         n = count_params(cfg).total
         err = abs(math.log(n / target))

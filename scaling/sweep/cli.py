@@ -17,6 +17,16 @@ def _human(x: float) -> str:
     return f"{x:.3g}"
 
 
+def _duration(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f}s"
+    if s < 7200:
+        return f"{s / 60:.0f}min"
+    if s < 3 * 86400:
+        return f"{s / 3600:.1f}h"
+    return f"{s / 86400:.0f}d"
+
+
 def _load(path: str):
     from scaling.config import ConfigError
     from scaling.sweep.spec import load_sweep
@@ -54,10 +64,10 @@ def cmd_plan(args) -> int:
         table.add_row(
             r.run_id, r.variant, _human(r.n_params), _human(r.n_params_active), _human(r.tokens), f"{r.flops:.3g}",
             f"{r.budget:.3g}" if r.budget else "-", str(r.steps), str(r.config.train.batch_size), f"{r.config.train.lr:.2e}",
-            str(r.seed), f"{_human(est['memory_bytes'])}B", f"{est['time_s']:.0f}s",
+            str(r.seed), f"{_human(est['memory_bytes'])}B", _duration(est["time_s"]),
         )
     Console(width=200).print(table)
-    print(f"total compute {total_C:.3e} FLOPs; estimated time {total_t / 60:.1f} min on this machine ({dev.basis})")
+    print(f"total compute {total_C:.3e} FLOPs; estimated time {_duration(total_t)} on this machine ({dev.basis})")
     if problems:
         for p in problems:
             print(f"cannot run: {p}", file=sys.stderr)

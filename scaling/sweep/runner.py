@@ -65,14 +65,17 @@ class Claim:
         return False
 
     def _is_stale(self, stale_after: float) -> bool:
+        """A claim is stale when its heartbeat is older than ``stale_after`` or, on this host, its process is gone."""
         try:
             info = json.loads(self.path.read_text() or "{}")
             beat = float(info.get("heartbeat", 0))
         except (OSError, ValueError):
             try:
-                beat = self.path.stat().st_mtime
+                beat, info = self.path.stat().st_mtime, {}
             except FileNotFoundError:
                 return True
+        if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int) and not _pid_alive(info["pid"]):
+            return True
         return time.time() - beat > stale_after
 
     def _beat(self) -> None:
@@ -96,6 +99,16 @@ class Claim:
                 self.path.unlink()
         except (OSError, ValueError):
             pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _event(sweep_dir: Path, **fields) -> None:

@@ -106,6 +106,8 @@ def train(
     fpt = flops_per_token(cfg.model, cfg.train.flops_attention)
     D = steps * B * L
     record: dict[str, Any] = rec.read_record(run_dir) or {}
+    if record.get("status") == "completed" and rec.config_hash(record.get("config", {})) == rec.config_hash(config_dict):
+        return record  # already done: nothing to train
     record.update(
         {
             "schema": rec.SCHEMA_VERSION,
@@ -239,6 +241,8 @@ def train(
         flush()
         ckpt.close()
         record["last_checkpoint_step"] = ckpt.committed_step
+        if not last_eval:  # killed after the final checkpoint, before the record was completed
+            last_eval = evaluate(eval_fn, params, rest, ds, dp, cfg)
 
         train_time = loop_state["train_time_s"]
         final = {
