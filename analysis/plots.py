@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-if "inline" not in matplotlib.get_backend().lower():
-    matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from analysis.laws import ChinchillaLaw, Law  # noqa: E402
-from analysis.runs import compute_frontier  # noqa: E402
+from analysis.laws import ChinchillaLaw, Law
+from analysis.runs import compute_frontier
 
 
 def save(fig, path: str | Path) -> Path:

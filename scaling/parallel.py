@@ -18,6 +18,18 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 _DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE")
 
 
+def enable_compilation_cache(cache_dir: str | None = None) -> None:
+    """Persist compiled XLA programs (sweeps and resumes recompile the same shapes); the user's
+    JAX_COMPILATION_CACHE_DIR wins. Cached programs are the same programs: numbers do not change."""
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir:
+        return
+    from pathlib import Path
+
+    root = Path(cache_dir or os.environ.get("SCALING_CACHE") or Path.home() / ".cache" / "scaling").expanduser()
+    jax.config.update("jax_compilation_cache_dir", str(root / "xla"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
 def maybe_initialize_distributed() -> bool:
     if jax.process_count() > 1:
         return True

@@ -6,15 +6,18 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
+# One cache (tokenized corpora, compiled programs) for the whole test session, shared with subprocesses.
+if "SCALING_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["SCALING_CACHE"] = tempfile.mkdtemp(prefix="scaling-test-cache-")
 os.environ.setdefault("WANDB_SILENT", "true")
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cache")
-    os.environ["SCALING_CACHE"] = str(d)
-    return d
+def cache_dir():
+    return Path(os.environ["SCALING_CACHE"])
 
 
 def tiny_overrides(**extra):

@@ -26,7 +26,7 @@ from scaling.accounting import count_params, flops_convention, flops_per_token
 from scaling.config import RunConfig, dump_yaml
 from scaling.data import build_dataset
 from scaling.model import Transformer
-from scaling.parallel import DataParallel, maybe_initialize_distributed
+from scaling.parallel import DataParallel, enable_compilation_cache, maybe_initialize_distributed
 from scaling.train import record as rec
 from scaling.train.checkpoint import Checkpointer
 from scaling.train.logger import MetricsLogger
@@ -95,6 +95,7 @@ def train(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     maybe_initialize_distributed()
+    enable_compilation_cache(cfg.data.cache_dir)
     is_main = jax.process_index() == 0
     dp = DataParallel.create()
     B, L, steps = cfg.train.batch_size, cfg.model.seq_len, cfg.steps
