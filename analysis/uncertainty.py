@@ -7,7 +7,9 @@ data, which finds the same optimum as a full grid search at a fraction of the co
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -59,7 +61,9 @@ def bootstrap(
     jobs = [(base, data, idx, starts) for idx in idxs]
     n_jobs = n_jobs or min(os.cpu_count() or 1, 8)
     if n_jobs > 1 and n >= 8:
-        with ProcessPoolExecutor(n_jobs, initializer=_single_threaded) as ex:
+        # fork is fast, but forking a process that runs JAX's threads can deadlock: spawn then.
+        ctx = multiprocessing.get_context("spawn" if "jax" in sys.modules else "fork")
+        with ProcessPoolExecutor(n_jobs, mp_context=ctx, initializer=_single_threaded) as ex:
             it = ex.map(_refit_one, jobs, chunksize=max(1, n // (4 * n_jobs)))
             thetas = list(_maybe_progress(it, n, progress))
     else:

@@ -396,7 +396,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(p)!r} must hold a mapping with sections model/data/train/log")
-        raw = _merge(raw, loaded)
+        raw = merge_dicts(raw, loaded)
     for k, v in parse_overrides(overrides):
         set_by_path(raw, k, v)
     return from_dict(RunConfig, raw).validate()
@@ -410,11 +410,12 @@ def _deepcopy(d: Any) -> Any:
     return d
 
 
-def _merge(a: dict, b: dict) -> dict:
+def merge_dicts(a: dict, b: dict | None) -> dict:
+    """Deep merge: ``b``'s entries override ``a``'s, nested sections merged; neither input is modified."""
     out = _deepcopy(a)
-    for k, v in b.items():
+    for k, v in (b or {}).items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+            out[k] = merge_dicts(out[k], v)
         else:
             out[k] = _deepcopy(v)
     return out
@@ -454,5 +455,6 @@ __all__ = [
     "dump_yaml",
     "from_dict",
     "load_config",
+    "merge_dicts",
     "replace",
 ]

@@ -36,12 +36,12 @@ class QuickstartSize:
 
 
 FULL = QuickstartSize(
-    budgets=(1e11, 3e11, 1e12),
+    budgets=(5e10, 1.5e11, 5e11),
     sizes=(
         {"d_model": 16, "n_layers": 1, "n_heads": 1},
-        {"d_model": 32, "n_layers": 2, "n_heads": 2},
-        {"d_model": 64, "n_layers": 2, "n_heads": 2},
-        {"d_model": 96, "n_layers": 3, "n_heads": 3},
+        {"d_model": 32, "n_layers": 1, "n_heads": 2},
+        {"d_model": 64, "n_layers": 1, "n_heads": 2},
+        {"d_model": 96, "n_layers": 2, "n_heads": 3},
     ),
     batch_size=16,
     seq_len=64,
@@ -66,12 +66,13 @@ def sweep_dict(size: QuickstartSize, data: str, wandb: str) -> dict:
         "base": {
             "data": {"source": data},
             "model": {"seq_len": size.seq_len, "vocab_size": 256},
-            "train": {"batch_size": size.batch_size, "log_every": 20, "eval_batches": 8},
+            # one evaluation at the end, on 64 batches: low noise where it matters, little time spent
+            "train": {"batch_size": size.batch_size, "log_every": 20, "eval_batches": 64, "eval_every": 10**9},
             "log": {"wandb": wandb},
         },
         "grid": {"kind": "isoflop", "budgets": list(size.budgets), "sizes": list(size.sizes)},
         "seeds": [0],
-        "recipe": {"lr_base": 1e-2, "lr_ref_params": 3e4, "lr_exponent": -0.25},
+        "recipe": {"lr_base": 1e-2, "lr_ref_params": 3e4, "lr_exponent": -0.25, "min_steps": 200, "min_batch_size": 2},
     }
 
 
@@ -96,7 +97,7 @@ def run_quickstart(out: str | Path, tiny: bool = False, data: str = "stdlib", wa
     size = TINY if tiny else FULL
     raw = sweep_dict(size, data, wandb)
     spec = parse_sweep(raw)
-    say = print if progress else (lambda *a, **k: None)
+    say = print
 
     say(f"[1/4] IsoFLOP sweep: {len(size.budgets)} budgets x {len(size.sizes)} sizes on data={data!r} -> {out}/sweep")
     import yaml
@@ -112,12 +113,25 @@ def run_quickstart(out: str | Path, tiny: bool = False, data: str = "stdlib", wa
     law = ChinchillaLaw().fit(runs)
     bootstrap(law, runs, n=size.bootstrap, seed=0)
     law.save(report / "fit_chinchilla.json")
-    iso = isoflop_analysis(runs, n_bootstrap=1000, seed=0)
-    (report / "fit_isoflop.json").write_text(json.dumps(_clean(iso.to_dict()), indent=1))
-
-    # Held-out run: 10x the largest budget at the IsoFLOP-predicted optimal size, snapped to a width on the rule.
     C_target = size.heldout_factor * max(size.budgets)
-    N_star = float(iso.N_opt(C_target))
+    try:
+        iso = isoflop_analysis(runs, n_bootstrap=1000, seed=0)
+        (report / "fit_isoflop.json").write_text(json.dumps(_clean(iso.to_dict()), indent=1))
+        N_star, size_from = float(iso.N_opt(C_target)), "IsoFLOP fit N_opt(C)"
+    except ValueError as e:  # too few budgets with an interior minimum: noisy or badly bracketed sizes
+        iso = None
+        (report / "fit_isoflop.json").write_text(json.dumps({"law": "isoflop", "error": str(e)}, indent=1))
+        say(f"      IsoFLOP analysis not possible on this sweep: {e}")
+        N_star, size_from = float(law.compute_optimal([C_target]).iloc[0]["N_opt"]), "Chinchilla-law N_opt(C)"
+    n_lo, n_hi = float(runs["N"].min()), float(runs["N"].max())
+    if not (math.isfinite(N_star) and N_star > 0):
+        size_from += f" = {N_star} (not usable), replaced by the geometric mean of the sizes"
+        N_star = math.sqrt(n_lo * n_hi)
+    elif not n_lo <= N_star <= 4 * n_hi:
+        size_from += f" = {N_star:.3g}, clamped to [{n_lo:.3g}, {4 * n_hi:.3g}]"
+        N_star = min(max(N_star, n_lo), 4 * n_hi)
+
+    # Held-out run: 10x the largest budget at the predicted optimal size, snapped to a width on the rule.
     base_model = {"seq_len": size.seq_len, "vocab_size": 256}
     best = None
     for d in widths(512):
@@ -136,7 +150,8 @@ def run_quickstart(out: str | Path, tiny: bool = False, data: str = "stdlib", wa
     pred = law.predict_interval(N=N_h, D=D_h, include_noise=True).iloc[0]
     prediction = {
         "C_target": C_target,
-        "N_opt_isoflop": N_star,
+        "N_target": N_star,
+        "size_from": size_from,
         "N": N_h,
         "D": D_h,
         "C": C_h,
@@ -163,8 +178,9 @@ def run_quickstart(out: str | Path, tiny: bool = False, data: str = "stdlib", wa
     say("[4/4] writing the report")
     pred_table = heldout_row.assign(predicted=prediction["predicted_loss"], lo=prediction["predicted_lo"], hi=prediction["predicted_hi"])
     plots.save(plots.loss_vs_compute(runs, law, target_C=C_h, heldout=heldout_row), report / "loss_vs_compute.png")
-    plots.save(plots.isoflop_curves(runs, iso), report / "isoflop.png")
-    plots.save(plots.optimal_allocation(iso, law, C_range=(min(size.budgets) / 3, C_target * 3)), report / "allocation.png")
+    if iso is not None:
+        plots.save(plots.isoflop_curves(runs, iso), report / "isoflop.png")
+        plots.save(plots.optimal_allocation(iso, law, C_range=(min(size.budgets) / 3, C_target * 3)), report / "allocation.png")
     plots.save(plots.law_contours(law, runs), report / "contours.png")
     plots.save(plots.predicted_vs_actual(pred_table), report / "heldout.png")
     summary = {
@@ -176,7 +192,7 @@ def run_quickstart(out: str | Path, tiny: bool = False, data: str = "stdlib", wa
         "inside_interval": prediction["predicted_lo"] <= measured <= prediction["predicted_hi"],
         "chinchilla": law.params,
         "chinchilla_intervals": law.intervals(),
-        "isoflop": {"a": iso.a, "b": iso.b, "intervals": iso.intervals()},
+        "isoflop": {"a": iso.a, "b": iso.b, "intervals": iso.intervals()} if iso is not None else None,
         "n_sweep_runs": len(runs),
         "wall_time_s": time.perf_counter() - t_start,
         "heldout_run_dir": str(out / "heldout" / run_id),
@@ -223,12 +239,9 @@ def render_report(s: dict, runs, law, iso, record) -> str:
         "",
         "## IsoFLOP analysis",
         "",
-        f"N_opt ∝ C^{iso.a:.3f} [{iso.intervals()['a']['lo']:.3f}, {iso.intervals()['a']['hi']:.3f}], "
-        f"D_opt ∝ C^{iso.b:.3f} [{iso.intervals()['b']['lo']:.3f}, {iso.intervals()['b']['hi']:.3f}]",
+        *(_iso_lines(iso) if iso is not None else ["Not possible on this sweep (fewer than 2 budgets with an interior loss minimum)."]),
         "",
-        iso.minima.drop(columns=["coef"]).to_markdown(index=False) if _has_tabulate() else iso.minima.drop(columns=["coef"]).to_string(index=False),
-        "",
-        "![isoflop](isoflop.png) ![allocation](allocation.png)",
+        f"Held-out size chosen from: {p['size_from']}.",
         "",
         "## Runs",
         "",
@@ -239,13 +252,18 @@ def render_report(s: dict, runs, law, iso, record) -> str:
     return "\n".join(lines)
 
 
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-
-        return True
-    except ImportError:
-        return False
+def _iso_lines(iso) -> list[str]:
+    iv = iso.intervals()
+    table = iso.minima.drop(columns=["coef"])
+    return [
+        f"N_opt ∝ C^{iso.a:.3f} [{iv['a']['lo']:.3f}, {iv['a']['hi']:.3f}], D_opt ∝ C^{iso.b:.3f} [{iv['b']['lo']:.3f}, {iv['b']['hi']:.3f}]",
+        "",
+        "```",
+        table.to_string(index=False),
+        "```",
+        "",
+        "![isoflop](isoflop.png) ![allocation](allocation.png)",
+    ]
 
 
 def _clean(o):

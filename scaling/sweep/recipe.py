@@ -2,7 +2,9 @@
 
 Learning rate: ``lr = lr_base * (N / lr_ref_params) ** lr_exponent``, clipped to [lr_min, lr_max] (larger models
 take smaller steps; the default exponent -0.25 sits between muP-free empirical fits). Warmup: ``warmup_fraction``
-of the steps, but at least ``min_warmup_steps`` where the run is long enough. A value set explicitly in the
+of the steps, but at least ``min_warmup_steps`` where the run is long enough. Batch size: halved (down to
+``min_batch_size``) until the run has at least ``min_steps`` optimizer steps, so small budgets on large models still
+train rather than stop after a handful of steps. A value set explicitly in the
 sweep's ``base`` (or a per-run override) wins over the recipe when ``respect_base: true``.
 """
 
@@ -23,6 +25,8 @@ class Recipe:
     lr_min: float = _f(1e-4, "Lower clip of the learning rate.")
     lr_max: float = _f(2e-2, "Upper clip of the learning rate.")
     min_warmup_steps: int = _f(0, "Warmup at least this many steps (as a fraction of the run, at most half of it).")
+    min_steps: int = _f(0, "Halve the batch size (down to min_batch_size) until a run has at least this many steps (0: off).")
+    min_batch_size: int = _f(8, "Smallest batch size min_steps may reduce to.")
     respect_base: bool = _f(False, "Keep train.lr from base when it is set there.")
 
     def lr(self, n_params: float) -> float:
@@ -36,8 +40,13 @@ class Recipe:
         train = out.setdefault("train", {})
         if not (self.respect_base and "lr" in train):
             train["lr"] = self.lr(n_params)
+        seq = out.get("model", {}).get("seq_len", 128)
+        if self.min_steps:
+            batch = train.get("batch_size", 32)
+            while batch // 2 >= self.min_batch_size and tokens / (batch * seq) < self.min_steps:
+                batch //= 2
+            train["batch_size"] = batch
         if self.min_warmup_steps:
-            seq = out.get("model", {}).get("seq_len", 128)
             steps = max(1, int(tokens // (train.get("batch_size", 32) * seq)))
             train["warmup_fraction"] = max(train.get("warmup_fraction", 0.05), min(0.5, self.min_warmup_steps / steps))
         return out

@@ -21,7 +21,6 @@ the others.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from scaling.accounting import count_params, flops_per_token
-from scaling.config import ConfigError, RunConfig, _f, from_dict, load_config, set_by_path
+from scaling.config import ConfigError, RunConfig, _f, from_dict, load_config, merge_dicts, set_by_path
 from scaling.sweep.recipe import Recipe
 from scaling.train.record import config_hash
 
@@ -145,20 +144,10 @@ def parse_sweep(raw: dict) -> SweepSpec:
     # Validate base (and each variant) as run configs now, so errors name the field.
     for vname, variant in (spec.variants or {"": {}}).items():
         try:
-            load_config(base=_merge(spec.base, variant), overrides=["train.tokens=1000000000"])
+            load_config(base=merge_dicts(spec.base, variant), overrides=["train.tokens=1000000000"])
         except ConfigError as e:
             raise ConfigError(f"{'variants.' + vname if vname else 'base'}: {e}") from None
     return spec
-
-
-def _merge(a: dict, b: dict) -> dict:
-    out = copy.deepcopy(a)
-    for k, v in (b or {}).items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
 
 
 def _size_dict(size: Any, i: int) -> dict:
@@ -177,7 +166,7 @@ def plan_sweep(spec: SweepSpec) -> list[PlannedRun]:
     variants = spec.variants or {"default": {}}
     for vname, variant in variants.items():
         for si, size in enumerate(g.sizes):
-            base = _merge(_merge(spec.base, variant), {"model": _size_dict(size, si)})
+            base = merge_dicts(merge_dicts(spec.base, variant), {"model": _size_dict(size, si)})
             probe = load_config(base=base, overrides=["train.tokens=1000000000"])
             counts = count_params(probe.model)
             fpt = flops_per_token(probe.model, probe.train.flops_attention)
@@ -189,7 +178,7 @@ def plan_sweep(spec: SweepSpec) -> list[PlannedRun]:
                 points = [(None, float(r) * counts.total) for r in g.ratios]
             for budget, D in points:
                 for seed in spec.seeds:
-                    raw = _merge(base, {"train": {"seed": seed}})
+                    raw = merge_dicts(base, {"train": {"seed": seed}})
                     raw = spec.recipe.apply(raw, n_params=counts.total, tokens=D)
                     tps = probe.model.seq_len * raw.get("train", {}).get("batch_size", probe.train.batch_size)
                     steps = int(round(D / tps))
@@ -199,7 +188,7 @@ def plan_sweep(spec: SweepSpec) -> list[PlannedRun]:
                             f"{where}: the budget is smaller than one step of this model "
                             f"({tps} tokens x {fpt:.3g} FLOPs/token = {tps * fpt:.3g} FLOPs); raise the budget or shrink the batch"
                         )
-                    raw = _merge(raw, {"train": {"tokens": steps * tps}})
+                    raw = merge_dicts(raw, {"train": {"tokens": steps * tps}})
                     for o in spec.overrides:
                         m = o.get("match") or {}
                         here = {"variant": vname, "size": si, "budget": budget, "seed": seed}
