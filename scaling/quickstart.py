@@ -36,7 +36,7 @@ class QuickstartSize:
 
 
 FULL = QuickstartSize(
-    budgets=(5e10, 1.5e11, 5e11),
+    budgets=(1.5e11, 5e11, 1.5e12),
     sizes=(
         {"d_model": 16, "n_layers": 1, "n_heads": 1},
         {"d_model": 32, "n_layers": 1, "n_heads": 2},
@@ -117,12 +117,17 @@ def run_quickstart(out: str | Path, tiny: bool = False, data: str = "stdlib", wa
     try:
         iso = isoflop_analysis(runs, n_bootstrap=1000, seed=0)
         (report / "fit_isoflop.json").write_text(json.dumps(_clean(iso.to_dict()), indent=1))
-        N_star, size_from = float(iso.N_opt(C_target)), "IsoFLOP fit N_opt(C)"
     except ValueError as e:  # too few budgets with an interior minimum: noisy or badly bracketed sizes
         iso = None
         (report / "fit_isoflop.json").write_text(json.dumps({"law": "isoflop", "error": str(e)}, indent=1))
         say(f"      IsoFLOP analysis not possible on this sweep: {e}")
-        N_star, size_from = float(law.compute_optimal([C_target]).iloc[0]["N_opt"]), "Chinchilla-law N_opt(C)"
+    # The held-out size: the IsoFLOP optimum where that fit is well-posed (every minimum inside the trained sizes,
+    # a plausible exponent), else the Chinchilla law's optimum.
+    if iso is not None and iso.minima["in_range"].all() and 0.2 <= iso.a <= 0.9:
+        N_star, size_from = float(iso.N_opt(C_target)), "IsoFLOP fit N_opt(C)"
+    else:
+        N_star = float(law.compute_optimal([C_target]).iloc[0]["N_opt"])
+        size_from = "Chinchilla-law N_opt(C)" + (" (the IsoFLOP fit is not well-posed on this sweep)" if iso is not None else "")
     n_lo, n_hi = float(runs["N"].min()), float(runs["N"].max())
     if not (math.isfinite(N_star) and N_star > 0):
         size_from += f" = {N_star} (not usable), replaced by the geometric mean of the sizes"

@@ -149,3 +149,24 @@ def test_sigkill_and_resume_gives_identical_results(tmp_path):
     # the metrics log of the resumed run matches the uninterrupted one line for line (timings aside)
     strip = lambda p: [{k: v for k, v in json.loads(l).items() if k != "tokens_per_sec"} for l in p.read_text().splitlines()]  # noqa: E731
     assert strip(run_dir / "metrics.jsonl") == strip(tmp_path / "ref" / "metrics.jsonl")
+
+
+def test_sigterm_checkpoints_and_exits_then_the_rerun_resumes(tmp_path):
+    over = tiny_overrides(**{"train.tokens": 8 * 32 * 3000, "train.checkpoint_every": 50})
+    args = ["train", "--no-progress", *sum((["--set", o] for o in over), []), "--out", str(tmp_path / "run")]
+    proc = subprocess.Popen([sys.executable, "-m", "scaling", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rec_path = tmp_path / "run" / "record.json"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if rec_path.exists() and (json.loads(rec_path.read_text()).get("last_checkpoint_step") or 0) > 0:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    stopped = json.loads(rec_path.read_text())
+    assert stopped["status"] == "running" and 0 < stopped["last_checkpoint_step"] < 3000
+    assert "rerun to resume" in err
+    run_cli(*args)
+    done = json.loads(rec_path.read_text())
+    assert done["status"] == "completed" and done["resumed_from_step"] == stopped["last_checkpoint_step"]

@@ -238,6 +238,7 @@ def train(
                 write_record(last_checkpoint_step=ckpt.committed_step, progress=done / steps)
             if stopping and done < steps:
                 ckpt.close()
+                write_record(last_checkpoint_step=ckpt.committed_step)
                 raise StopRequested(f"stopped at step {done}/{steps}; rerun to resume")
         flush()
         ckpt.close()
