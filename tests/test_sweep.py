@@ -1,7 +1,6 @@
 """Sweeps: plan, run, collect; SIGKILL and resume; failures recorded while the sweep goes on; two workers."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 import yaml
 
 from scaling.config import ConfigError
-from scaling.sweep.runner import TIMING_COLUMNS, run_sweep
+from scaling.sweep.runner import run_sweep
 from scaling.sweep.spec import load_sweep, parse_sweep, plan_sweep
 
 from .conftest import ROOT, run_cli

@@ -29,7 +29,7 @@ from typing import Callable
 import pandas as pd
 
 from scaling.sweep.spec import PlannedRun, SweepSpec, plan_sweep, with_logging
-from scaling.train.record import read_record, write_json_atomic
+from scaling.train.record import read_record
 
 HEARTBEAT_S = 5.0
 STALE_AFTER_S = 60.0
@@ -303,4 +303,4 @@ def status_table(spec: SweepSpec, sweep_dir: str | Path) -> pd.DataFrame:
     return df
 
 
-__all__ = ["Claim", "SweepResult", "collect", "parse_shard", "run_sweep", "status_table", "write_json_atomic"]
+__all__ = ["Claim", "SweepResult", "collect", "parse_shard", "run_sweep", "status_table"]

@@ -199,7 +199,7 @@ def train(
             fetched = jax.device_get([m for _, m in pending])
             for (s, _), out in zip(pending, fetched):
                 m = {k: float(v) for k, v in out["metrics"].items()}
-                if not all(math.isfinite(v) for v in m.values() if not isinstance(v, list)):
+                if not all(math.isfinite(v) for v in m.values()):
                     pending = []
                     raise DivergedError(f"non-finite training loss at step {s + 1}: {m}")
                 recent.append(m["lm_loss"])
@@ -256,7 +256,8 @@ def train(
             "final_eval_bpb": last_eval.get("eval_bpb"),
             "entropy_rate": getattr(ds, "entropy_rate", None),
             "tokens_per_sec": loop_state["tokens_per_sec"],
-            "step_time_s": train_time / max(1, steps - (record.get("resumed_from_step") or 0)) if train_time else None,
+            # train_time_s sums the checkpointed sessions, which together trained every step once
+            "step_time_s": train_time / steps if train_time else None,
             "compile_time_s": compile_time,
             "train_time_s": train_time,
             "wall_time_s": (record.get("wall_time_s") or 0.0) + (time.perf_counter() - t0),
