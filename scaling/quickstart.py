@@ -83,7 +83,7 @@ def run_quickstart(out: str | Path, tiny: bool = False, data: str = "stdlib", wa
     from analysis.laws import ChinchillaLaw
     from scaling.accounting import count_params, flops_per_token
     from scaling.config import load_config
-    from scaling.model.presets import shape_for_width, widths
+    from scaling.model.presets import config_for_params
     from scaling.sweep.runner import run_sweep
     from scaling.sweep.spec import parse_sweep
     from scaling.train import train
@@ -137,18 +137,15 @@ def run_quickstart(out: str | Path, tiny: bool = False, data: str = "stdlib", wa
         N_star = min(max(N_star, n_lo), 4 * n_hi)
 
     # Held-out run: 10x the largest budget at the predicted optimal size, snapped to a width on the rule.
-    base_model = {"seq_len": size.seq_len, "vocab_size": 256}
-    best = None
-    for d in widths(512):
-        m = {**shape_for_width(d), **base_model}
-        n = count_params(load_config(base={"model": m}).model).total
-        if best is None or abs(math.log(n / N_star)) < abs(math.log(best[1] / N_star)):
-            best = (m, n)
-    model = best[0]
-    probe = load_config(base={**raw["base"], "model": model})
-    fpt = flops_per_token(probe.model)
-    steps = max(1, round(C_target / fpt / (size.batch_size * size.seq_len)))
-    held_raw = spec.recipe.apply({**raw["base"], "model": model, "train": {**raw["base"]["train"], "tokens": steps * size.batch_size * size.seq_len}}, best[1], steps * size.batch_size * size.seq_len)
+    held_model = config_for_params(N_star, vocab_size=256, seq_len=size.seq_len)
+    model = {k: getattr(held_model, k) for k in ("d_model", "n_layers", "n_heads", "seq_len", "vocab_size")}
+    tokens_per_step = size.batch_size * size.seq_len
+    steps = max(1, round(C_target / flops_per_token(held_model) / tokens_per_step))
+    held_raw = spec.recipe.apply(
+        {**raw["base"], "model": model, "train": {**raw["base"]["train"], "tokens": steps * tokens_per_step}},
+        count_params(held_model).total,
+        steps * tokens_per_step,
+    )
     held_cfg = load_config(base=held_raw)
     N_h, D_h = count_params(held_cfg.model).total, held_cfg.steps * held_cfg.tokens_per_step
     C_h = flops_per_token(held_cfg.model) * D_h

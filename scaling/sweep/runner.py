@@ -159,8 +159,7 @@ def run_sweep(
     plan = plan_sweep(spec)
     if sweep_yaml is not None:
         write_text_atomic(sweep_dir / "sweep.yaml", sweep_yaml)
-    pd.DataFrame([r.row() for r in plan]).to_csv(sweep_dir / f".plan.csv.{os.getpid()}", index=False)
-    os.replace(sweep_dir / f".plan.csv.{os.getpid()}", sweep_dir / "plan.csv")
+    write_text_atomic(sweep_dir / "plan.csv", pd.DataFrame([r.row() for r in plan]).to_csv(index=False))
     i, n = parse_shard(shard)
     owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     result = SweepResult([], [], [])
@@ -278,9 +277,7 @@ def collect(spec: SweepSpec, sweep_dir: str | Path, plan: list[PlannedRun] | Non
             }
         )
     df = pd.DataFrame(rows)
-    tmp = sweep_dir / f".runs.csv.tmp{os.getpid()}"
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, sweep_dir / "runs.csv")
+    write_text_atomic(sweep_dir / "runs.csv", df.to_csv(index=False))
     try:
         import pyarrow  # noqa: F401
 
