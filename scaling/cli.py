@@ -78,13 +78,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     stop = StopFlag().install()
     try:
         with progress_bar(cfg.log.progress) as progress:
-            record = train(cfg, args.out, progress=progress, should_stop=stop)
+            record = train(cfg, args.out, progress=progress, should_stop=stop, resume_anyway=args.resume_anyway)
     except DivergedError as e:
         print(f"run diverged: {e}", file=sys.stderr)
         return 3
     except StopRequested as e:
         print(str(e), file=sys.stderr)
         return 130
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -118,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run directory (created; reused to resume)")
     t.add_argument("--wandb", choices=["offline", "online", "disabled"], help="W&B mode (default from config: offline)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--resume-anyway", action="store_true",
+        help="continue from RUN_DIR's checkpoint although it was written under a different config (recorded as a warning)",
+    )
     t.set_defaults(func=cmd_train)
 
     b = sub.add_parser("bench", help="measure tokens/s, step time, compile time and MFU of a config")

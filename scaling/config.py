@@ -43,7 +43,7 @@ class MoEConfig:
     granularity: int = _f(1, "Fine-grained experts: each expert's hidden size is d_ff / granularity.")
     aux_loss_coef: float = _f(0.01, "Load-balancing loss coefficient (Switch/GShard; equals the coefficient at uniform routing).")
     router_z_loss_coef: float = _f(0.001, "Router z-loss coefficient (ST-MoE): coef * mean(logsumexp(router logits)^2).")
-    renormalize: bool = _f(True, "Renormalise the top-k gate weights to sum to one.")
+    renormalize: bool = _f(True, "Renormalise the top-k gate weights to sum to one (k >= 2 only: at k = 1 the gate stays the router probability, as in Switch, so the router learns from the LM loss).")
     bias_balancing: bool = _f(False, "Auxiliary-loss-free balancing: a per-expert selection bias updated by the sign of the load error.")
     bias_update_rate: float = _f(1e-3, "Step size of the auxiliary-loss-free bias update.")
 
@@ -66,7 +66,7 @@ class ModelConfig:
     n_layers: int = _f(2, "Number of transformer blocks.")
     n_heads: int = _f(4, "Attention query heads; d_model must be divisible by n_heads.")
     n_kv_heads: Optional[int] = _f(None, "Key/value heads for grouped-query attention (null = n_heads); must divide n_heads.")
-    d_ff: Optional[int] = _f(None, "Feed-forward hidden size (null: 4*d_model for gelu, 8/3*d_model rounded up to a multiple of 32 for swiglu).")
+    d_ff: Optional[int] = _f(None, "Feed-forward hidden size (null: 4*d_model for gelu; for swiglu the multiple of 8 nearest 8/3*d_model, so d_ff is within a relative 1.5/d_model of 8/3*d_model at every width).")
     vocab_size: int = _f(256, "Vocabulary size (256 for the byte tokenizer; the BPE tokenizer is trained to this size).")
     seq_len: int = _f(128, "Context length in tokens.")
     mlp: Literal["swiglu", "gelu"] = _f("swiglu", "Feed-forward type.")
@@ -91,7 +91,9 @@ class ModelConfig:
             return self.d_ff
         if self.mlp == "gelu":
             return 4 * self.d_model
-        return 32 * math.ceil(8 * self.d_model / 3 / 32)
+        # SwiGLU keeps the MLP's parameters at 8 d^2 (as GELU's 4d) with d_ff = 8d/3; rounding to the nearest
+        # multiple of 8 (not up to a coarse multiple) keeps the ratio uniform across a sweep's widths.
+        return max(8, 8 * round(self.d_model / 3))
 
     def validate(self, where: str = "model") -> None:
         _positive(self, where, "d_model", "n_layers", "n_heads", "vocab_size", "seq_len")
@@ -120,6 +122,7 @@ class DataConfig:
     cache_dir: Optional[str] = _f(None, "Where tokenized corpora and tokenizers are cached (null: $SCALING_CACHE or ~/.cache/scaling).")
     synthetic_branching: int = _f(4, "Synthetic source: successors per state in the random sparse Markov chain.")
     synthetic_seed: int = _f(1234, "Synthetic source: seed of the Markov chain (its transition table), independent of train.seed.")
+    max_epochs: Optional[float] = _f(4.0, "Refuse a run that would pass over the training split more than this many times (null: no cap). Above one epoch the run is warned about and its record says how many; repeated tokens are worth less than fresh ones (Muennighoff et al. 2023 find them nearly as good up to ~4 epochs).")
 
     def validate(self, where: str = "data") -> None:
         if not 0 < self.eval_fraction < 1:
@@ -130,6 +133,8 @@ class DataConfig:
             raise ConfigError(f"{where}.synthetic_branching must be >= 1, got {self.synthetic_branching}")
         if self.max_bytes is not None and self.max_bytes <= 0:
             raise ConfigError(f"{where}.max_bytes must be > 0 or null, got {self.max_bytes}")
+        if self.max_epochs is not None and not self.max_epochs > 0:
+            raise ConfigError(f"{where}.max_epochs must be > 0 or null, got {self.max_epochs}")
 
 
 @dataclass(frozen=True)
@@ -149,15 +154,18 @@ class TrainConfig:
     z_loss_coef: float = _f(0.0, "Output-logit z-loss coefficient: coef * mean(logsumexp(logits)^2).")
     grad_accum: int = _f(1, "Gradient-accumulation micro-batches per step.")
     seed: int = _f(0, "Seed of the parameter init and of the data order.")
-    eval_every: int = _f(0, "Evaluate every this many steps (0: about ten times per run); always at the end.")
-    eval_batches: int = _f(8, "Held-out batches per evaluation (mean and standard error are over these).")
+    eval_every: int = _f(0, "Evaluate every this many steps (0: only at the end); always at the end.")
+    eval_tokens: int = _f(2**18, "Held-out tokens per evaluation: a fixed set of eval_tokens // seq_len windows (the same for every run with this data and seq_len, whatever its batch size), each scored once; the mean and its standard error are over windows. A smaller split is used whole, with a warning.")
+    eval_batch_size: Optional[int] = _f(None, "Sequences per evaluation micro-batch (null: batch_size / grad_accum, the training micro-batch). Changes memory and speed, not the result.")
     log_every: int = _f(10, "Log train metrics every this many steps.")
     checkpoint_every: int = _f(0, "Checkpoint every this many steps (0: about ten times per run); always at the end.")
     keep_checkpoints: int = _f(2, "Checkpoints kept on disk (the newest).")
     flops_attention: Literal["causal", "full", "none"] = _f("causal", "FLOPs convention for attention: 12*n_layers*seq_len*d_attn per token, halved for causal, or left out.")
 
     def validate(self, where: str = "train") -> None:
-        _positive(self, where, "tokens", "batch_size", "grad_accum", "eval_batches", "log_every", "keep_checkpoints")
+        _positive(self, where, "tokens", "batch_size", "grad_accum", "eval_tokens", "log_every", "keep_checkpoints")
+        if self.eval_batch_size is not None and self.eval_batch_size <= 0:
+            raise ConfigError(f"{where}.eval_batch_size must be > 0 or null, got {self.eval_batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"{where}.lr must be a finite number > 0, got {self.lr}")
         for name in ("warmup_fraction", "decay_fraction", "min_lr_ratio"):
@@ -212,6 +220,10 @@ class RunConfig:
     @property
     def steps(self) -> int:
         return self.train.tokens // self.tokens_per_step
+
+    @property
+    def eval_batch_size(self) -> int:
+        return self.train.eval_batch_size or self.train.batch_size // self.train.grad_accum
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -32,6 +32,7 @@ class QuickstartSize:
     batch_size: int
     seq_len: int
     bootstrap: int
+    eval_tokens: int = 2**18
     heldout_factor: float = 10.0
 
 
@@ -57,6 +58,7 @@ TINY = QuickstartSize(
     batch_size=8,
     seq_len=32,
     bootstrap=100,
+    eval_tokens=2**15,
 )
 
 
@@ -66,8 +68,8 @@ def sweep_dict(size: QuickstartSize, data: str, wandb: str) -> dict:
         "base": {
             "data": {"source": data},
             "model": {"seq_len": size.seq_len, "vocab_size": 256},
-            # one evaluation at the end, on 64 batches: low noise where it matters, little time spent
-            "train": {"batch_size": size.batch_size, "log_every": 20, "eval_batches": 64, "eval_every": 10**9},
+            # one evaluation at the end, on a fixed held-out set: low noise where it matters, little time spent
+            "train": {"batch_size": size.batch_size, "log_every": 20, "eval_tokens": size.eval_tokens, "eval_every": 10**9},
             "log": {"wandb": wandb},
         },
         "grid": {"kind": "isoflop", "budgets": list(size.budgets), "sizes": list(size.sizes)},
@@ -141,10 +143,11 @@ def run_quickstart(out: str | Path, tiny: bool = False, data: str = "stdlib", wa
     model = {k: getattr(held_model, k) for k in ("d_model", "n_layers", "n_heads", "seq_len", "vocab_size")}
     tokens_per_step = size.batch_size * size.seq_len
     steps = max(1, round(C_target / flops_per_token(held_model) / tokens_per_step))
+    import jax
+
+    held_base = {**raw["base"], "model": model, "train": {**raw["base"]["train"], "tokens": steps * tokens_per_step}}
     held_raw = spec.recipe.apply(
-        {**raw["base"], "model": model, "train": {**raw["base"]["train"], "tokens": steps * tokens_per_step}},
-        count_params(held_model).total,
-        steps * tokens_per_step,
+        held_base, load_config(base=held_base), count_params(held_model).total, steps * tokens_per_step, jax.device_count()
     )
     held_cfg = load_config(base=held_raw)
     N_h, D_h = count_params(held_cfg.model).total, held_cfg.steps * held_cfg.tokens_per_step

@@ -31,6 +31,7 @@ def tiny_overrides(**extra):
         "train.batch_size": 8,
         "train.tokens": 8 * 32 * 40,
         "train.lr": 1e-2,
+        "train.eval_tokens": 8192,
         "log.wandb": "disabled",
         "log.progress": False,
     }

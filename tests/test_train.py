@@ -20,7 +20,8 @@ from .conftest import ROOT, run_cli, tiny_overrides
 RECORD_KEYS = {
     "run_id", "status", "config", "n_params", "n_params_nonembedding", "n_params_active", "tokens", "flops",
     "flops_convention", "final_train_loss", "final_eval_loss", "final_eval_loss_stderr", "tokens_per_sec",
-    "wall_time_s", "device_kind", "device_count", "seed", "data", "versions", "params_digest",
+    "wall_time_s", "device_kind", "device_count", "seed", "data", "versions", "params_digest", "epochs", "eval_tokens",
+    "eval_windows", "warnings",
 }
 
 

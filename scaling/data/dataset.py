@@ -14,8 +14,11 @@ Evaluation batches do not depend on the training seed: runs with different seeds
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -27,6 +30,7 @@ from scaling.data import corpus
 from scaling.data.tokenizer import BPETokenizer, ByteTokenizer
 
 EVAL_STREAM = 0x5EED_E7A1
+EVAL_CHUNK = 64  # synthetic eval sequences are drawn in chunks of this many, independent of any batch size
 
 
 def cache_root(cfg: DataConfig) -> Path:
@@ -46,8 +50,9 @@ class SyntheticMarkov:
         for s in range(V):
             others = rng.choice(np.delete(np.arange(V), (s + 1) % V), size=k - 1, replace=False)
             succ[s] = np.concatenate([[(s + 1) % V], others])  # s -> s+1 keeps the chain irreducible
-        if k > 1:
-            succ[0, 1] = 0  # a self-loop makes it aperiodic
+        if k > 1 and 0 not in succ[0]:
+            succ[0, 1] = 0  # a self-loop makes it aperiodic (only if 0 is not a successor already: no duplicates)
+        assert all(len(set(row)) == k for row in succ.tolist()), "successors of a state must be distinct"
         probs = rng.dirichlet(np.ones(k), size=V)
         self.vocab_size, self.successors, self.probs = V, succ, probs
         self.cum_probs = np.cumsum(probs, axis=1)
@@ -61,7 +66,10 @@ class SyntheticMarkov:
         self.stationary = pi / pi.sum()
         self.cum_stationary = np.cumsum(self.stationary)
         self.cum_stationary[-1] = 1.0
-        row_entropy = -np.sum(probs * np.log(probs), axis=1)
+        # Entropy from the transition matrix itself (not the per-successor probabilities), so it is exact whatever
+        # the successor lists hold.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            row_entropy = -np.sum(np.where(P > 0, P * np.log(P), 0.0), axis=1)
         self.entropy_rate = float(self.stationary @ row_entropy)  # nats per token
         self.fingerprint = f"markov-v{V}-b{k}-s{seed}"
 
@@ -79,8 +87,14 @@ class SyntheticMarkov:
         rng = np.random.default_rng([seed, 0, step])
         return self.sample(rng, batch_size, seq_len + 1)[rows]
 
-    def eval_batch(self, i: int, batch_size: int, seq_len: int) -> np.ndarray:
-        return self.sample(np.random.default_rng([EVAL_STREAM, 1, i]), batch_size, seq_len + 1)
+    def eval_windows(self, n: int, seq_len: int) -> tuple[np.ndarray, int | None]:
+        """The first ``n`` held-out sequences (seq_len + 1 tokens each), drawn in fixed chunks of
+        ``EVAL_CHUNK`` from a stream independent of every training seed: the same set whatever the batch size."""
+        chunks = [self.sample(np.random.default_rng([EVAL_STREAM, 1, c]), EVAL_CHUNK, seq_len + 1) for c in range(-(-n // EVAL_CHUNK))]
+        return np.concatenate(chunks)[:n], None
+
+    def train_windows_per_epoch(self, seq_len: int) -> int | None:
+        return None  # an endless source: no epochs
 
     def describe(self) -> dict:
         return {"kind": self.kind, "fingerprint": self.fingerprint, "entropy_rate_nats": self.entropy_rate}
@@ -131,11 +145,15 @@ class TokenDataset:
     def train_batch(self, step: int, batch_size: int, seq_len: int, seed: int, rows: slice = slice(None)) -> np.ndarray:
         return self._windows(self.train.tokens, self.train_windows(step, batch_size, seq_len, seed, rows), seq_len)
 
-    def eval_batch(self, i: int, batch_size: int, seq_len: int) -> np.ndarray:
-        n = self._n_windows(self.eval.tokens, seq_len)
-        perm = self._perm(EVAL_STREAM, 0, n)
-        g = (i * batch_size + np.arange(batch_size)) % n
-        return self._windows(self.eval.tokens, perm[g], seq_len)
+    def eval_windows(self, n: int, seq_len: int) -> tuple[np.ndarray, int | None]:
+        """The first ``min(n, available)`` windows of one fixed permutation of the eval split (no window twice),
+        and how many windows the split has."""
+        avail = self._n_windows(self.eval.tokens, seq_len)
+        perm = self._perm(EVAL_STREAM, 0, avail)
+        return self._windows(self.eval.tokens, perm[: min(n, avail)], seq_len), avail
+
+    def train_windows_per_epoch(self, seq_len: int) -> int:
+        return self._n_windows(self.train.tokens, seq_len)
 
     def describe(self) -> dict:
         return {
@@ -178,30 +196,10 @@ def build_corpus_dataset(data: DataConfig, vocab_size: int) -> TokenDataset:
     dtype = np.uint16 if vocab_size <= 65536 else np.uint32
     meta_path = cdir / "meta.json"
     if not meta_path.exists():
-        cdir.mkdir(parents=True, exist_ok=True)
-        if data.tokenizer == "bpe":
-            tok = BPETokenizer.train((d.text for d in train_docs), vocab_size)
-            tmp = cdir / f"tokenizer.json.tmp{os.getpid()}"
-            tok.save(tmp)
-            os.replace(tmp, cdir / "tokenizer.json")
-        else:
-            tok = ByteTokenizer()
-        for name, split in (("train", train_docs), ("eval", eval_docs)):
-            _atomic_write_array(cdir / f"{name}.bin", _tokenize(tok, split).astype(dtype))
-        meta = {
-            "source": data.source,
-            "tokenizer": data.tokenizer,
-            "vocab_size": tok.vocab_size,
-            "fingerprint": content,
-            "n_train_docs": len(train_docs),
-            "n_eval_docs": len(eval_docs),
-            "train_bytes": sum(len(d.text.encode()) for d in train_docs),
-            "eval_bytes": sum(len(d.text.encode()) for d in eval_docs),
-            "dtype": np.dtype(dtype).name,
-        }
-        tmp = meta_path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, meta_path)  # meta.json last: its presence means the cache entry is complete
+        # One builder per cache entry: processes of a multi-host job, or sweep workers, wait for the first.
+        with _file_lock(cache_root(data) / f".{key}.lock"):
+            if not meta_path.exists():  # built by another process while this one waited
+                _build_entry(data, vocab_size, train_docs, eval_docs, content, cdir, dtype)
     meta = json.loads(meta_path.read_text())
     if meta["vocab_size"] > vocab_size:
         raise ValueError(f"model.vocab_size={vocab_size} is smaller than the tokenizer's {meta['vocab_size']}")
@@ -210,6 +208,49 @@ def build_corpus_dataset(data: DataConfig, vocab_size: int) -> TokenDataset:
         return _Split(np.memmap(cdir / f"{name}.bin", dtype=meta["dtype"], mode="r"), n_bytes)
 
     return TokenDataset(load("train", meta["train_bytes"]), load("eval", meta["eval_bytes"]), vocab_size, content, meta)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive advisory lock (fcntl) held for the block: other processes block until it is released."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _build_entry(data: DataConfig, vocab_size: int, train_docs, eval_docs, content: str, cdir: Path, dtype) -> None:
+    """Tokenize a corpus into ``cdir`` (tokenizer, train.bin, eval.bin, then meta.json last)."""
+    cdir.mkdir(parents=True, exist_ok=True)
+    if data.tokenizer == "bpe":
+        tok = BPETokenizer.train((d.text for d in train_docs), vocab_size)
+        tmp = cdir / f"tokenizer.json.tmp{os.getpid()}"
+        tok.save(tmp)
+        os.replace(tmp, cdir / "tokenizer.json")
+    else:
+        tok = ByteTokenizer()
+    for name, split in (("train", train_docs), ("eval", eval_docs)):
+        _atomic_write_array(cdir / f"{name}.bin", _tokenize(tok, split).astype(dtype))
+    meta = {
+        "source": data.source,
+        "tokenizer": data.tokenizer,
+        "vocab_size": tok.vocab_size,
+        "fingerprint": content,
+        "n_train_docs": len(train_docs),
+        "n_eval_docs": len(eval_docs),
+        "train_bytes": sum(len(d.text.encode()) for d in train_docs),
+        "eval_bytes": sum(len(d.text.encode()) for d in eval_docs),
+        "dtype": np.dtype(dtype).name,
+    }
+    meta_path = cdir / "meta.json"
+    tmp = meta_path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, meta_path)  # meta.json last: its presence means the cache entry is complete
+    with open(cdir.parent / "builds.jsonl", "a") as fh:  # an audit trail: one line per build of an entry
+        fh.write(json.dumps({"key": cdir.name, "pid": os.getpid(), "time": time.time()}) + "\n")
 
 
 def load_tokenizer(data: DataConfig, fingerprint: str, vocab_size: int):

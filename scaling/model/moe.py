@@ -77,7 +77,9 @@ class MoE(nnx.Module):
         scores = probs_BLE if self.bias_E is None else probs_BLE + self.bias_E[...]
         _, idx_BLK = jax.lax.top_k(scores, m.top_k)
         gates_BLK = jnp.take_along_axis(probs_BLE, idx_BLK, axis=-1)
-        if m.renormalize:
+        # At k = 1 renormalising would make every gate p / p = 1 and cut the router off from the LM loss's
+        # gradient (Switch keeps the raw probability); renormalise only from k = 2.
+        if m.renormalize and m.top_k > 1:
             gates_BLK = gates_BLK / jnp.sum(gates_BLK, axis=-1, keepdims=True)
         return logits_BLE, probs_BLE, idx_BLK, gates_BLK
 

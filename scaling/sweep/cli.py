@@ -45,13 +45,13 @@ def cmd_plan(args) -> int:
 
     spec = _load(args.sweep)
     try:
-        plan = plan_sweep(spec)
+        plan = plan_sweep(spec, check_data=True)
     except ConfigError as e:
         print(f"sweep error: {e}", file=sys.stderr)
         return 2
     dev = DeviceInfo.current()
     table = Table(title=f"sweep {spec.name}: {len(plan)} runs on {dev.count}x {dev.kind}")
-    for col in ("run_id", "variant", "N", "N_active", "D", "C", "budget", "steps", "batch", "lr", "seed", "memory", "est. time"):
+    for col in ("run_id", "variant", "N", "N_active", "D", "C", "budget", "steps", "batch", "lr", "seed", "epochs", "memory", "est. time"):
         table.add_column(col, justify="right" if col not in ("run_id", "variant") else "left")
     problems = []
     total_C, total_t = 0.0, 0.0
@@ -64,9 +64,17 @@ def cmd_plan(args) -> int:
         table.add_row(
             r.run_id, r.variant, _human(r.n_params), _human(r.n_params_active), _human(r.tokens), f"{r.flops:.3g}",
             f"{r.budget:.3g}" if r.budget else "-", str(r.steps), str(r.config.train.batch_size), f"{r.config.train.lr:.2e}",
-            str(r.seed), f"{_human(est['memory_bytes'])}B", _duration(est["time_s"]),
+            str(r.seed), "-" if r.epochs is None else f"{r.epochs:.2f}", f"{_human(est['memory_bytes'])}B", _duration(est["time_s"]),
         )
     Console(width=200).print(table)
+    g = spec.grid
+    print(f"parameters basis for the recipe{' and tokens_per_param' if g.kind == 'tokens_per_param' else ''}: N_{g.params}")
+    if g.kind == "isoflop":
+        worst = max(abs(r.flops / r.budget - 1) for r in plan)
+        print(f"budget check: every run's C within {100 * worst:.2f}% of its budget (limit 1%)")
+    repeated = [r for r in plan if r.epochs is not None and r.epochs > 1]
+    if repeated:
+        print(f"warning: {len(repeated)} runs repeat data (up to {max(r.epochs for r in repeated):.2f} epochs over their training split)", file=sys.stderr)
     print(f"total compute {total_C:.3e} FLOPs; estimated time {_duration(total_t)} on this machine ({dev.basis})")
     if problems:
         for p in problems:
@@ -77,17 +85,22 @@ def cmd_plan(args) -> int:
 
 def cmd_run(args) -> int:
     from scaling.cli import StopFlag
+    from scaling.config import ConfigError
     from scaling.sweep.runner import run_sweep
     from scaling.ui import progress_bar
 
     spec = _load(args.sweep)
     out = args.out or os.path.join("runs", spec.name)
     stop = StopFlag().install()
-    with progress_bar(not args.no_progress) as progress:
-        res = run_sweep(
-            spec, out, shard=args.shard, retry_failed=args.retry_failed, should_stop=stop, progress=progress,
-            sweep_yaml=Path(args.sweep).read_text(),
-        )
+    try:
+        with progress_bar(not args.no_progress) as progress:
+            res = run_sweep(
+                spec, out, shard=args.shard, retry_failed=args.retry_failed, should_stop=stop, progress=progress,
+                sweep_yaml=Path(args.sweep).read_text(),
+            )
+    except (ConfigError, ValueError) as e:
+        print(f"sweep error: {e}", file=sys.stderr)
+        return 2
     print(
         f"sweep {spec.name}: {len(res.completed)} completed now, {len(res.failed)} failed/diverged, "
         f"{len(res.skipped)} skipped (done, failed earlier, or claimed by another worker) -> {out}/runs.csv"

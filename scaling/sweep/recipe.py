@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from scaling.config import _f
+from scaling.config import RunConfig, _f
 
 
 @dataclass(frozen=True)
@@ -33,20 +33,27 @@ class Recipe:
         lr = self.lr_base * (n_params / self.lr_ref_params) ** self.lr_exponent
         return float(min(self.lr_max, max(self.lr_min, lr)))
 
-    def apply(self, raw: dict, n_params: float, tokens: float) -> dict:
+    def apply(self, raw: dict, resolved: RunConfig, n_params: float, tokens: float, n_devices: int = 1) -> dict:
+        """``raw`` with the recipe's hyper-parameters for a model of ``n_params`` trained on ``tokens``.
+
+        ``resolved`` is ``raw`` as a validated config (so a preset's seq_len or a default batch size are the real
+        ones, not guesses); batch halving keeps the batch divisible by ``n_devices`` x grad_accum."""
         if not self.enabled:
             return raw
         out = copy.deepcopy(raw)
         train = out.setdefault("train", {})
         if not (self.respect_base and "lr" in train):
             train["lr"] = self.lr(n_params)
-        seq = out.get("model", {}).get("seq_len", 128)
+        seq = resolved.model.seq_len
+        batch = train.get("batch_size", resolved.train.batch_size)
         if self.min_steps:
-            batch = train.get("batch_size", 32)
-            while batch // 2 >= self.min_batch_size and tokens / (batch * seq) < self.min_steps:
+            unit = n_devices * resolved.train.grad_accum
+            while batch // 2 >= self.min_batch_size and (batch // 2) % unit == 0 and tokens / (batch * seq) < self.min_steps:
                 batch //= 2
             train["batch_size"] = batch
         if self.min_warmup_steps:
-            steps = max(1, int(tokens // (train.get("batch_size", 32) * seq)))
-            train["warmup_fraction"] = max(train.get("warmup_fraction", 0.05), min(0.5, self.min_warmup_steps / steps))
+            steps = max(1, int(tokens // (batch * seq)))
+            train["warmup_fraction"] = max(
+                train.get("warmup_fraction", resolved.train.warmup_fraction), min(0.5, self.min_warmup_steps / steps)
+            )
         return out

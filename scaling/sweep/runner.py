@@ -156,7 +156,7 @@ def run_sweep(
 
     sweep_dir = Path(sweep_dir)
     (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
-    plan = plan_sweep(spec)
+    plan = plan_sweep(spec, check_data=True)
     if sweep_yaml is not None:
         write_text_atomic(sweep_dir / "sweep.yaml", sweep_yaml)
     write_text_atomic(sweep_dir / "plan.csv", pd.DataFrame([r.row() for r in plan]).to_csv(index=False))
@@ -268,6 +268,11 @@ def collect(spec: SweepSpec, sweep_dir: str | Path, plan: list[PlannedRun] | Non
                 "n_heads": cfg.model.n_heads,
                 "n_experts": cfg.model.moe.n_experts if cfg.model.moe else None,
                 "top_k": cfg.model.moe.top_k if cfg.model.moe else None,
+                "granularity": cfg.model.moe.granularity if cfg.model.moe else None,
+                "params_basis": spec.grid.params,
+                "epochs": rec.get("epochs", run.epochs),
+                "eval_tokens": rec.get("eval_tokens"),
+                "warnings": " | ".join(rec.get("warnings") or []) or None,
                 "lr": cfg.train.lr,
                 "batch_size": cfg.train.batch_size,
                 "steps": run.steps,

@@ -40,7 +40,13 @@ class GridSpec:
     sizes: list = _f([], "Model sizes: numbers (target total parameters) or model-section dicts.")
     budgets: list = _f([], "isoflop: compute budgets in FLOPs.")
     tokens: list = _f([], "explicit: token budgets D.")
-    ratios: list = _f([], "tokens_per_param: D = ratio x N (total parameters).")
+    ratios: list = _f([], "tokens_per_param: D = ratio x N (N per `params`).")
+    params: Literal["active", "total"] = _f(
+        "active",
+        "Which parameter count N means for tokens_per_param grids and the learning-rate recipe: active (what a token "
+        "uses; equal to total for dense models, so dense and MoE runs of one size get the same tokens and lr) or "
+        "total (all experts).",
+    )
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,7 @@ class PlannedRun:
     tokens: int
     flops: float
     steps: int
+    epochs: Optional[float] = None  # passes over the training split (None: endless source, or not checked)
     tags: dict = field(default_factory=dict)
 
     def row(self) -> dict:
@@ -83,6 +90,7 @@ class PlannedRun:
             "batch_size": self.config.train.batch_size,
             "lr": self.config.train.lr,
             "seed": self.seed,
+            "epochs": self.epochs,
         }
 
 
@@ -159,42 +167,67 @@ def _size_dict(size: Any, i: int) -> dict:
         raise ConfigError(f"grid.sizes[{i}]: expected a number (target parameters) or a model mapping, got {size!r}") from None
 
 
-def plan_sweep(spec: SweepSpec) -> list[PlannedRun]:
-    """Every run of the sweep, resolved and validated; refuses runs that cannot train (with the reason)."""
+BUDGET_TOLERANCE = 0.01  # an IsoFLOP run's C must be within 1% of its budget (steps are whole numbers)
+
+
+def _apply_overrides(raw: dict, overrides: list, here: dict) -> dict:
+    for o in overrides:
+        m = o.get("match") or {}
+        if all(here.get(k) == (float(v) if k == "budget" else v) for k, v in m.items()):
+            for k, v in o["set"].items():
+                set_by_path(raw, k, v)
+    return raw
+
+
+def plan_sweep(spec: SweepSpec, *, check_data: bool = False, n_devices: int | None = None) -> list[PlannedRun]:
+    """Every run of the sweep, resolved and validated; refuses runs that cannot train (with the reason).
+
+    Per run: base, variant, size and seed are merged and the matching overrides applied *first* (an override may
+    change the model, hence FLOPs per token); D follows from the grid (IsoFLOP: budget / FLOPs per token); the
+    recipe sets lr, batch and warmup from N (``grid.params``: active or total) and D; the overrides are applied
+    again so an explicit value wins over the recipe. Every IsoFLOP run's C is checked within 1% of its budget.
+    ``check_data`` also counts epochs over each run's training split (tokenizing the corpus once, cached) and
+    refuses runs above ``data.max_epochs``."""
+    if n_devices is None:
+        import jax
+
+        n_devices = jax.device_count()
     runs: list[PlannedRun] = []
     g = spec.grid
     variants = spec.variants or {"default": {}}
     for vname, variant in variants.items():
         for si, size in enumerate(g.sizes):
             base = merge_dicts(merge_dicts(spec.base, variant), {"model": _size_dict(size, si)})
-            probe = load_config(base=base, overrides=["train.tokens=1000000000"])
-            counts = count_params(probe.model)
-            fpt = flops_per_token(probe.model, probe.train.flops_attention)
             if g.kind == "isoflop":
-                points = [(float(C), float(C) / fpt) for C in g.budgets]
+                points = [(float(C), None, None) for C in g.budgets]
             elif g.kind == "explicit":
-                points = [(None, float(D)) for D in g.tokens]
+                points = [(None, float(D), None) for D in g.tokens]
             else:
-                points = [(None, float(r) * counts.total) for r in g.ratios]
-            for budget, D in points:
+                points = [(None, None, float(r)) for r in g.ratios]
+            for budget, tokens, ratio in points:
                 for seed in spec.seeds:
-                    raw = merge_dicts(base, {"train": {"seed": seed}})
-                    raw = spec.recipe.apply(raw, n_params=counts.total, tokens=D)
+                    here = {"variant": vname, "size": si, "budget": budget, "seed": seed}
+                    what = "budget=%.3g" % budget if budget else ("D=%.3g" % tokens if tokens else "ratio=%g" % ratio)
+                    where = f"run (variant={vname}, size={si}, {what}, seed={seed})"
+                    raw = _apply_overrides(merge_dicts(base, {"train": {"seed": seed}}), spec.overrides, here)
+                    try:
+                        probe = load_config(base=raw, overrides=["train.tokens=1000000000000"])
+                    except ConfigError as e:
+                        raise ConfigError(f"{where}: {e}") from None
+                    counts = count_params(probe.model)
+                    n_basis = counts.active if g.params == "active" else counts.total
+                    fpt = flops_per_token(probe.model, probe.train.flops_attention)
+                    D = budget / fpt if budget else (tokens if tokens else ratio * n_basis)
+                    raw = spec.recipe.apply(raw, probe, n_params=n_basis, tokens=D, n_devices=n_devices)
+                    raw = _apply_overrides(raw, spec.overrides, here)
                     tps = probe.model.seq_len * raw.get("train", {}).get("batch_size", probe.train.batch_size)
                     steps = int(round(D / tps))
-                    where = f"run (variant={vname}, size={si}, {'budget=%.3g' % budget if budget else 'D=%.3g' % D}, seed={seed})"
                     if steps < 1:
                         raise ConfigError(
                             f"{where}: the budget is smaller than one step of this model "
                             f"({tps} tokens x {fpt:.3g} FLOPs/token = {tps * fpt:.3g} FLOPs); raise the budget or shrink the batch"
                         )
                     raw = merge_dicts(raw, {"train": {"tokens": steps * tps}})
-                    for o in spec.overrides:
-                        m = o.get("match") or {}
-                        here = {"variant": vname, "size": si, "budget": budget, "seed": seed}
-                        if all(here.get(k) == (float(v) if k == "budget" else v) for k, v in m.items()):
-                            for k, v in o["set"].items():
-                                set_by_path(raw, k, v)
                     try:
                         cfg = load_config(base=raw)
                     except ConfigError as e:
@@ -202,6 +235,11 @@ def plan_sweep(spec: SweepSpec) -> list[PlannedRun]:
                     run_id = config_hash(cfg.to_dict())
                     cnt = count_params(cfg.model)
                     fl = flops_per_token(cfg.model, cfg.train.flops_attention) * cfg.steps * cfg.tokens_per_step
+                    if budget and abs(fl / budget - 1) > BUDGET_TOLERANCE:
+                        raise ConfigError(
+                            f"{where}: C = {fl:.4g} is {100 * (fl / budget - 1):+.1f}% off its budget (whole steps of "
+                            f"{cfg.tokens_per_step} tokens); raise the budget or shrink the batch"
+                        )
                     runs.append(
                         PlannedRun(run_id, cfg, vname, si, budget, seed, cnt.total, cnt.active, cfg.steps * cfg.tokens_per_step, fl, cfg.steps)
                     )
@@ -210,7 +248,30 @@ def plan_sweep(spec: SweepSpec) -> list[PlannedRun]:
         if r.run_id in seen:
             raise ConfigError(f"two runs of the sweep resolve to the same config (run {r.run_id}); remove the duplicate grid point")
         seen[r.run_id] = r
+    if check_data:
+        _count_epochs(runs)
     return runs
+
+
+def _count_epochs(runs: list[PlannedRun]) -> None:
+    """Fill each run's epochs over its training split; refuse runs above their data.max_epochs."""
+    from scaling.data import build_dataset
+
+    per_epoch: dict[str, int | None] = {}
+    for r in runs:
+        key = repr((r.config.data, r.config.model.vocab_size, r.config.model.seq_len))
+        if key not in per_epoch:
+            per_epoch[key] = build_dataset(r.config.data, r.config.model).train_windows_per_epoch(r.config.model.seq_len)
+        windows = per_epoch[key]
+        if windows:
+            r.epochs = r.steps * r.config.train.batch_size / windows
+            cap = r.config.data.max_epochs
+            if cap is not None and r.epochs > cap:
+                raise ConfigError(
+                    f"run {r.run_id} (variant={r.variant}, size={r.size_index}, N={r.n_params:.3g}, D={r.tokens:.3g}) would make "
+                    f"{r.epochs:.3g} epochs over its {windows * r.config.model.seq_len:,}-token training split, above "
+                    f"data.max_epochs={cap:g}; point data.source at a larger corpus, lower the budget, or raise data.max_epochs"
+                )
 
 
 def with_logging(run: PlannedRun, spec: SweepSpec) -> RunConfig:

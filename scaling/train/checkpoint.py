@@ -39,6 +39,10 @@ class Checkpointer:
         )
         return out["state"], out["meta"]
 
+    def read_meta(self, step: int) -> dict:
+        """The JSON metadata saved with checkpoint ``step`` (without reading the arrays)."""
+        return self.mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
     def wait(self) -> None:
         self.mgr.wait_until_finished()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 import traceback
+import warnings
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable
@@ -23,10 +24,10 @@ import numpy as np
 from flax import nnx
 
 from scaling.accounting import count_params, flops_convention, flops_per_token
-from scaling.config import RunConfig, dump_yaml
+from scaling.config import ConfigError, RunConfig, dump_yaml
 from scaling.data import build_dataset
 from scaling.model import Transformer
-from scaling.parallel import DataParallel, enable_compilation_cache, maybe_initialize_distributed
+from scaling.parallel import DataParallel, InFlight, enable_compilation_cache, maybe_initialize_distributed
 from scaling.train import record as rec
 from scaling.train.checkpoint import Checkpointer
 from scaling.train.logger import MetricsLogger
@@ -37,7 +38,16 @@ FINAL_LOSS_WINDOW = 20  # final_train_loss: mean LM loss over the last this-many
 
 
 class DivergedError(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite (``step``: the first optimizer step whose metrics were not finite)."""
+
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step
+
+
+class MeasurementWarning(UserWarning):
+    """Something that can make a run's numbers misleading (repeated data, a small eval split, a resume under
+    another config); it is also written to the record's ``warnings``."""
 
 
 class StopRequested(Exception):
@@ -52,20 +62,57 @@ def run_id_for(cfg: RunConfig) -> str:
     return cfg.name or rec.config_hash(cfg.to_dict())
 
 
-def evaluate(eval_fn, params, rest, ds, dp: DataParallel, cfg: RunConfig) -> dict:
-    B, L = cfg.train.batch_size, cfg.model.seq_len
+def evaluate(eval_fn, params, rest, windows: np.ndarray, micro: int, dp: DataParallel, bytes_per_token: float | None) -> dict:
+    """Mean next-token loss over a fixed set of held-out windows, each scored once, in micro-batches of ``micro``.
+
+    The standard error is over windows (std / sqrt(n)); the last micro-batch is padded with copies of the first
+    window whose losses are dropped, so every window counts exactly once whatever ``micro`` is."""
+    n, L1 = windows.shape
     losses = []
-    for i in range(cfg.train.eval_batches):
-        batch = ds.eval_batch(i, B, L)[dp.local_rows(B)]
-        losses.append(eval_fn(params, rest, dp.put_batch(batch, (B, L + 1))))
-    arr = np.asarray(jax.device_get(losses), np.float64)
+    in_flight = InFlight(dp.max_in_flight)
+    for start in range(0, n, micro):
+        chunk = windows[start : start + micro]
+        if len(chunk) < micro:
+            chunk = np.concatenate([chunk, np.repeat(windows[:1], micro - len(chunk), axis=0)])
+        losses.append(eval_fn(params, rest, dp.put_batch(chunk[dp.local_rows(micro)], (micro, L1))))
+        in_flight.add(losses[-1])
+    per_window = np.concatenate([np.asarray(x, np.float64) for x in jax.device_get(losses)])[:n]
     out = {
-        "eval_loss": float(arr.mean()),
-        "eval_loss_stderr": float(arr.std(ddof=1) / math.sqrt(len(arr))) if len(arr) > 1 else float("nan"),
+        "eval_loss": float(per_window.mean()),
+        "eval_loss_stderr": float(per_window.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"),
+        "eval_windows": int(n),
+        "eval_tokens": int(n * (L1 - 1)),
     }
-    if ds.bytes_per_token:
-        out["eval_bpb"] = out["eval_loss"] / math.log(2) / ds.bytes_per_token
+    if bytes_per_token:
+        out["eval_bpb"] = out["eval_loss"] / math.log(2) / bytes_per_token
     return out
+
+
+def check_epochs(epochs: float, cfg: RunConfig, train_tokens: int, warn: Callable[[str], None]) -> None:
+    """Refuse a run above ``data.max_epochs`` passes over its training split; warn above one."""
+    cap = cfg.data.max_epochs
+    what = f"{epochs:.3g} epochs over the {train_tokens:,}-token training split (train.tokens={cfg.steps * cfg.tokens_per_step:,})"
+    if cap is not None and epochs > cap:
+        raise ConfigError(f"the run would make {what}, above data.max_epochs={cap:g}; use a larger corpus or raise data.max_epochs")
+    if epochs > 1:
+        warn(f"repeated data: {what}")
+
+
+def check_resume(meta: dict, step: int, train_cfg: dict, steps: int, run_dir: Path, resume_anyway: bool) -> str | None:
+    """Refuse to resume a checkpoint written under another training config (or past this config's last step).
+    Returns the warning to record when ``resume_anyway`` overrides a config mismatch."""
+    if step > steps:
+        raise ConfigError(
+            f"{run_dir} holds a checkpoint at step {step}, past this config's {steps} steps; use a new --out directory"
+        )
+    old = meta.get("train_config")
+    if old is None or old == train_cfg:
+        return None  # checkpoints from before config hashes were stored carry none
+    changed = rec.diff_configs(old, train_cfg)
+    msg = f"{run_dir} holds a checkpoint (step {step}) of a different config ({'; '.join(changed[:4])}{' ...' if len(changed) > 4 else ''})"
+    if not resume_anyway:
+        raise ConfigError(msg + ": use a new --out directory, or --resume-anyway to continue from it under the new config")
+    return f"resumed from a checkpoint of another config: {'; '.join(changed)}"
 
 
 def _moe_metrics(aux: dict) -> dict:
@@ -90,11 +137,16 @@ def train(
     progress: Any = None,
     should_stop: Callable[[], bool] | None = None,
     run_id: str | None = None,
+    resume_anyway: bool = False,
 ) -> dict:
-    """Train (or resume) the run in ``run_dir``; returns the final record. Raises DivergedError on NaN/inf."""
+    """Train (or resume) the run in ``run_dir``; returns the final record. Raises DivergedError on NaN/inf.
+
+    A checkpoint in ``run_dir`` is resumed only if it was written under the same training config (the record's
+    ``config`` minus logging, evaluation and checkpointing cadence): a different one raises ``ConfigError`` unless
+    ``resume_anyway`` (then the record says so); a checkpoint past this config's steps is always an error."""
     run_dir = Path(run_dir)
+    maybe_initialize_distributed()  # before any other JAX call
     run_dir.mkdir(parents=True, exist_ok=True)
-    maybe_initialize_distributed()
     enable_compilation_cache(cfg.data.cache_dir)
     is_main = jax.process_index() == 0
     dp = DataParallel.create()
@@ -109,6 +161,46 @@ def train(
     record: dict[str, Any] = rec.read_record(run_dir) or {}
     if record.get("status") == "completed" and rec.config_hash(record.get("config", {})) == rec.config_hash(config_dict):
         return record  # already done: nothing to train
+
+    # Preflight: everything that can refuse the run, before the record is touched (a refusal changes nothing).
+    warnings_: list[str] = []
+
+    def warn(msg: str) -> None:
+        warnings_.append(msg)
+        if is_main:
+            warnings.warn(f"run {run_id}: {msg}", MeasurementWarning, stacklevel=3)
+
+    train_cfg = rec.training_config(config_dict)
+    carried: list[str] = []
+    try:
+        ds = build_dataset(cfg.data, cfg.model)
+        per_epoch = ds.train_windows_per_epoch(L)
+        epochs = steps * B / per_epoch if per_epoch else None
+        if per_epoch:
+            check_epochs(epochs, cfg, per_epoch * L, warn)
+        eval_windows, eval_available = ds.eval_windows(max(1, cfg.train.eval_tokens // L), L)
+        if eval_available is not None and eval_available * L < cfg.train.eval_tokens:
+            warn(
+                f"the eval split has {eval_available} windows of {L} tokens ({eval_available * L:,} tokens), fewer than "
+                f"train.eval_tokens={cfg.train.eval_tokens:,}: every window is scored once"
+            )
+        eval_micro = cfg.eval_batch_size
+        dp.check_batch(eval_micro, "train.eval_batch_size")
+        ckpt = Checkpointer(run_dir / "checkpoints", cfg.train.keep_checkpoints)
+        latest = ckpt.latest_step()
+        if latest is not None:
+            meta = ckpt.read_meta(latest)
+            mismatch = check_resume(meta, latest, train_cfg, steps, run_dir, resume_anyway)
+            carried = list(meta.get("carried_warnings", [])) + ([mismatch] if mismatch else [])
+            for w in carried:  # warnings about how the checkpoint came about stay with the run
+                warn(w)
+    except ConfigError as e:
+        if not record and is_main:  # leave a record for sweeps; an existing one is left as it was
+            rec.write_json_atomic(run_dir / "record.json", {
+                "schema": rec.SCHEMA_VERSION, "run_id": run_id, "status": "failed", "config": config_dict,
+                "error": f"ConfigError: {e}", "started_at": rec.now(), "updated_at": rec.now(),
+            })
+        raise
     record.update(
         {
             "schema": rec.SCHEMA_VERSION,
@@ -140,14 +232,16 @@ def train(
         if is_main:
             rec.write_json_atomic(run_dir / "record.json", record)
 
+    record["warnings"] = warnings_
+    record["epochs"] = epochs
+    record["data"] = ds.describe()
+    record.pop("diverged_at_step", None)
     if is_main:
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     write_record()
 
     logger = None
     try:
-        ds = build_dataset(cfg.data, cfg.model)
-        record["data"] = ds.describe()
         model = Transformer(cfg.model, rngs=nnx.Rngs(cfg.train.seed))
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         del model
@@ -155,9 +249,7 @@ def train(
         opt_state = tx.init(params)
         params, rest, opt_state = dp.replicate((params, rest, opt_state))
 
-        ckpt = Checkpointer(run_dir / "checkpoints", cfg.train.keep_checkpoints)
         start, loop_state = 0, {"recent_losses": [], "train_time_s": 0.0, "tokens_per_sec": None}
-        latest = ckpt.latest_step()
         if latest is not None:
             state, loop_state = ckpt.restore(latest, {"params": params, "rest": rest, "opt": opt_state})
             params, rest, opt_state = state["params"], state["rest"], state["opt"]
@@ -174,7 +266,7 @@ def train(
         write_record(resumed_from_step=start if start else None)
 
         step_fn = make_train_step(graphdef, tx, schedule, cfg)
-        eval_fn = make_eval_step(graphdef)
+        eval_fn = make_eval_step(graphdef, dp.replicated)
         rows = dp.local_rows(B)
 
         def get_batch(step: int) -> jax.Array:
@@ -184,7 +276,7 @@ def train(
         compiled = step_fn.lower(params, rest, opt_state, get_batch(start)).compile()
         compile_time = time.perf_counter() - t0
 
-        eval_every = _every(cfg.train.eval_every, steps)
+        eval_every = cfg.train.eval_every or steps  # 0: only the final evaluation
         ckpt_every = _every(cfg.train.checkpoint_every, steps)
         log_every = cfg.train.log_every
         pending: list[tuple[int, Any]] = []
@@ -201,7 +293,7 @@ def train(
                 m = {k: float(v) for k, v in out["metrics"].items()}
                 if not all(math.isfinite(v) for v in m.values()):
                     pending = []
-                    raise DivergedError(f"non-finite training loss at step {s + 1}: {m}")
+                    raise DivergedError(f"non-finite training loss at step {s + 1}: {m}", step=s + 1)
                 recent.append(m["lm_loss"])
                 if (s + 1) % log_every == 0 or s + 1 == steps:
                     tps = session_tokens / session_time if session_time > 0 else None
@@ -210,24 +302,29 @@ def train(
                         progress.update(task, completed=s + 1, loss=m["lm_loss"], tps=tps or 0.0)
             pending = []
 
+        in_flight = InFlight(dp.max_in_flight)
         step = start
         for step in range(start, steps):
             t_step = time.perf_counter()
             batch = get_batch(step)
             params, rest, opt_state, out = compiled(params, rest, opt_state, batch)
             pending.append((step, out))
+            in_flight.add(out["metrics"]["loss"])
             done = step + 1
             if done % log_every == 0 or done == steps or done % ckpt_every == 0 or done % eval_every == 0:
                 flush()  # syncs the device
             session_time += time.perf_counter() - t_step
             session_tokens += B * L
             if done % eval_every == 0 or done == steps:
-                last_eval = evaluate(eval_fn, params, rest, ds, dp, cfg)
+                last_eval = evaluate(eval_fn, params, rest, eval_windows, eval_micro, dp, ds.bytes_per_token)
                 logger.log(done, last_eval, kind="eval")
             stopping = should_stop is not None and should_stop()
             if done % ckpt_every == 0 or done == steps or stopping:
                 flush()
                 loop_state = {
+                    "config_hash": rec.training_hash(config_dict),
+                    "train_config": train_cfg,
+                    "carried_warnings": carried,
                     "recent_losses": list(recent),
                     "train_time_s": loop_state["train_time_s"] + session_time,
                     "tokens_per_sec": session_tokens / session_time if session_time else loop_state["tokens_per_sec"],
@@ -244,7 +341,7 @@ def train(
         ckpt.close()
         record["last_checkpoint_step"] = ckpt.committed_step
         if not last_eval:  # killed after the final checkpoint, before the record was completed
-            last_eval = evaluate(eval_fn, params, rest, ds, dp, cfg)
+            last_eval = evaluate(eval_fn, params, rest, eval_windows, eval_micro, dp, ds.bytes_per_token)
 
         train_time = loop_state["train_time_s"]
         final = {
@@ -254,6 +351,8 @@ def train(
             "final_eval_loss": last_eval.get("eval_loss"),
             "final_eval_loss_stderr": last_eval.get("eval_loss_stderr"),
             "final_eval_bpb": last_eval.get("eval_bpb"),
+            "eval_tokens": last_eval.get("eval_tokens"),
+            "eval_windows": last_eval.get("eval_windows"),
             "entropy_rate": getattr(ds, "entropy_rate", None),
             "tokens_per_sec": loop_state["tokens_per_sec"],
             # train_time_s sums the checkpointed sessions, which together trained every step once
@@ -270,7 +369,7 @@ def train(
         logger = None
         return record
     except DivergedError as e:
-        write_record(status="diverged", error=str(e), diverged_at_step=step + 1 if "step" in locals() else None)
+        write_record(status="diverged", error=str(e), diverged_at_step=e.step)
         raise
     except StopRequested:
         write_record(status="running", error=None)

@@ -58,6 +58,39 @@ def config_hash(config_dict: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+# Fields that never change a run's trained parameters: what is logged, how often it is evaluated or checkpointed,
+# how many held-out tokens score it, and the epoch cap (a refusal, not a change).
+RESUME_NEUTRAL = {
+    "train": ("eval_every", "eval_tokens", "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints"),
+    "data": ("max_epochs", "cache_dir"),
+}
+
+
+def training_config(config_dict: dict) -> dict:
+    """The part of a resolved config that determines the trained parameters (compared before resuming)."""
+    out = {k: v for k, v in config_dict.items() if k not in ("log", "name")}
+    for section, names in RESUME_NEUTRAL.items():
+        if section in out:
+            out[section] = {k: v for k, v in out[section].items() if k not in names}
+    return json.loads(json.dumps(out, sort_keys=True, default=str))
+
+
+def training_hash(config_dict: dict) -> str:
+    return hashlib.sha256(json.dumps(training_config(config_dict), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def diff_configs(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``['train.lr 0.001 -> 0.002', ...]``: the dotted fields that differ between two config dicts."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += diff_configs(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k} {a!r} -> {b!r}")
+    return out
+
+
 def library_versions() -> dict:
     import flax
     import jax

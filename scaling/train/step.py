@@ -82,10 +82,13 @@ def _adam_count(opt_state: Any) -> jax.Array:
     raise ValueError("optimizer state has no Adam count")
 
 
-def make_eval_step(graphdef: nnx.GraphDef) -> Callable:
+def make_eval_step(graphdef: nnx.GraphDef, out_sharding=None) -> Callable:
+    """Per-sequence mean next-token loss (B,), float32. ``out_sharding`` (e.g. replicated) lets every process of a
+    multi-host job read all of it."""
+
     def eval_step(params, rest, tokens_BL1):
         model = nnx.merge(graphdef, params, rest)
         logits_BLV, _ = model(tokens_BL1[:, :-1])
-        return optax.softmax_cross_entropy_with_integer_labels(logits_BLV, tokens_BL1[:, 1:]).mean()
+        return optax.softmax_cross_entropy_with_integer_labels(logits_BLV, tokens_BL1[:, 1:]).mean(axis=1)
 
-    return jax.jit(eval_step)
+    return jax.jit(eval_step, out_shardings=out_sharding)
