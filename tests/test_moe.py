@@ -22,13 +22,15 @@ def test_aux_loss_is_one_at_uniform_routing(k):
     probs = jnp.full((T, E), 1 / E)
     idx = jax.random.randint(jax.random.key(0), (T, k), 0, E)
     aux, f = load_balancing_loss(probs, idx, E)
-    assert float(aux) == pytest.approx(1.0, abs=1e-6) and float(f.sum()) == pytest.approx(1.0)
+    # E = 8 float32 products summed: rounding <= E * 2^-24 ~ 5e-7
+    assert float(aux) == pytest.approx(1.0, abs=1e-6) and float(f.sum()) == pytest.approx(1.0, abs=1e-6)
     # balanced hard routing: token t prefers experts t, t+1, ..: f uniform and P uniform by symmetry
     logits = 10 * jax.nn.one_hot(jnp.arange(T) % E, E)
     probs = jax.nn.softmax(logits)
     idx = (jnp.arange(T)[:, None] + jnp.arange(k)[None]) % E
     aux, f = load_balancing_loss(probs, idx, E)
-    np.testing.assert_allclose(f, 1 / E, atol=1e-7)
+    np.testing.assert_allclose(f, 1 / E, atol=1e-7)  # counts / (T k): exact up to one float32 division
+    # P_i averages T = 64 softmax rows (each 1/E only by symmetry over the batch): ~T * 2^-24 of rounding
     assert float(aux) == pytest.approx(1.0, abs=1e-5)
 
 
@@ -56,6 +58,7 @@ def test_aux_loss_grows_when_routing_collapses_and_its_gradient_reaches_the_rout
 def test_router_z_loss_matches_float64_reference():
     logits = np.random.default_rng(0).normal(size=(37, 8)) * 3
     ref = np.mean(np.log(np.exp(logits.astype(np.float64)).sum(-1)) ** 2)
+    # float32 logsumexp of 8 terms vs float64: a few float32 ulps (2^-24 ~ 6e-8 each) of a value ~30
     assert float(router_z_loss(jnp.asarray(logits, jnp.float32))) == pytest.approx(ref, rel=1e-6)
 
 
@@ -76,6 +79,7 @@ def test_one_expert_top1_equals_the_dense_mlp(mlp, cf):
     if mlp == "swiglu":
         dense.w_gate_DF[...] = moe.w_gate_EDF[...][0]
     y, m = moe(x)
+    # the same float32 products summed in another order (gather/scatter vs matmul): <= d_ff * 2^-24 relative
     np.testing.assert_allclose(y, dense(x), rtol=1e-5, atol=1e-6)
     assert float(m["dropped_frac"]) == 0.0
 
@@ -87,7 +91,7 @@ def test_capacity_path_equals_dropless_path_when_capacity_is_large(k):
     _, moe_free, _ = _moe_and_input(E=E, k=k, cf=None)
     y1, m1 = moe_cap(x)
     y2, _ = moe_free(x)
-    np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-6)  # same products, other order (see above)
     assert float(m1["dropped_frac"]) == 0.0
 
 
@@ -130,8 +134,11 @@ def _train_moe(tmp_path, name, **moe):
 def test_tiny_moe_trains_and_the_aux_loss_keeps_experts_balanced(tmp_path):
     rec, train_m = _train_moe(tmp_path, "aux", n_experts=8, top_k=2, aux_loss_coef=0.01)
     assert rec["n_experts"] == 8 and rec["top_k"] == 2 and rec["n_params_active"] < rec["n_params"]
+    # Seeds 0-4 (measured): last/first logged loss 0.23-0.26, final eval 1.108-1.116 x the entropy rate, worst
+    # late max/mean expert load 1.52-1.80. Bounds: 0.5, 1.25 x H (> 10 sd away) and 2.5, far below a collapse
+    # onto k of E experts (E / k = 4) yet above every seed's extreme-value statistic.
     assert train_m[-1]["lm_loss"] < 0.5 * train_m[0]["lm_loss"]
     assert rec["final_eval_loss"] < 1.25 * rec["entropy_rate"]
     late = train_m[len(train_m) // 2 :]
-    assert max(max(m["moe"]["max_load_ratio"]) for m in late) < 2.0
+    assert max(max(m["moe"]["max_load_ratio"]) for m in late) < 2.5
     assert {"aux_loss", "router_z_loss"} <= set(train_m[-1]) and len(train_m[-1]["moe"]["load"][0]) == 8
