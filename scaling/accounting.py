@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scaling.config import ModelConfig
+from scaling.model.config import ModelConfig
 
 
 @dataclass(frozen=True)

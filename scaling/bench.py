@@ -10,7 +10,6 @@ import time
 
 import jax
 import numpy as np
-from flax import nnx
 
 # Peak dense bf16 FLOP/s per device (vendor figures, no sparsity).
 PEAK_FLOPS = {
@@ -39,31 +38,29 @@ def peak_flops(device_kind: str) -> float | None:
 def bench_config(cfg, steps: int = 20, warmup: int = 2) -> dict:
     """Time ``steps`` train steps of ``cfg`` on random tokens (after compile and ``warmup`` steps)."""
     from scaling.accounting import count_params, flops_per_token
-    from scaling.model import Transformer, compute_dtype
-    from scaling.parallel import DataParallel
-    from scaling.train.optim import make_optimizer
+    from scaling.model import compute_dtype
+    from scaling.parallel import Parallel
+    from scaling.train.state import build, init_state
     from scaling.train.step import make_train_step
 
-    dp = DataParallel.create()
+    par = Parallel.create(cfg.parallel)
     B, L = cfg.train.batch_size, cfg.model.seq_len
-    dp.check_batch(B // cfg.train.grad_accum)
-    model = Transformer(cfg.model, rngs=nnx.Rngs(0))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx, schedule = make_optimizer(cfg.train, max(cfg.steps, steps + warmup))
-    opt_state = tx.init(params)
-    params, rest, opt_state = dp.replicate((params, rest, opt_state))
+    par.check_batch(B // cfg.train.grad_accum)
+    graphdef, _, shardings = build(cfg, par)
+    state = init_state(cfg, shardings)
+    peak_lr = jax.numpy.asarray(cfg.train.lr, jax.numpy.float32)
     rng = np.random.default_rng(0)
-    batch = dp.put_batch(rng.integers(0, cfg.model.vocab_size, (B, L + 1), dtype=np.int32), (B, L + 1))
+    batch = par.put_batch(rng.integers(0, cfg.model.vocab_size, (B, L + 1), dtype=np.int32), (B, L + 1))
     t0 = time.perf_counter()
-    step = make_train_step(graphdef, tx, schedule, cfg).lower(params, rest, opt_state, batch).compile()
+    step = make_train_step(graphdef, cfg, par, shardings).lower(state, batch, peak_lr).compile()
     compile_s = time.perf_counter() - t0
     for _ in range(warmup):
-        params, rest, opt_state, out = step(params, rest, opt_state, batch)
+        state, out = step(state, batch, peak_lr)
     jax.block_until_ready(out)
     times = []
     for _ in range(steps):
         t = time.perf_counter()
-        params, rest, opt_state, out = step(params, rest, opt_state, batch)
+        state, out = step(state, batch, peak_lr)
         jax.block_until_ready(out)
         times.append(time.perf_counter() - t)
     step_s = float(np.median(times))

@@ -15,30 +15,8 @@ Exit codes: 0 success, 1 failure, 2 bad input (config, arguments), 3 a run diver
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import textwrap
-
-
-class StopFlag:
-    """SIGTERM / SIGINT set a flag the train loop polls; it checkpoints and exits (a second Ctrl-C kills)."""
-
-    def __init__(self) -> None:
-        self.stop = False
-
-    def install(self) -> "StopFlag":
-        def handler(signum, frame):
-            if self.stop:
-                raise KeyboardInterrupt
-            self.stop = True
-            print(f"\nsignal {signum}: stopping after the next checkpoint (send again to abort)", file=sys.stderr)
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
-        return self
-
-    def __call__(self) -> bool:
-        return self.stop
 
 
 def config_help() -> str:
@@ -74,6 +52,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 2
     from scaling.train import DivergedError, StopRequested, train
     from scaling.ui import progress_bar
+
+    from scaling.signals import StopFlag
 
     stop = StopFlag().install()
     try:

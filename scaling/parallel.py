@@ -1,13 +1,26 @@
-"""Data parallelism over every device: one ``jax.make_mesh`` mesh with a ``data`` axis, declared shardings.
+"""Parallelism as data: one device mesh with named axes and one table that maps logical axis names to them.
 
-Parameters and optimizer state are replicated; the batch is sharded on its leading axis. ``jax.jit`` inserts the
-gradient all-reduce. Multi-host: ``maybe_initialize_distributed`` calls ``jax.distributed.initialize()`` when the
-usual environment (JAX_COORDINATOR_ADDRESS, or SLURM / Open MPI variables) is present; each process then builds
-only its rows of the global batch.
+Mesh axes (``parallel:`` config section; the product of their sizes is the device count):
+
+* ``data``: the batch is split; parameters and optimizer state are replicated (``jax.jit`` inserts the gradient
+  all-reduce).
+* ``fsdp``: the batch is split *and* parameters and optimizer state are sharded along their ``embed`` axis
+  (ZeRO-3 / fully sharded data parallel); XLA all-gathers each weight where it is used and reduce-scatters its
+  gradient.
+* ``tensor``: attention heads, the MLP hidden width and the vocabulary are split (Megatron-style).
+* ``expert``: the experts of MoE layers are split; the batch is split over it too, so tokens travel to their
+  experts' shards (all-to-all, inserted by XLA from the sharding constraints in ``scaling.model.moe``).
+
+Model code never names a mesh axis: every parameter carries logical axis names (``scaling.model.axes``) and
+``LOGICAL_RULES`` below is the only place they meet the mesh (MaxText's ``logical_axis_rules``). A dimension that
+its mesh axes do not divide is left unsharded (e.g. 3 heads over ``tensor: 2``).
+
+Multi-host: ``maybe_initialize_distributed`` joins the job; each process loads only its rows of the global batch.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -15,9 +28,21 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from scaling.config import ConfigError
+from scaling.config import ConfigError, ParallelConfig
 
 _DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE")
+MESH_AXES = ("data", "fsdp", "tensor", "expert")
+
+# logical axis -> the mesh axes it is split over, in order. Everything not listed is replicated.
+LOGICAL_RULES: dict[str, tuple[str, ...]] = {
+    "batch": ("data", "fsdp", "expert"),
+    "embed": ("fsdp",),
+    "heads": ("tensor",),
+    "kv_heads": ("tensor",),
+    "mlp": ("tensor",),
+    "vocab": ("tensor",),
+    "expert": ("expert",),
+}
 
 
 def enable_compilation_cache(cache_dir: str | None = None) -> None:
@@ -56,14 +81,34 @@ def maybe_initialize_distributed() -> bool:
     return True
 
 
+def mesh_shape(cfg: ParallelConfig, n_devices: int) -> dict[str, int]:
+    """Axis sizes with -1 resolved; their product must be the device count (else a ConfigError naming them)."""
+    sizes = {a: getattr(cfg, a) for a in MESH_AXES}
+    known = math.prod(v for v in sizes.values() if v != -1)
+    for a, v in sizes.items():
+        if v == -1:
+            if n_devices % known:
+                raise ConfigError(f"parallel.{a}=-1: {n_devices} devices are not divisible by the other axes' product {known}")
+            sizes[a] = n_devices // known
+    if math.prod(sizes.values()) != n_devices:
+        got = " x ".join(f"{a}={v}" for a, v in sizes.items())
+        raise ConfigError(f"parallel: {got} = {math.prod(sizes.values())} devices, but there are {n_devices}; set one axis to -1 or make the product {n_devices}")
+    return sizes
+
+
 @dataclass(frozen=True)
-class DataParallel:
+class Parallel:
+    """The mesh and the shardings derived from it: parameters by their logical axes, the batch over
+    ``data`` x ``fsdp`` x ``expert``."""
+
     mesh: jax.sharding.Mesh
 
     @classmethod
-    def create(cls) -> "DataParallel":
-        # Auto axis types: an embedding gather on a sharded batch fails under the default Explicit types.
-        mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
+    def create(cls, cfg: ParallelConfig | None = None) -> "Parallel":
+        sizes = mesh_shape(cfg or ParallelConfig(), jax.device_count())
+        # Auto axis types: the compiler propagates shardings from the declared inputs and outputs (an embedding
+        # gather on a sharded batch fails under the default Explicit types).
+        mesh = jax.make_mesh(tuple(sizes.values()), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
         return cls(mesh)
 
     @property
@@ -71,24 +116,77 @@ class DataParallel:
         return self.mesh.size
 
     @property
-    def batch(self) -> NamedSharding:
-        return NamedSharding(self.mesh, P("data"))
+    def sizes(self) -> dict[str, int]:
+        return dict(self.mesh.shape)
+
+    # -- specs ------------------------------------------------------------------------------------------------
+    def spec(self, logical_axes: tuple[str | None, ...], shape: tuple[int, ...] | None = None) -> P:
+        """The PartitionSpec of an array with these logical axes: each axis over the mesh axes its rule names,
+        skipping mesh axes of size 1, axes already used by an earlier dimension, and any that would not divide
+        the dimension."""
+        used: set[str] = set()
+        out = []
+        for i, name in enumerate(logical_axes):
+            axes = []
+            for a in LOGICAL_RULES.get(name, ()) if name else ():
+                if self.mesh.shape[a] == 1 or a in used:
+                    continue
+                size = math.prod(self.mesh.shape[x] for x in axes) * self.mesh.shape[a]
+                if shape is not None and shape[i] % size:
+                    continue
+                axes.append(a)
+            used.update(axes)
+            out.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
+        return P(*out)
+
+    def sharding(self, logical_axes, shape=None) -> NamedSharding:
+        return NamedSharding(self.mesh, self.spec(logical_axes, shape))
 
     @property
     def replicated(self) -> NamedSharding:
         return NamedSharding(self.mesh, P())
 
+    @property
+    def batch(self) -> NamedSharding:
+        return NamedSharding(self.mesh, self.spec(("batch",)))
+
+    @property
+    def batch_shards(self) -> int:
+        spec = self.spec(("batch",))[0]
+        names = () if spec is None else (spec,) if isinstance(spec, str) else spec
+        return math.prod(self.mesh.shape[a] for a in names)
+
+    def state_shardings(self, abstract_tree):
+        """Shardings for a tree of (abstract) NNX variables and arrays: a variable by the logical axes in its
+        ``out_sharding`` metadata (optimizer moments inherit their parameter's), anything else replicated."""
+        from flax import nnx
+
+        def one(x):
+            if isinstance(x, nnx.Variable):
+                axes = x.get_metadata().get("out_sharding")
+                value = x.get_value()
+                if axes:
+                    return x.replace(self.sharding(tuple(axes), tuple(value.shape)))
+                return x.replace(self.replicated)
+            return self.replicated
+
+        return jax.tree.map(one, abstract_tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+    # -- data -------------------------------------------------------------------------------------------------
     def local_rows(self, global_batch: int) -> slice:
         n, i = jax.process_count(), jax.process_index()
         per = global_batch // n
         return slice(i * per, (i + 1) * per)
 
     def check_batch(self, global_batch: int, field: str = "train.batch_size") -> None:
-        if global_batch % self.n_devices:
-            raise ConfigError(f"{field}={global_batch} must be divisible by the number of devices ({self.n_devices})")
+        if global_batch % self.batch_shards:
+            raise ConfigError(
+                f"{field}={global_batch} must be divisible by the {self.batch_shards} batch shards "
+                f"(parallel.data x fsdp x expert on {self.n_devices} devices)"
+            )
 
     def put_batch(self, local_rows: np.ndarray, global_shape: tuple[int, ...]) -> jax.Array:
-        """This process's rows -> one global array sharded over ``data``."""
+        """This process's rows -> one global array sharded over the batch axes."""
         return jax.make_array_from_process_local_data(self.batch, local_rows, global_shape)
 
     def replicate(self, tree):
@@ -119,3 +217,4 @@ class InFlight:
         self.pending.append(x)
         if len(self.pending) > self.limit:
             jax.block_until_ready(self.pending.popleft())
+

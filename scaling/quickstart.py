@@ -278,7 +278,7 @@ def _clean(o):
 
 
 def cmd_quickstart(args) -> int:
-    from scaling.cli import StopFlag
+    from scaling.signals import StopFlag
 
     stop = StopFlag().install()
     try:

@@ -93,7 +93,7 @@ def test_router_gets_lm_loss_gradient_for_every_k(k):
 
 def test_eval_set_is_fixed_and_independent_of_the_batch_size(tmp_path, cache_dir, small_corpus):
     from scaling.data import build_dataset
-    from scaling.parallel import DataParallel
+    from scaling.parallel import Parallel
     from scaling.train.loop import evaluate, load_params
     from scaling.train.step import make_eval_step
 
@@ -104,7 +104,7 @@ def test_eval_set_is_fixed_and_independent_of_the_batch_size(tmp_path, cache_dir
     model = load_params(tmp_path / "run", cfg)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     ds = build_dataset(cfg.data, cfg.model)
-    dp = DataParallel.create()
+    dp = Parallel.create()
     fn = make_eval_step(graphdef, dp.replicated)
     windows, _ = ds.eval_windows(128, 32)
     n_dev = jax.device_count()

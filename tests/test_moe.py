@@ -114,9 +114,9 @@ def test_bias_balancing_moves_selection_toward_underloaded_experts():
     from scaling.model.transformer import Transformer
 
     cfg = ModelConfig(d_model=16, n_layers=2, n_heads=2, moe=MoEConfig(n_experts=4, top_k=1, bias_balancing=True, bias_update_rate=0.1))
-    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
     loads = jnp.array([[0.7, 0.1, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25]])
-    update_router_biases(model, loads)
+    model = nnx.merge(graphdef, params, update_router_biases(rest, loads, cfg.moe.bias_update_rate))
     np.testing.assert_allclose(model.blocks[0].mlp.bias_E[...], [-0.1, 0.1, 0.1, 0.1])
     np.testing.assert_allclose(model.blocks[1].mlp.bias_E[...], 0.0)
 

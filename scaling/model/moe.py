@@ -14,7 +14,8 @@ Conventions (tested):
   first. Dropped assignments contribute nothing (the token keeps its residual). ``capacity_factor: null`` is
   dropless: assignments are sorted by expert and run through ``jax.lax.ragged_dot`` grouped matmuls.
 
-Shapes: B batch, L tokens per sequence, D d_model, E experts, F expert hidden, C capacity, K top-k.
+Shape letters (``scaling.model.axes``): B batch, L sequence, D d_model, E experts, F expert hidden width, K top-k
+choices, C capacity slots per expert, S = E x C slots, T = B x L tokens, A = T x K assignments.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from scaling.accounting import expert_ff_dim
-from scaling.config import ModelConfig
+from scaling.model.config import ModelConfig
+from scaling.model.layers import MLP, normal
 
 
 class RouterBias(nnx.Variable):
@@ -53,16 +55,14 @@ class MoE(nnx.Module):
         assert cfg.moe is not None
         m = cfg.moe
         self.cfg, self.m = cfg, m
-        d, E, F = cfg.d_model, m.n_experts, expert_ff_dim(cfg)
+        D, E, F = cfg.d_model, m.n_experts, expert_ff_dim(cfg)
         std, out_std = cfg.init_std, cfg.init_std / math.sqrt(2 * cfg.n_layers)
-        normal = lambda shape, s: nnx.Param(s * jax.random.normal(rngs.params(), shape, jnp.float32))  # noqa: E731
-        self.router_DE = normal((d, E), std)
-        self.w_gate_EDF = normal((E, d, F), std) if cfg.mlp == "swiglu" else None
-        self.w_up_EDF = normal((E, d, F), std)
-        self.w_down_EFD = normal((E, F, d), out_std)
+        # The router's expert axis is not sharded with the experts: every token needs every expert's logit.
+        self.router_DE = normal(rngs, "DE", (D, E), std, axes=("embed", None))
+        self.w_gate_EDF = normal(rngs, "EDF", (E, D, F), std) if cfg.mlp == "swiglu" else None
+        self.w_up_EDF = normal(rngs, "EDF", (E, D, F), std)
+        self.w_down_EFD = normal(rngs, "EFD", (E, F, D), out_std)
         if m.n_shared_experts:
-            from scaling.model.transformer import MLP
-
             self.shared = MLP(cfg, m.n_shared_experts * F, rngs)
         else:
             self.shared = None
@@ -166,13 +166,15 @@ class MoE(nnx.Module):
         return y_BLD, metrics
 
 
-def update_router_biases(model: nnx.Module, loads_LE: jax.Array) -> None:
-    """Auxiliary-loss-free balancing: bias_i += rate * sign(mean load - load_i), for each MoE layer in order."""
-    j = 0
-    for block in model.blocks:
-        if getattr(block, "is_moe", False):
-            moe = block.mlp
-            if moe.bias_E is not None:
-                load = loads_LE[j]
-                moe.bias_E[...] = moe.bias_E[...] + moe.m.bias_update_rate * jnp.sign(jnp.mean(load) - load)
-            j += 1
+def update_router_biases(rest: nnx.State, loads_LE: jax.Array, rate: float) -> nnx.State:
+    """Auxiliary-loss-free balancing, outside the gradient: bias_i += rate * sign(mean load - load_i).
+
+    ``rest`` is the model's non-parameter state; its ``RouterBias`` variables are found by type and, sorted by
+    path (block index), are the MoE layers in forward order, the order of ``loads_LE``'s rows."""
+    flat = list(rest.flat_state())
+    biases = [i for i, (_, v) in enumerate(flat) if isinstance(v, RouterBias)]
+    for j, i in enumerate(biases):
+        path, var = flat[i]
+        load_E = loads_LE[j]
+        flat[i] = (path, var.replace(var[...] + rate * jnp.sign(jnp.mean(load_E) - load_E)))
+    return nnx.State.from_flat_path(flat)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 
-from scaling.config import ModelConfig
+from scaling.accounting import count_params
+from scaling.model.config import ModelConfig
 
 ASPECT_RATIO = 64
 
@@ -36,8 +37,6 @@ def shape_for_width(d_model: int) -> dict:
 
 def config_for_params(target: float, **fixed) -> ModelConfig:
     """The config (by the rule above) whose total parameter count is nearest ``target`` (in log space)."""
-    from scaling.accounting import count_params
-
     best, best_err = None, math.inf
     for d in widths():
         cfg = ModelConfig(**shape_for_width(d), **fixed)

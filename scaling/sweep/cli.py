@@ -84,7 +84,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from scaling.cli import StopFlag
+    from scaling.signals import StopFlag
     from scaling.config import ConfigError
     from scaling.sweep.runner import run_sweep
     from scaling.ui import progress_bar

@@ -1,11 +1,21 @@
 """The training loop: one run directory in, ``record.json`` + metrics + checkpoints out; rerunning resumes.
 
+Phases (``train``):
+
+1. **preflight**: data, epochs, eval windows, whether an existing checkpoint may be resumed. A refusal here
+   changes nothing on disk (a new run directory gets a record saying why).
+2. **state layout**: the train state's shapes and logical axes (``jax.eval_shape``) and its shardings on the mesh.
+3. **restore or init**: this run's newest checkpoint, else another run's (``train.init_from``, e.g. a WSD branch
+   from its trunk), else a fresh init made in place with its shardings.
+4. **steps**: the jitted step over the data, with logging, evaluation, checkpoints and a stop flag.
+5. **finalize**: the final evaluation and the completed record.
+
 Run directory layout::
 
     RUN_DIR/config.yaml     resolved config
     RUN_DIR/record.json     the run record (scaling.train.record), rewritten atomically
     RUN_DIR/metrics.jsonl   train / eval metrics, one JSON object per line
-    RUN_DIR/checkpoints/    orbax checkpoints (params, optimizer state, loop state)
+    RUN_DIR/checkpoints/    orbax checkpoints (train state + loop state)
     RUN_DIR/wandb/          the W&B run (offline by default)
 """
 
@@ -16,22 +26,23 @@ import time
 import traceback
 import warnings
 from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from scaling.accounting import count_params, flops_convention, flops_per_token
 from scaling.config import ConfigError, RunConfig, dump_yaml
 from scaling.data import build_dataset
-from scaling.model import Transformer
-from scaling.parallel import DataParallel, InFlight, enable_compilation_cache, maybe_initialize_distributed
+from scaling.parallel import InFlight, Parallel, enable_compilation_cache, maybe_initialize_distributed
 from scaling.train import record as rec
 from scaling.train.checkpoint import Checkpointer
 from scaling.train.logger import MetricsLogger
-from scaling.train.optim import make_optimizer
+from scaling.train.state import TrainState, build, init_state, restore_init_from, restore_state
 from scaling.train.step import make_eval_step, make_train_step
 
 FINAL_LOSS_WINDOW = 20  # final_train_loss: mean LM loss over the last this-many steps
@@ -62,19 +73,19 @@ def run_id_for(cfg: RunConfig) -> str:
     return cfg.name or rec.config_hash(cfg.to_dict())
 
 
-def evaluate(eval_fn, params, rest, windows: np.ndarray, micro: int, dp: DataParallel, bytes_per_token: float | None) -> dict:
+def evaluate(eval_fn, params, rest, windows: np.ndarray, micro: int, par: Parallel, bytes_per_token: float | None) -> dict:
     """Mean next-token loss over a fixed set of held-out windows, each scored once, in micro-batches of ``micro``.
 
     The standard error is over windows (std / sqrt(n)); the last micro-batch is padded with copies of the first
     window whose losses are dropped, so every window counts exactly once whatever ``micro`` is."""
     n, L1 = windows.shape
     losses = []
-    in_flight = InFlight(dp.max_in_flight)
+    in_flight = InFlight(par.max_in_flight)
     for start in range(0, n, micro):
         chunk = windows[start : start + micro]
         if len(chunk) < micro:
             chunk = np.concatenate([chunk, np.repeat(windows[:1], micro - len(chunk), axis=0)])
-        losses.append(eval_fn(params, rest, dp.put_batch(chunk[dp.local_rows(micro)], (micro, L1))))
+        losses.append(eval_fn(params, rest, par.put_batch(chunk[par.local_rows(micro)], (micro, L1))))
         in_flight.add(losses[-1])
     per_window = np.concatenate([np.asarray(x, np.float64) for x in jax.device_get(losses)])[:n]
     out = {
@@ -130,6 +141,67 @@ def _moe_metrics(aux: dict) -> dict:
     }
 
 
+def first_non_finite(metrics: dict) -> bool:
+    """True when any metric of one step is NaN or infinite (the run is diverged from that step on)."""
+    return not all(math.isfinite(v) for v in metrics.values())
+
+
+@dataclass
+class Preflight:
+    """What phase 1 found: the data, the eval windows, the checkpoint to resume (if any) and the warnings."""
+
+    ds: Any
+    epochs: float | None
+    eval_windows: np.ndarray
+    eval_micro: int
+    ckpt: Checkpointer
+    latest: int | None
+    warnings: list[str] = field(default_factory=list)
+    carried: list[str] = field(default_factory=list)  # warnings that travel with the checkpoints
+
+
+def preflight(cfg: RunConfig, run_dir: Path, par: Parallel, train_cfg: dict, resume_anyway: bool, warn) -> Preflight:
+    """Phase 1: everything that can refuse the run, before the record is touched."""
+    L, B, steps = cfg.model.seq_len, cfg.train.batch_size, cfg.steps
+    par.check_batch(B // cfg.train.grad_accum, "train.batch_size / train.grad_accum")
+    ds = build_dataset(cfg.data, cfg.model)
+    per_epoch = ds.train_windows_per_epoch(L)
+    epochs = steps * B / per_epoch if per_epoch else None
+    if per_epoch:
+        check_epochs(epochs, cfg, per_epoch * L, warn)
+    eval_windows, eval_available = ds.eval_windows(max(1, cfg.train.eval_tokens // L), L)
+    if eval_available is not None and eval_available * L < cfg.train.eval_tokens:
+        warn(
+            f"the eval split has {eval_available} windows of {L} tokens ({eval_available * L:,} tokens), fewer than "
+            f"train.eval_tokens={cfg.train.eval_tokens:,}: every window is scored once"
+        )
+    eval_micro = cfg.eval_batch_size
+    par.check_batch(eval_micro, "train.eval_batch_size")
+    ckpt = Checkpointer(run_dir / "checkpoints", cfg.train.keep_checkpoints, cfg.train.keep_steps)
+    latest = ckpt.latest_step()
+    carried: list[str] = []
+    if latest is not None:
+        meta = ckpt.read_meta(latest)
+        mismatch = check_resume(meta, latest, train_cfg, steps, run_dir, resume_anyway)
+        carried = list(meta.get("carried_warnings", [])) + ([mismatch] if mismatch else [])
+        for w in carried:  # warnings about how the checkpoint came about stay with the run
+            warn(w)
+    return Preflight(ds, epochs, eval_windows, eval_micro, ckpt, latest, carried=carried)
+
+
+def restore_or_init(cfg: RunConfig, pre: Preflight, target: TrainState, shardings: TrainState) -> tuple[TrainState, dict, str]:
+    """Phase 3: (state, loop state, where it came from)."""
+    fresh_loop = {"recent_losses": [], "train_time_s": 0.0, "tokens_per_sec": None}
+    if pre.latest is not None:
+        state, loop_state = restore_state(pre.ckpt, pre.latest, target)
+        return state, loop_state, f"checkpoint {pre.latest}"
+    if cfg.train.init_from:
+        state, meta = restore_init_from(cfg, target)
+        # the source's recent losses describe the same trajectory up to its step: keep them for the final mean
+        return state, {**fresh_loop, "recent_losses": list(meta.get("recent_losses", []))}, f"init_from {cfg.train.init_from}"
+    return init_state(cfg, shardings), fresh_loop, "init"
+
+
 def train(
     cfg: RunConfig,
     run_dir: str | Path,
@@ -149,12 +221,10 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     enable_compilation_cache(cfg.data.cache_dir)
     is_main = jax.process_index() == 0
-    dp = DataParallel.create()
+    par = Parallel.create(cfg.parallel)
     B, L, steps = cfg.train.batch_size, cfg.model.seq_len, cfg.steps
-    dp.check_batch(B // cfg.train.grad_accum, "train.batch_size / train.grad_accum")
     run_id = run_id or run_id_for(cfg)
     config_dict = cfg.to_dict()
-
     counts = count_params(cfg.model)
     fpt = flops_per_token(cfg.model, cfg.train.flops_attention)
     D = steps * B * L
@@ -162,7 +232,6 @@ def train(
     if record.get("status") == "completed" and rec.config_hash(record.get("config", {})) == rec.config_hash(config_dict):
         return record  # already done: nothing to train
 
-    # Preflight: everything that can refuse the run, before the record is touched (a refusal changes nothing).
     warnings_: list[str] = []
 
     def warn(msg: str) -> None:
@@ -171,29 +240,8 @@ def train(
             warnings.warn(f"run {run_id}: {msg}", MeasurementWarning, stacklevel=3)
 
     train_cfg = rec.training_config(config_dict)
-    carried: list[str] = []
     try:
-        ds = build_dataset(cfg.data, cfg.model)
-        per_epoch = ds.train_windows_per_epoch(L)
-        epochs = steps * B / per_epoch if per_epoch else None
-        if per_epoch:
-            check_epochs(epochs, cfg, per_epoch * L, warn)
-        eval_windows, eval_available = ds.eval_windows(max(1, cfg.train.eval_tokens // L), L)
-        if eval_available is not None and eval_available * L < cfg.train.eval_tokens:
-            warn(
-                f"the eval split has {eval_available} windows of {L} tokens ({eval_available * L:,} tokens), fewer than "
-                f"train.eval_tokens={cfg.train.eval_tokens:,}: every window is scored once"
-            )
-        eval_micro = cfg.eval_batch_size
-        dp.check_batch(eval_micro, "train.eval_batch_size")
-        ckpt = Checkpointer(run_dir / "checkpoints", cfg.train.keep_checkpoints)
-        latest = ckpt.latest_step()
-        if latest is not None:
-            meta = ckpt.read_meta(latest)
-            mismatch = check_resume(meta, latest, train_cfg, steps, run_dir, resume_anyway)
-            carried = list(meta.get("carried_warnings", [])) + ([mismatch] if mismatch else [])
-            for w in carried:  # warnings about how the checkpoint came about stay with the run
-                warn(w)
+        pre = preflight(cfg, run_dir, par, train_cfg, resume_anyway, warn)
     except ConfigError as e:
         if not record and is_main:  # leave a record for sweeps; an existing one is left as it was
             rec.write_json_atomic(run_dir / "record.json", {
@@ -201,6 +249,8 @@ def train(
                 "error": f"ConfigError: {e}", "started_at": rec.now(), "updated_at": rec.now(),
             })
         raise
+    graphdef, target, shardings = build(cfg, par)  # phase 2: layout only, nothing allocated
+
     record.update(
         {
             "schema": rec.SCHEMA_VERSION,
@@ -211,20 +261,28 @@ def train(
             **counts.as_dict(),
             "n_experts": cfg.model.moe.n_experts if cfg.model.moe else None,
             "top_k": cfg.model.moe.top_k if cfg.model.moe else None,
+            "granularity": cfg.model.moe.granularity if cfg.model.moe else None,
             "kind": "moe" if cfg.model.moe else "dense",
             "tokens": D,
             "steps": steps,
             "batch_size": B,
             "seq_len": L,
+            "epochs": pre.epochs,
             "flops_per_token": fpt,
             "flops": fpt * D,
             "flops_convention": flops_convention(cfg.train.flops_attention),
             "seed": cfg.train.seed,
+            "init_seed": cfg.init_seed,
+            "data_seed": cfg.data_seed,
+            "mesh": par.sizes,
+            "data": pre.ds.describe(),
             "versions": rec.library_versions(),
             **rec.device_info(),
+            "warnings": warnings_,
             "error": None,
         }
     )
+    record.pop("diverged_at_step", None)
     record.setdefault("started_at", rec.now())
 
     def write_record(**updates):
@@ -232,28 +290,15 @@ def train(
         if is_main:
             rec.write_json_atomic(run_dir / "record.json", record)
 
-    record["warnings"] = warnings_
-    record["epochs"] = epochs
-    record["data"] = ds.describe()
-    record.pop("diverged_at_step", None)
     if is_main:
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     write_record()
 
     logger = None
+    ckpt = pre.ckpt
     try:
-        model = Transformer(cfg.model, rngs=nnx.Rngs(cfg.train.seed))
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        del model
-        tx, schedule = make_optimizer(cfg.train, steps)
-        opt_state = tx.init(params)
-        params, rest, opt_state = dp.replicate((params, rest, opt_state))
-
-        start, loop_state = 0, {"recent_losses": [], "train_time_s": 0.0, "tokens_per_sec": None}
-        if latest is not None:
-            state, loop_state = ckpt.restore(latest, {"params": params, "rest": rest, "opt": opt_state})
-            params, rest, opt_state = state["params"], state["rest"], state["opt"]
-            start = latest
+        state, loop_state, origin = restore_or_init(cfg, pre, target, shardings)  # phase 3
+        start = int(jax.device_get(state.step))
         recent = deque(loop_state["recent_losses"], maxlen=FINAL_LOSS_WINDOW)
         logger = MetricsLogger(
             run_dir,
@@ -263,21 +308,27 @@ def train(
             resume_step=start,
             enabled=is_main,
         )
-        write_record(resumed_from_step=start if start else None)
+        write_record(resumed_from_step=start if pre.latest is not None and start else None, initialized_from=origin)
 
-        step_fn = make_train_step(graphdef, tx, schedule, cfg)
-        eval_fn = make_eval_step(graphdef, dp.replicated)
-        rows = dp.local_rows(B)
+        # phase 4: steps
+        step_fn = make_train_step(graphdef, cfg, par, shardings)
+        eval_fn = make_eval_step(graphdef, par.replicated)
+        rows = par.local_rows(B)
+        peak_lr = jnp.asarray(cfg.train.lr, jnp.float32)
 
         def get_batch(step: int) -> jax.Array:
-            return dp.put_batch(ds.train_batch(step, B, L, cfg.train.seed, rows), (B, L + 1))
+            return par.put_batch(pre.ds.train_batch(step, B, L, cfg.data_seed, rows), (B, L + 1))
+
+        def evaluate_now(state: TrainState) -> dict:
+            return evaluate(eval_fn, state.params, state.rest, pre.eval_windows, pre.eval_micro, par, pre.ds.bytes_per_token)
 
         t0 = time.perf_counter()
-        compiled = step_fn.lower(params, rest, opt_state, get_batch(start)).compile()
+        compiled = step_fn.lower(state, get_batch(start), peak_lr).compile()
         compile_time = time.perf_counter() - t0
 
         eval_every = cfg.train.eval_every or steps  # 0: only the final evaluation
         ckpt_every = _every(cfg.train.checkpoint_every, steps)
+        keep_steps = set(cfg.train.keep_steps)
         log_every = cfg.train.log_every
         pending: list[tuple[int, Any]] = []
         last_eval: dict = {}
@@ -285,13 +336,14 @@ def train(
         task = progress.add_task(run_id, total=steps, completed=start, loss=float("nan"), tps=0.0) if progress else None
 
         def flush() -> None:
+            """Pull the pending steps' metrics to the host (a device sync): check them, log every log_every-th."""
             nonlocal pending
             if not pending:
                 return
             fetched = jax.device_get([m for _, m in pending])
             for (s, _), out in zip(pending, fetched):
                 m = {k: float(v) for k, v in out["metrics"].items()}
-                if not all(math.isfinite(v) for v in m.values()):
+                if first_non_finite(m):
                     pending = []
                     raise DivergedError(f"non-finite training loss at step {s + 1}: {m}", step=s + 1)
                 recent.append(m["lm_loss"])
@@ -302,35 +354,35 @@ def train(
                         progress.update(task, completed=s + 1, loss=m["lm_loss"], tps=tps or 0.0)
             pending = []
 
-        in_flight = InFlight(dp.max_in_flight)
-        step = start
+        in_flight = InFlight(par.max_in_flight)
         for step in range(start, steps):
             t_step = time.perf_counter()
             batch = get_batch(step)
-            params, rest, opt_state, out = compiled(params, rest, opt_state, batch)
+            state, out = compiled(state, batch, peak_lr)
             pending.append((step, out))
             in_flight.add(out["metrics"]["loss"])
             done = step + 1
-            if done % log_every == 0 or done == steps or done % ckpt_every == 0 or done % eval_every == 0:
+            checkpoint_now = done % ckpt_every == 0 or done == steps or done in keep_steps
+            if done % log_every == 0 or done == steps or checkpoint_now or done % eval_every == 0:
                 flush()  # syncs the device
             session_time += time.perf_counter() - t_step
             session_tokens += B * L
             if done % eval_every == 0 or done == steps:
-                last_eval = evaluate(eval_fn, params, rest, eval_windows, eval_micro, dp, ds.bytes_per_token)
+                last_eval = evaluate_now(state)
                 logger.log(done, last_eval, kind="eval")
             stopping = should_stop is not None and should_stop()
-            if done % ckpt_every == 0 or done == steps or stopping:
+            if checkpoint_now or stopping:
                 flush()
                 loop_state = {
                     "config_hash": rec.training_hash(config_dict),
                     "train_config": train_cfg,
-                    "carried_warnings": carried,
+                    "carried_warnings": pre.carried,
                     "recent_losses": list(recent),
                     "train_time_s": loop_state["train_time_s"] + session_time,
                     "tokens_per_sec": session_tokens / session_time if session_time else loop_state["tokens_per_sec"],
                 }
                 session_time, session_tokens = 0.0, 0
-                ckpt.save(done, {"params": params, "rest": rest, "opt": opt_state}, loop_state)
+                ckpt.save(done, state.as_dict(), loop_state)
                 # saves commit asynchronously: report the newest *committed* checkpoint
                 write_record(last_checkpoint_step=ckpt.committed_step, progress=done / steps)
             if stopping and done < steps:
@@ -339,10 +391,11 @@ def train(
                 raise StopRequested(f"stopped at step {done}/{steps}; rerun to resume")
         flush()
         ckpt.close()
-        record["last_checkpoint_step"] = ckpt.committed_step
-        if not last_eval:  # killed after the final checkpoint, before the record was completed
-            last_eval = evaluate(eval_fn, params, rest, eval_windows, eval_micro, dp, ds.bytes_per_token)
 
+        # phase 5: finalize
+        record["last_checkpoint_step"] = ckpt.committed_step
+        if not last_eval:  # resumed from the final checkpoint (killed before the record was completed)
+            last_eval = evaluate_now(state)
         train_time = loop_state["train_time_s"]
         final = {
             "status": "completed",
@@ -353,14 +406,14 @@ def train(
             "final_eval_bpb": last_eval.get("eval_bpb"),
             "eval_tokens": last_eval.get("eval_tokens"),
             "eval_windows": last_eval.get("eval_windows"),
-            "entropy_rate": getattr(ds, "entropy_rate", None),
+            "entropy_rate": getattr(pre.ds, "entropy_rate", None),
             "tokens_per_sec": loop_state["tokens_per_sec"],
             # train_time_s sums the checkpointed sessions, which together trained every step once
             "step_time_s": train_time / steps if train_time else None,
             "compile_time_s": compile_time,
             "train_time_s": train_time,
             "wall_time_s": (record.get("wall_time_s") or 0.0) + (time.perf_counter() - t0),
-            "params_digest": rec.params_digest(params),
+            "params_digest": rec.params_digest(state.params),
             "progress": 1.0,
         }
         write_record(**final)
@@ -382,18 +435,17 @@ def train(
             logger.close(1)
 
 
-def load_params(run_dir: str | Path, cfg: RunConfig):
-    """The latest checkpointed parameters of a run, as an NNX model (for inspection and sampling)."""
-    model = Transformer(cfg.model, rngs=nnx.Rngs(cfg.train.seed))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx, _ = make_optimizer(cfg.train, cfg.steps)
-    ckpt = Checkpointer(Path(run_dir) / "checkpoints", cfg.train.keep_checkpoints)
+def load_params(run_dir: str | Path, cfg: RunConfig) -> nnx.Module:
+    """The latest checkpointed model of a run (for inspection, evaluation and sampling)."""
+    par = Parallel.create(cfg.parallel)
+    graphdef, target, _ = build(cfg, par)
+    ckpt = Checkpointer(Path(run_dir) / "checkpoints", cfg.train.keep_checkpoints, read_only=True)
     step = ckpt.latest_step()
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {run_dir}")
-    state, _ = ckpt.restore(step, {"params": params, "rest": rest, "opt": tx.init(params)})
+    state, _ = restore_state(ckpt, step, target)
     ckpt.close()
-    return nnx.merge(graphdef, state["params"], state["rest"])
+    return nnx.merge(graphdef, state.params, state.rest)
 
 
-__all__ = ["DivergedError", "StopRequested", "evaluate", "load_params", "run_id_for", "train"]
+__all__ = ["DivergedError", "MeasurementWarning", "StopRequested", "evaluate", "load_params", "run_id_for", "train"]

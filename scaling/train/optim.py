@@ -1,31 +1,63 @@
-"""Optimizer: AdamW with linear warmup then cosine, warmup-stable-decay (WSD) or constant; global-norm clipping."""
+"""Optimizer: AdamW with global-norm clipping; learning rate = peak lr x schedule(step), linear warmup then cosine,
+warmup-stable-decay (WSD) or constant.
+
+The peak learning rate is an *array* that enters the train step (not a Python float closed over at compile time),
+so one compiled step serves runs that differ only in lr, and a stack of models can carry one lr each. The
+schedules are optax's own (the same arithmetic as ``optax.warmup_cosine_decay_schedule`` & co.), built per call
+from that array; the update is optax's AdamW chain with the lr applied last, exactly as ``optax.adamw`` does.
+"""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
+import jax.numpy as jnp
 import optax
 
 from scaling.config import TrainConfig
 
 
-def make_schedule(cfg: TrainConfig, steps: int) -> optax.Schedule:
-    warmup = int(round(cfg.warmup_fraction * steps))
-    final = cfg.lr * cfg.min_lr_ratio
-    if cfg.schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, max(steps, warmup + 1), end_value=final)
-    rest = steps - warmup
-    if cfg.schedule == "constant":
-        return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), optax.constant_schedule(cfg.lr)], [warmup])
-    decay = int(round(cfg.decay_fraction * steps))
-    stable = max(0, rest - decay)
-    return optax.join_schedules(
-        [
-            optax.linear_schedule(0.0, cfg.lr, warmup),
-            optax.constant_schedule(cfg.lr),
-            optax.linear_schedule(cfg.lr, final, max(decay, 1)),
-        ],
-        [warmup, warmup + stable],
-    )
+def warmup_steps(cfg: TrainConfig, steps: int) -> int:
+    if cfg.warmup_steps is not None:
+        return cfg.warmup_steps
+    return int(round(cfg.warmup_fraction * steps))
+
+
+def make_schedule(cfg: TrainConfig, steps: int) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """``schedule(step, peak_lr) -> lr`` for a run of ``steps`` optimizer steps (step counts from 0)."""
+    warmup = warmup_steps(cfg, steps)
+    ratio = cfg.min_lr_ratio
+
+    def schedule(step, peak):
+        if cfg.schedule == "cosine":
+            # optax.warmup_cosine_decay_schedule(0, peak, warmup, steps, end=peak * ratio): alpha = end / peak
+            decay_steps = max(steps, warmup + 1)
+            parts = [optax.linear_schedule(0.0, peak, warmup), optax.cosine_decay_schedule(peak, decay_steps - warmup, alpha=ratio)]
+            return optax.join_schedules(parts, [warmup])(step)
+        ramp = optax.linear_schedule(0.0, peak, warmup)
+        if cfg.schedule == "constant":
+            return optax.join_schedules([ramp, optax.constant_schedule(peak)], [warmup])(step)
+        # WSD: constant after warmup, then a decay to peak * ratio over the last decay steps (linear, or 1-sqrt:
+        # lr = peak * (1 - (1 - ratio) * sqrt(t / decay)), Hagele et al. 2024)
+        decay = decay_steps_of(cfg, steps)
+        stable = max(0, steps - warmup - decay)
+        if cfg.decay_shape == "linear":
+            tail = optax.linear_schedule(peak, peak * ratio, max(decay, 1))
+        else:
+            def tail(t):
+                frac = jnp.clip(t / max(decay, 1), 0.0, 1.0)
+                return peak * (1 - (1 - ratio) * jnp.sqrt(frac))
+        return optax.join_schedules([ramp, optax.constant_schedule(peak), tail], [warmup, warmup + stable])(step)
+
+    return schedule
+
+
+def decay_steps_of(cfg: TrainConfig, steps: int) -> int:
+    """WSD: optimizer steps of the final decay (``decay_steps`` when set, else ``decay_fraction`` of the run)."""
+    if cfg.decay_steps is not None:
+        return cfg.decay_steps
+    return int(round(cfg.decay_fraction * steps))
 
 
 def _decay_mask(params):
@@ -33,12 +65,19 @@ def _decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(cfg: TrainConfig, steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    schedule = make_schedule(cfg, steps)
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    """Clipping and AdamW *without* the learning rate: ``apply_lr`` multiplies by -lr afterwards (as
+    ``optax.scale_by_learning_rate`` would, so the arithmetic is optax.adamw's)."""
     parts = []
     if cfg.grad_clip is not None:
         parts.append(optax.clip_by_global_norm(cfg.grad_clip))
-    parts.append(
-        optax.adamw(schedule, b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=_decay_mask)
-    )
-    return optax.chain(*parts), schedule
+    parts += [
+        optax.scale_by_adam(b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps),
+        optax.add_decayed_weights(cfg.weight_decay, _decay_mask),
+    ]
+    return optax.chain(*parts)
+
+
+def apply_lr(updates, lr: jax.Array):
+    step_size = -1 * lr
+    return jax.tree.map(lambda u: jnp.array(step_size, dtype=u.dtype) * u, updates)

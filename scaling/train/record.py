@@ -52,23 +52,24 @@ def read_record(run_dir: str | Path) -> dict | None:
 
 
 def config_hash(config_dict: dict) -> str:
-    """A stable id for a resolved run config (logging options excluded: they do not change the numbers)."""
-    relevant = {k: v for k, v in config_dict.items() if k not in ("log", "name")}
+    """A stable id for a resolved run config (logging and the device mesh excluded: they do not change the run)."""
+    relevant = {k: v for k, v in config_dict.items() if k not in ("log", "name", "parallel")}
     blob = json.dumps(relevant, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 # Fields that never change a run's trained parameters: what is logged, how often it is evaluated or checkpointed,
-# how many held-out tokens score it, and the epoch cap (a refusal, not a change).
+# how many held-out tokens score it, the epoch cap (a refusal, not a change) and which checkpoints are pinned.
+# The device mesh (``parallel``) changes only float reduction order, and a checkpoint restores onto any mesh.
 RESUME_NEUTRAL = {
-    "train": ("eval_every", "eval_tokens", "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints"),
+    "train": ("eval_every", "eval_tokens", "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "keep_steps"),
     "data": ("max_epochs", "cache_dir"),
 }
 
 
 def training_config(config_dict: dict) -> dict:
     """The part of a resolved config that determines the trained parameters (compared before resuming)."""
-    out = {k: v for k, v in config_dict.items() if k not in ("log", "name")}
+    out = {k: v for k, v in config_dict.items() if k not in ("log", "name", "parallel")}
     for section, names in RESUME_NEUTRAL.items():
         if section in out:
             out[section] = {k: v for k, v in out[section].items() if k not in names}

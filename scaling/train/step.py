@@ -1,4 +1,4 @@
-"""Pure, jit-compiled train and eval steps over (graphdef, params, rest) with donated buffers.
+"""Pure, jit-compiled train and eval steps over ``(graphdef, TrainState)``; the state buffers are donated.
 
 The training loss is the language-model cross-entropy (float32) plus, when enabled, the output-logit z-loss and,
 for MoE models, ``aux_loss_coef * sum_layers aux`` and ``router_z_loss_coef * sum_layers z`` (``scaling.model.moe``).
@@ -7,7 +7,7 @@ Gradient accumulation scans over micro-batches; the batch is split so each micro
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +15,9 @@ import optax
 from flax import nnx
 
 from scaling.config import RunConfig
+from scaling.model.moe import update_router_biases
+from scaling.train.optim import apply_lr, make_optimizer, make_schedule
+from scaling.train.state import TrainState
 
 
 def make_loss_fn(graphdef: nnx.GraphDef, cfg: RunConfig) -> Callable:
@@ -39,16 +42,22 @@ def make_loss_fn(graphdef: nnx.GraphDef, cfg: RunConfig) -> Callable:
     return loss_fn
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule, cfg: RunConfig) -> Callable:
+def train_step_fn(graphdef: nnx.GraphDef, cfg: RunConfig) -> Callable:
+    """``step(state, tokens_BL1, peak_lr) -> (state, {"metrics", "aux"})``, not yet jitted (so it can be vmapped
+    over a stack of models). ``peak_lr`` is an array: runs that differ only in learning rate share the program."""
     loss_fn = make_loss_fn(graphdef, cfg)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    tx = make_optimizer(cfg.train)
+    schedule = make_schedule(cfg.train, cfg.steps)
     A = cfg.train.grad_accum
-    bias_balancing = cfg.model.moe is not None and cfg.model.moe.bias_balancing
+    bias_rate = cfg.model.moe.bias_update_rate if cfg.model.moe is not None and cfg.model.moe.bias_balancing else None
 
-    def train_step(params, rest, opt_state, tokens_BL1):
+    def step(state: TrainState, tokens_BL1, peak_lr):
+        params, rest = state.params, state.rest
         if A == 1:
             (_, (metrics, aux)), grads = grad_fn(params, rest, tokens_BL1)
         else:
+            # micro-batch a takes rows a, a + A, ...: each micro-batch keeps an even share of every batch shard
             B = tokens_BL1.shape[0]
             micro_ABL1 = jnp.swapaxes(tokens_BL1.reshape(B // A, A, -1), 0, 1)
 
@@ -60,26 +69,30 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
             grads, (metrics, aux) = jax.lax.scan(body, zeros, micro_ABL1)
             grads = jax.tree.map(lambda g: g / A, grads)
             metrics, aux = jax.tree.map(lambda x: jnp.mean(x, axis=0), (metrics, aux))
+        lr = schedule(state.step, peak_lr)
         metrics["grad_norm"] = optax.global_norm(grads)
-        metrics["lr"] = schedule(_adam_count(opt_state))
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        if bias_balancing:
-            from scaling.model.moe import update_router_biases
+        metrics["lr"] = lr
+        updates, opt = tx.update(grads, state.opt, params)
+        params = optax.apply_updates(params, apply_lr(updates, lr))
+        if bias_rate is not None:
+            rest = update_router_biases(rest, aux["load"], bias_rate)
+        return TrainState(state.step + 1, params, rest, opt), {"metrics": metrics, "aux": aux}
 
-            model = nnx.merge(graphdef, params, rest)
-            update_router_biases(model, aux["load"])
-            _, _, rest = nnx.split(model, nnx.Param, ...)
-        return params, rest, opt_state, {"metrics": metrics, "aux": aux}
-
-    return jax.jit(train_step, donate_argnums=(0, 1, 2))
+    return step
 
 
-def _adam_count(opt_state: Any) -> jax.Array:
-    for leaf in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState)):
-        if isinstance(leaf, optax.ScaleByAdamState):
-            return leaf.count
-    raise ValueError("optimizer state has no Adam count")
+def make_train_step(graphdef: nnx.GraphDef, cfg: RunConfig, par=None, state_shardings=None) -> Callable:
+    """The jitted step. With a ``Parallel`` and the state's shardings, the state keeps its layout across steps, the
+    batch arrives split over the batch axes, and the metrics come back replicated (readable by every process)."""
+    step = train_step_fn(graphdef, cfg)
+    if par is None:
+        return jax.jit(step, donate_argnums=(0,))
+    return jax.jit(
+        step,
+        in_shardings=(state_shardings, par.batch, par.replicated),
+        out_shardings=(state_shardings, par.replicated),
+        donate_argnums=(0,),
+    )
 
 
 def make_eval_step(graphdef: nnx.GraphDef, out_sharding=None) -> Callable:

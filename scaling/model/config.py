@@ -1,0 +1,92 @@
+"""Model architecture config: ``ModelConfig`` and its optional ``MoEConfig`` section (validated, documented once)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from scaling.configbase import ConfigError, _f, _positive
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    n_experts: int = _f(8, "Number of routed experts per MoE layer.")
+    top_k: int = _f(2, "Experts each token is routed to (k >= 1).")
+    capacity_factor: Optional[float] = _f(
+        1.25,
+        "Per-expert capacity = ceil(k * T / E * capacity_factor) tokens per routing group (one sequence); overflow "
+        "tokens skip the expert through the residual. null selects the dropless path.",
+    )
+    every_n_layers: int = _f(1, "Every n-th block (counting from the last) uses an MoE feed-forward; others are dense.")
+    n_shared_experts: int = _f(0, "Experts every token passes through in addition to its top-k routed experts.")
+    granularity: int = _f(1, "Fine-grained experts: each expert's hidden size is d_ff / granularity.")
+    aux_loss_coef: float = _f(0.01, "Load-balancing loss coefficient (Switch/GShard; equals the coefficient at uniform routing).")
+    router_z_loss_coef: float = _f(0.001, "Router z-loss coefficient (ST-MoE): coef * mean(logsumexp(router logits)^2).")
+    renormalize: bool = _f(True, "Renormalise the top-k gate weights to sum to one (k >= 2 only: at k = 1 the gate stays the router probability, as in Switch, so the router learns from the LM loss).")
+    bias_balancing: bool = _f(False, "Auxiliary-loss-free balancing: a per-expert selection bias updated by the sign of the load error.")
+    bias_update_rate: float = _f(1e-3, "Step size of the auxiliary-loss-free bias update.")
+
+    def validate(self, where: str = "model.moe") -> None:
+        _positive(self, where, "n_experts", "top_k", "every_n_layers", "granularity")
+        if self.top_k > self.n_experts:
+            raise ConfigError(f"{where}.top_k={self.top_k} must be <= {where}.n_experts={self.n_experts}")
+        if self.capacity_factor is not None and not self.capacity_factor > 0:
+            raise ConfigError(f"{where}.capacity_factor must be > 0 or null (dropless), got {self.capacity_factor}")
+        if self.n_shared_experts < 0:
+            raise ConfigError(f"{where}.n_shared_experts must be >= 0, got {self.n_shared_experts}")
+        for name in ("aux_loss_coef", "router_z_loss_coef", "bias_update_rate"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{where}.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    d_model: int = _f(128, "Residual stream width.")
+    n_layers: int = _f(2, "Number of transformer blocks.")
+    n_heads: int = _f(4, "Attention query heads; d_model must be divisible by n_heads.")
+    n_kv_heads: Optional[int] = _f(None, "Key/value heads for grouped-query attention (null = n_heads); must divide n_heads.")
+    d_ff: Optional[int] = _f(None, "Feed-forward hidden size (null: 4*d_model for gelu; for swiglu the multiple of 8 nearest 8/3*d_model, so d_ff is within a relative 1.5/d_model of 8/3*d_model at every width).")
+    vocab_size: int = _f(256, "Vocabulary size (256 for the byte tokenizer; the BPE tokenizer is trained to this size).")
+    seq_len: int = _f(128, "Context length in tokens.")
+    mlp: Literal["swiglu", "gelu"] = _f("swiglu", "Feed-forward type.")
+    tie_embeddings: bool = _f(False, "Share the input embedding with the output projection.")
+    qk_norm: bool = _f(False, "RMS-normalise queries and keys per head before attention.")
+    rope_theta: float = _f(10000.0, "Rotary position embedding base.")
+    init_std: float = _f(0.02, "Std of the normal init of every matrix; output projections get init_std / sqrt(2 * n_layers).")
+    dtype: Literal["auto", "float32", "bfloat16"] = _f("auto", "Compute dtype (params stay float32; softmax and loss in float32). auto: bfloat16 on GPU/TPU, float32 on CPU.")
+    moe: Optional[MoEConfig] = _f(None, "Mixture-of-experts feed-forward blocks (null: dense model).")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def ff_dim(self) -> int:
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.mlp == "gelu":
+            return 4 * self.d_model
+        # SwiGLU keeps the MLP's parameters at 8 d^2 (as GELU's 4d) with d_ff = 8d/3; rounding to the nearest
+        # multiple of 8 (not up to a coarse multiple) keeps the ratio uniform across a sweep's widths.
+        return max(8, 8 * round(self.d_model / 3))
+
+    def validate(self, where: str = "model") -> None:
+        _positive(self, where, "d_model", "n_layers", "n_heads", "vocab_size", "seq_len")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"{where}.d_model={self.d_model} must be divisible by {where}.n_heads={self.n_heads}")
+        if self.n_kv_heads is not None and (self.n_kv_heads <= 0 or self.n_heads % self.n_kv_heads):
+            raise ConfigError(f"{where}.n_kv_heads={self.n_kv_heads} must be a positive divisor of n_heads={self.n_heads}")
+        if self.d_ff is not None and self.d_ff <= 0:
+            raise ConfigError(f"{where}.d_ff must be > 0 or null, got {self.d_ff}")
+        if self.head_dim % 2:
+            raise ConfigError(f"{where}: head dim d_model/n_heads={self.head_dim} must be even for rotary embeddings")
+        if not self.init_std > 0:
+            raise ConfigError(f"{where}.init_std must be > 0, got {self.init_std}")
+        if self.moe is not None:
+            self.moe.validate(f"{where}.moe")
+            if self.ff_dim % self.moe.granularity:
+                raise ConfigError(f"{where}.moe.granularity={self.moe.granularity} must divide d_ff={self.ff_dim}")

@@ -1,0 +1,114 @@
+"""The layers the decoder and the MoE block are built from: parameter init, RMSNorm, rotary embeddings, causal
+(grouped-query) attention and the SwiGLU / GELU feed-forward. Shape letters and logical axes: ``scaling.model.axes``.
+
+Init: every matrix ~ N(0, init_std^2); the two output projections of each block (attention out, MLP down) use
+init_std / sqrt(2 * n_layers) (GPT-2); norms start at one. Parameters are float32; matmuls run in the compute
+dtype (bfloat16 on accelerators by default); attention softmax, logits and the loss are float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from scaling.model.axes import logical
+from scaling.model.config import ModelConfig
+
+
+def compute_dtype(cfg: ModelConfig) -> jnp.dtype:
+    if cfg.dtype == "float32":
+        return jnp.float32
+    if cfg.dtype == "bfloat16":
+        return jnp.bfloat16
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+
+
+def param(value: jax.Array, letters: str, axes: tuple[str | None, ...] | None = None) -> nnx.Param:
+    """A parameter annotated with the logical names of its axes (``letters``: its shape suffix; ``axes`` overrides
+    the names). The annotation is metadata only (``eager_sharding=False``): shardings are derived from it in one
+    place, ``scaling.parallel``."""
+    assert value.ndim == len(letters), (value.shape, letters)
+    return nnx.Param(value, out_sharding=axes if axes is not None else logical(letters), eager_sharding=False)
+
+
+def normal(rngs: nnx.Rngs, letters: str, shape: tuple[int, ...], std: float, axes: tuple | None = None) -> nnx.Param:
+    # The barrier stops XLA from folding `std` into the sampler's own constants when init runs under jit (sharded
+    # init): without it the product differs from the eager one in the last bit.
+    value = std * jax.lax.optimization_barrier(jax.random.normal(rngs.params(), shape, jnp.float32))
+    return param(value, letters, axes)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, letter: str = "D", eps: float = 1e-6):
+        self.scale = param(jnp.ones((dim,), jnp.float32), letter)
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * self.scale[...]).astype(x.dtype)
+
+
+def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """sin and cos of position x frequency, (L, R) with R = head_dim / 2 frequencies."""
+    inv_freq_R = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles_LR = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq_R[None, :]
+    return jnp.sin(angles_LR), jnp.cos(angles_LR)
+
+
+def apply_rope(x_BLNH: jax.Array, sin_LR: jax.Array, cos_LR: jax.Array) -> jax.Array:
+    """Rotate the two halves of each head's vector by position-dependent angles (the "rotate half" layout)."""
+    x1, x2 = jnp.split(x_BLNH.astype(jnp.float32), 2, axis=-1)
+    sin, cos = sin_LR[None, :, None, :], cos_LR[None, :, None, :]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BLNH.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        D, N, G, H = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        std, out_std = cfg.init_std, cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        self.wq_DNH = normal(rngs, "DNH", (D, N, H), std)
+        self.wk_DGH = normal(rngs, "DGH", (D, G, H), std)
+        self.wv_DGH = normal(rngs, "DGH", (D, G, H), std)
+        self.wo_NHD = normal(rngs, "NHD", (N, H, D), out_std)
+        self.q_norm = RMSNorm(H, "H") if cfg.qk_norm else None
+        self.k_norm = RMSNorm(H, "H") if cfg.qk_norm else None
+
+    def __call__(self, x_BLD: jax.Array, sin_LR: jax.Array, cos_LR: jax.Array) -> jax.Array:
+        dt = x_BLD.dtype
+        # The einsum subscripts are not the shape letters: jnp.einsum orders dimensions by subscript, which picks
+        # the matmul layout and so the float32 rounding; these are the subscripts every recorded run used.
+        q_BLNH = jnp.einsum("bld,dhk->blhk", x_BLD, self.wq_DNH[...].astype(dt))
+        k_BLGH = jnp.einsum("bld,dhk->blhk", x_BLD, self.wk_DGH[...].astype(dt))
+        v_BLGH = jnp.einsum("bld,dhk->blhk", x_BLD, self.wv_DGH[...].astype(dt))
+        if self.q_norm is not None:
+            q_BLNH, k_BLGH = self.q_norm(q_BLNH), self.k_norm(k_BLGH)
+        q_BLNH, k_BLGH = apply_rope(q_BLNH, sin_LR, cos_LR), apply_rope(k_BLGH, sin_LR, cos_LR)
+        # jax.nn.dot_product_attention broadcasts the G key/value heads over the N query heads (grouped-query
+        # attention) and computes the softmax in float32.
+        o_BLNH = jax.nn.dot_product_attention(q_BLNH, k_BLGH, v_BLGH, is_causal=True)
+        return jnp.einsum("blhk,hkd->bld", o_BLNH, self.wo_NHD[...].astype(dt))
+
+
+class MLP(nnx.Module):
+    """SwiGLU (gate, up, down) or GELU (up, down) feed-forward without biases."""
+
+    def __init__(self, cfg: ModelConfig, d_ff: int, rngs: nnx.Rngs):
+        D, std, out_std = cfg.d_model, cfg.init_std, cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        self.kind = cfg.mlp
+        self.w_gate_DF = normal(rngs, "DF", (D, d_ff), std) if cfg.mlp == "swiglu" else None
+        self.w_up_DF = normal(rngs, "DF", (D, d_ff), std)
+        self.w_down_FD = normal(rngs, "FD", (d_ff, D), out_std)
+
+    def __call__(self, x_BLD: jax.Array) -> jax.Array:
+        dt = x_BLD.dtype
+        up_BLF = x_BLD @ self.w_up_DF[...].astype(dt)
+        if self.w_gate_DF is not None:
+            h_BLF = jax.nn.silu(x_BLD @ self.w_gate_DF[...].astype(dt)) * up_BLF
+        else:
+            h_BLF = jax.nn.gelu(up_BLF)
+        return h_BLF @ self.w_down_FD[...].astype(dt)
