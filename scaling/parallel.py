@@ -36,6 +36,7 @@ MESH_AXES = ("data", "fsdp", "tensor", "expert")
 # logical axis -> the mesh axes it is split over, in order. Everything not listed is replicated.
 LOGICAL_RULES: dict[str, tuple[str, ...]] = {
     "batch": ("data", "fsdp", "expert"),
+    "batch_no_expert": ("data", "fsdp"),  # activations whose expert axis holds experts (MoE dispatch buffers)
     "embed": ("fsdp",),
     "heads": ("tensor",),
     "kv_heads": ("tensor",),
@@ -142,6 +143,12 @@ class Parallel:
     def sharding(self, logical_axes, shape=None) -> NamedSharding:
         return NamedSharding(self.mesh, self.spec(logical_axes, shape))
 
+    def activation_rules(self):
+        """Install the logical-to-mesh mapping for activation constraints in model code while tracing."""
+        from scaling.model.axes import sharding_rules
+
+        return sharding_rules(self.sharding)
+
     @property
     def replicated(self) -> NamedSharding:
         return NamedSharding(self.mesh, P())
@@ -174,9 +181,15 @@ class Parallel:
 
     # -- data -------------------------------------------------------------------------------------------------
     def local_rows(self, global_batch: int) -> slice:
-        n, i = jax.process_count(), jax.process_index()
-        per = global_batch // n
-        return slice(i * per, (i + 1) * per)
+        """The rows of a global batch whose shards live on this process's devices (one contiguous block: the mesh
+        lists each process's devices together)."""
+        if jax.process_count() == 1:
+            return slice(0, global_batch)
+        index = self.batch.addressable_devices_indices_map((global_batch,))
+        starts = sorted({(idx[0].start or 0, idx[0].stop or global_batch) for idx in index.values()})
+        lo, hi = starts[0][0], starts[-1][1]
+        assert sum(b - a for a, b in starts) == hi - lo, f"this process's batch rows are not contiguous: {starts}"
+        return slice(lo, hi)
 
     def check_batch(self, global_batch: int, field: str = "train.batch_size") -> None:
         if global_batch % self.batch_shards:

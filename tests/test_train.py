@@ -102,33 +102,6 @@ def test_nan_marks_the_run_diverged(tmp_path):
     assert p.returncode == 3 and "diverged" in p.stderr
 
 
-def _losses_on_devices(n: int, tmp_path: Path) -> list[dict]:
-    """Train a dense and an MoE model (capacity and dropless dispatch) in one process with n CPU devices."""
-    code = (
-        "import json,sys; from scaling.config import load_config; from scaling.train import train\n"
-        "out=[]\n"
-        "for i, extra in enumerate(json.loads(sys.argv[2])):\n"
-        "    r=train(load_config(None, json.loads(sys.argv[3]) + extra), f'{sys.argv[1]}/{i}')\n"
-        "    out.append({'loss': r['final_train_loss'], 'eval': r['final_eval_loss'], 'devices': r['device_count']})\n"
-        "print(json.dumps(out))"
-    )
-    variants = [[], ["model.moe.n_experts=4", "model.moe.top_k=2"], ["model.moe.n_experts=4", "model.moe.capacity_factor=null"]]
-    base = tiny_overrides(**{"train.batch_size": 16, "train.tokens": 16 * 32 * 20})
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
-    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / f"d{n}"), json.dumps(variants), json.dumps(base)],
-                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
-    assert p.returncode == 0, p.stderr
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
-def test_one_and_eight_devices_give_the_same_loss(tmp_path):
-    """Data parallelism (batch sharded over a `data` mesh axis) changes nothing but the reduction order."""
-    for one, eight in zip(_losses_on_devices(1, tmp_path), _losses_on_devices(8, tmp_path)):
-        assert (one["devices"], eight["devices"]) == (1, 8)
-        assert eight["loss"] == pytest.approx(one["loss"], rel=1e-4)
-        assert eight["eval"] == pytest.approx(one["eval"], rel=1e-4)
-
-
 def test_sigkill_and_resume_gives_identical_results(tmp_path):
     over = tiny_overrides(**{"model.d_model": 64, "model.n_heads": 2, "train.tokens": 8 * 32 * 300, "train.checkpoint_every": 20})
     args = ["train", "--no-progress", *sum((["--set", o] for o in over), [])]

@@ -28,6 +28,10 @@ S      -            expert slots flattened, E x C (activations only)
 
 from __future__ import annotations
 
+import contextlib
+
+import jax
+
 LOGICAL_AXES: dict[str, str] = {
     "B": "batch",
     "L": "seq",
@@ -44,3 +48,28 @@ LOGICAL_AXES: dict[str, str] = {
 def logical(letters: str) -> tuple[str, ...]:
     """``logical("DF") == ("embed", "mlp")``: the logical axis names of a parameter's shape letters."""
     return tuple(LOGICAL_AXES[c] for c in letters)
+
+
+# -- activation sharding constraints ---------------------------------------------------------------------------
+# Model code names activation axes logically too; the train loop installs a resolver (``scaling.parallel``) while
+# it traces the step. Without one (a single device, or a model called eagerly) constraints are no-ops.
+
+_resolver = None
+
+
+@contextlib.contextmanager
+def sharding_rules(resolver):
+    """Within the block, ``constrain`` maps logical axis names to shardings with ``resolver(names, shape)``."""
+    global _resolver
+    old, _resolver = _resolver, resolver
+    try:
+        yield
+    finally:
+        _resolver = old
+
+
+def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+    """``jax.lax.with_sharding_constraint`` by logical axis names (a no-op outside ``sharding_rules``)."""
+    if _resolver is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, _resolver(names, x.shape))

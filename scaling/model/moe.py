@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from scaling.accounting import expert_ff_dim
+from scaling.model.axes import constrain
 from scaling.model.config import ModelConfig
 from scaling.model.layers import MLP, normal
 
@@ -111,9 +112,13 @@ class MoE(nnx.Module):
         token_for_slot = jnp.zeros((B, E * C), jnp.int32).at[b_idx, slot_BLK].set(token_BLK, mode="drop")
         slot_used = jnp.zeros((B, E * C), jnp.bool_).at[b_idx, slot_BLK].set(True, mode="drop")
         x_BSD = jnp.take_along_axis(x_BLD, token_for_slot[..., None], axis=1)
-        x_BSD = jnp.where(slot_used[..., None], x_BSD, 0)
-        y_BECD = self._expert_ffn_batched(x_BSD.reshape(B, E, C, D))
-        y_BSD = y_BECD.reshape(B, E * C, D)
+        x_BSD = constrain(jnp.where(slot_used[..., None], x_BSD, 0), ("batch", None, None))  # gathered locally
+        # Expert parallelism: the slots move from their sequence's batch shard to their expert's shard (XLA inserts
+        # an all-to-all between these constraints; without an expert mesh axis they are no-ops), each device runs
+        # only its experts, and the results travel back before being combined per token.
+        x_BECD = constrain(x_BSD.reshape(B, E, C, D), ("batch_no_expert", "expert", None, None))
+        y_BECD = constrain(self._expert_ffn_batched(x_BECD), ("batch_no_expert", "expert", None, None))
+        y_BSD = constrain(y_BECD.reshape(B, E * C, D), ("batch", None, None))
         y_BLKD = jnp.take_along_axis(y_BSD, jnp.minimum(slot_BLK, E * C - 1).reshape(B, L * K)[..., None], axis=1)
         y_BLKD = y_BLKD.reshape(B, L, K, D)
         w_BLK = jnp.where(keep_BLK, gates_BLK, 0.0).astype(y_BLKD.dtype)

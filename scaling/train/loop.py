@@ -141,6 +141,12 @@ def _moe_metrics(aux: dict) -> dict:
     }
 
 
+def shard_bytes(tree) -> int:
+    """Bytes of ``tree``'s arrays stored on this process's first device (what sharding saves, measured)."""
+    dev = jax.local_devices()[0]
+    return int(sum(s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards if s.device == dev))
+
+
 def first_non_finite(metrics: dict) -> bool:
     """True when any metric of one step is NaN or infinite (the run is diverged from that step on)."""
     return not all(math.isfinite(v) for v in metrics.values())
@@ -320,10 +326,12 @@ def train(
             return par.put_batch(pre.ds.train_batch(step, B, L, cfg.data_seed, rows), (B, L + 1))
 
         def evaluate_now(state: TrainState) -> dict:
-            return evaluate(eval_fn, state.params, state.rest, pre.eval_windows, pre.eval_micro, par, pre.ds.bytes_per_token)
+            with par.activation_rules():  # traced on first use
+                return evaluate(eval_fn, state.params, state.rest, pre.eval_windows, pre.eval_micro, par, pre.ds.bytes_per_token)
 
         t0 = time.perf_counter()
-        compiled = step_fn.lower(state, get_batch(start), peak_lr).compile()
+        with par.activation_rules():
+            compiled = step_fn.lower(state, get_batch(start), peak_lr).compile()
         compile_time = time.perf_counter() - t0
 
         eval_every = cfg.train.eval_every or steps  # 0: only the final evaluation
@@ -414,6 +422,8 @@ def train(
             "train_time_s": train_time,
             "wall_time_s": (record.get("wall_time_s") or 0.0) + (time.perf_counter() - t0),
             "params_digest": rec.params_digest(state.params),
+            "param_bytes_per_device": shard_bytes(state.params),
+            "opt_state_bytes_per_device": shard_bytes(state.opt),
             "progress": 1.0,
         }
         write_record(**final)
