@@ -71,6 +71,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    import jax
+
+    if jax.process_index() != 0:
+        return 0
     print(
         f"run {record['run_id']} completed: N={record['n_params']:,} D={record['tokens']:,} C={record['flops']:.3e} "
         f"train loss {record['final_train_loss']:.4f} eval loss {record['final_eval_loss']:.4f} "

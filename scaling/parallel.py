@@ -68,6 +68,8 @@ def maybe_initialize_distributed() -> bool:
         return True
     if os.environ.get("SCALING_NO_DISTRIBUTED") or not any(k in os.environ for k in _DISTRIBUTED_ENV):
         return False
+    # CPU devices of several processes talk through gloo (a no-op setting on GPU / TPU backends).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if "JAX_COORDINATOR_ADDRESS" in os.environ:
         kw = {"coordinator_address": os.environ["JAX_COORDINATOR_ADDRESS"]}
         if "JAX_NUM_PROCESSES" in os.environ:
@@ -204,6 +206,15 @@ class Parallel:
 
     def replicate(self, tree):
         return jax.device_put(tree, self.replicated)
+
+    @staticmethod
+    def any_process(flag: bool) -> bool:
+        """True on every process if it is true on any (a collective: every process must call it together)."""
+        if jax.process_count() == 1:
+            return flag
+        from jax.experimental import multihost_utils
+
+        return bool(np.asarray(multihost_utils.process_allgather(np.array(flag))).any())
 
     @property
     def max_in_flight(self) -> int | None:

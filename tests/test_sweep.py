@@ -224,6 +224,20 @@ def test_slurm_submission_script_without_a_cluster(tmp_path):
     assert "#SBATCH --array=0-2%3" in script and "#SBATCH --partition=gpu" in script
     assert "-m scaling sweep run" in script and str(TINY) in script
     assert script in p.stdout
+    # several hosts per worker: one task per node under srun, which JAX joins into one job from slurm's environment
+    run_cli("sweep", "submit", str(TINY), "--out", str(tmp_path / "m"), "--workers", "2", "--nodes", "4", "--gpus", "8", "--dry-run")
+    script = (tmp_path / "m" / "slurm" / "array.sbatch").read_text()
+    assert "#SBATCH --nodes=4" in script and "#SBATCH --ntasks-per-node=1" in script and "#SBATCH --gpus-per-node=8" in script
+    assert "\nsrun " in script and "-m scaling sweep run" in script
+
+
+def test_shards_partition_the_runs(tmp_path):
+    spec = parse_sweep(yaml.safe_load(tiny_sweep(tmp_path).read_text()))
+    plan = plan_sweep(spec)
+    a = run_sweep(spec, tmp_path / "out", shard="0/2")
+    b = run_sweep(spec, tmp_path / "out", shard="1/2")
+    assert a.completed == [r.run_id for k, r in enumerate(plan) if k % 2 == 0]
+    assert b.completed == [r.run_id for k, r in enumerate(plan) if k % 2 == 1] and not b.skipped
 
 
 def test_example_sweeps_plan():

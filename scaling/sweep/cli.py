@@ -140,7 +140,7 @@ def cmd_submit(args) -> int:
     spec = _load(args.sweep)
     out = args.out or os.path.join("runs", spec.name)
     res = submit_slurm(
-        args.sweep, out, workers=args.workers, partition=args.partition, gpus_per_node=args.gpus, timeout_min=args.timeout_min,
+        args.sweep, out, workers=args.workers, partition=args.partition, gpus_per_node=args.gpus, timeout_min=args.timeout_min, nodes=args.nodes,
         dry_run=args.dry_run, extra=dict(kv.split("=", 1) for kv in (args.slurm or [])),
     )
     print(res)
@@ -173,7 +173,8 @@ def add_sweep_parser(sub) -> None:
     sb.add_argument("--out", help="sweep directory on the shared filesystem (default runs/NAME)")
     sb.add_argument("--workers", type=int, default=4, help="array tasks; each claims runs until none are left")
     sb.add_argument("--partition", default=None)
-    sb.add_argument("--gpus", type=int, default=1, help="GPUs per task")
+    sb.add_argument("--gpus", type=int, default=1, help="GPUs per node")
+    sb.add_argument("--nodes", type=int, default=1, help="hosts per worker: each array task is one JAX job over this many nodes")
     sb.add_argument("--timeout-min", type=int, default=24 * 60)
     sb.add_argument("--slurm", action="append", metavar="KEY=VALUE", help="extra submitit slurm parameter (e.g. account=abc)")
     sb.add_argument("--dry-run", action="store_true", help="write the sbatch script and print it; submit nothing")

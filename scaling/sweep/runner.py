@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from scaling.sweep.spec import PlannedRun, SweepSpec, plan_sweep, with_logging
@@ -152,50 +153,80 @@ def run_sweep(
     sweep_yaml: str | None = None,
     on_run_end: Callable[[PlannedRun, dict | None], None] | None = None,
 ) -> SweepResult:
+    from scaling.parallel import maybe_initialize_distributed
     from scaling.train import DivergedError, StopRequested, train
 
+    maybe_initialize_distributed()  # a multi-host worker joins its job before any other JAX call
+    import jax
+
+    leader, multi = jax.process_index() == 0, jax.process_count() > 1
     sweep_dir = Path(sweep_dir)
-    (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
     plan = plan_sweep(spec, check_data=True)
-    if sweep_yaml is not None:
-        write_text_atomic(sweep_dir / "sweep.yaml", sweep_yaml)
-    write_text_atomic(sweep_dir / "plan.csv", pd.DataFrame([r.row() for r in plan]).to_csv(index=False))
+    if leader:
+        (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
+        if sweep_yaml is not None:
+            write_text_atomic(sweep_dir / "sweep.yaml", sweep_yaml)
+        write_text_atomic(sweep_dir / "plan.csv", pd.DataFrame([r.row() for r in plan]).to_csv(index=False))
     i, n = parse_shard(shard)
     owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     result = SweepResult([], [], [])
     overall = progress.add_task(f"sweep {spec.name}", total=len(plan), loss=float("nan"), tps=0.0) if progress else None
 
-    for k, run in enumerate(plan):
-        if k % n != i:
-            continue
-        if should_stop is not None and should_stop():
-            result.stopped = True
-            break
-        run_dir = sweep_dir / "runs" / run.run_id
-        rec = read_record(run_dir)
+    def advance() -> None:
+        if overall is not None:
+            progress.advance(overall)
+
+    def done_or_given_up(rec: dict | None) -> bool:
         status = rec.get("status") if rec else None
-        if status == "completed" or (status in ("failed", "diverged") and not retry_failed):
-            result.skipped.append(run.run_id)
-            if overall is not None:
-                progress.advance(overall)
-            continue
-        run_dir.mkdir(parents=True, exist_ok=True)
-        claim = Claim(run_dir / "claim.json", owner)
-        if not claim.try_acquire(stale_after):
-            result.skipped.append(run.run_id)
-            continue
-        try:
-            rec = read_record(run_dir)  # another worker may have finished it between our check and our claim
-            if rec and (rec.get("status") == "completed" or (rec.get("status") in ("failed", "diverged") and not retry_failed)):
-                result.skipped.append(run.run_id)
+        return status == "completed" or (status in ("failed", "diverged") and not retry_failed)
+
+    candidates = iter([k for k in range(len(plan)) if k % n == i])
+
+    def next_claim() -> tuple[int, Claim | None]:
+        """(plan index, claim) of the next run this worker should train; (-1, None) when there is none."""
+        for k in candidates:
+            if should_stop is not None and should_stop():
+                result.stopped = True
+                return -1, None
+            run_dir = sweep_dir / "runs" / plan[k].run_id
+            if done_or_given_up(read_record(run_dir)):
+                result.skipped.append(plan[k].run_id)
+                advance()
                 continue
-            if rec and rec.get("status") in ("failed", "diverged"):
-                _reset_failed_run(run_dir)
-            _event(sweep_dir, event="start", run_id=run.run_id, owner=owner)
-            cfg = with_logging(run, spec)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            claim = Claim(run_dir / "claim.json", owner)
+            if not claim.try_acquire(stale_after):
+                result.skipped.append(plan[k].run_id)
+                continue
+            if done_or_given_up(read_record(run_dir)):  # finished by another worker between our check and our claim
+                claim.release()
+                result.skipped.append(plan[k].run_id)
+                continue
+            return k, claim
+        return -1, None
+
+    while True:
+        # One JAX job may span several processes (hosts): only process 0 claims; the others train what it chose.
+        k, claim = next_claim() if leader else (-1, None)
+        if multi:
+            from jax.experimental import multihost_utils
+
+            k = int(multihost_utils.broadcast_one_to_all(np.int32(k)))
+        if k < 0:
+            break
+        run = plan[k]
+        run_dir = sweep_dir / "runs" / run.run_id
+        try:
+            if leader:
+                rec = read_record(run_dir)
+                if rec and rec.get("status") in ("failed", "diverged"):
+                    _reset_failed_run(run_dir)
+                _event(sweep_dir, event="start", run_id=run.run_id, owner=owner)
+            if multi:
+                multihost_utils.sync_global_devices(f"start {run.run_id}")  # the reset is done before anyone reads
             final = None
             try:
-                final = train(cfg, run_dir, progress=progress, should_stop=should_stop, run_id=run.run_id)
+                final = train(with_logging(run, spec), run_dir, progress=progress, should_stop=should_stop, run_id=run.run_id)
                 result.completed.append(run.run_id)
                 status = "completed"
             except StopRequested:
@@ -207,16 +238,18 @@ def run_sweep(
             except Exception:  # recorded as failed by train(); the sweep goes on
                 result.failed.append(run.run_id)
                 status = "failed"
-            _event(sweep_dir, event="end", run_id=run.run_id, owner=owner, status=status)
+            if leader:
+                _event(sweep_dir, event="end", run_id=run.run_id, owner=owner, status=status)
             if on_run_end is not None:
                 on_run_end(run, final)
         finally:
-            claim.release()
-        if overall is not None:
-            progress.advance(overall)
+            if claim is not None:
+                claim.release()
+        advance()
         if result.stopped:
             break
-    collect(spec, sweep_dir, plan)
+    if leader:
+        collect(spec, sweep_dir, plan)
     return result
 
 

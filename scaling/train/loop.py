@@ -379,6 +379,10 @@ def train(
                 last_eval = evaluate_now(state)
                 logger.log(done, last_eval, kind="eval")
             stopping = should_stop is not None and should_stop()
+            if jax.process_count() > 1:
+                # every process must stop at the same step (the checkpoint is a collective): agree at sync points
+                sync_point = done % log_every == 0 or checkpoint_now
+                stopping = par.any_process(stopping) if sync_point else False
             if checkpoint_now or stopping:
                 flush()
                 loop_state = {

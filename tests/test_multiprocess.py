@@ -1,0 +1,108 @@
+"""A real multi-process JAX job on CPU: 2 processes x 4 devices (gloo collectives, coordinator on 127.0.0.1) train
+exactly like 1 process with 8 devices, only process 0 writes, a SIGKILL of both resumes to the same numbers, and a
+sweep worker spanning both processes trains each run once (process 0 claims, the others follow)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import yaml
+
+from .conftest import ROOT, tiny_overrides
+
+STEPS = 40
+OVERRIDES = tiny_overrides(**{"train.batch_size": 16, "train.tokens": 16 * 32 * STEPS, "train.checkpoint_every": 5,
+                              "log.wandb": "offline"})
+TRAIN = ["train", "--no-progress", *sum((["--set", o] for o in OVERRIDES), [])]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(args: list[str], processes: int, devices: int, logdir) -> list[subprocess.Popen]:
+    port = _port()
+    procs = []
+    for i in range(processes):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+        if processes > 1:
+            env |= {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": str(processes), "JAX_PROCESS_ID": str(i)}
+        log = open(logdir / f"p{i}-{time.time_ns()}.log", "w")
+        procs.append(subprocess.Popen([sys.executable, "-m", "scaling", *args], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+    return procs
+
+
+def _wait(procs, timeout=600):
+    for p in procs:
+        assert p.wait(timeout=timeout) == 0, f"a process exited {p.returncode}"
+
+
+def _record(d) -> dict:
+    return json.loads((d / "record.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mp")
+    _wait(_launch([*TRAIN, "--out", str(d / "one")], 1, 8, d))
+    _wait(_launch([*TRAIN, "--out", str(d / "two")], 2, 4, d))
+    return d
+
+
+def test_two_processes_train_like_one_process_with_eight_devices(runs):
+    one, two = _record(runs / "one"), _record(runs / "two")
+    assert (one["process_count"], one["device_count"]) == (1, 8) and (two["process_count"], two["device_count"]) == (2, 8)
+    # Same global batch, same mesh layout: only the all-reduce changes (gloo between processes, in-process
+    # otherwise), i.e. the summation order of float32 gradients; 1e-4 leaves 3 orders of magnitude (see
+    # test_parallel).
+    assert two["final_train_loss"] == pytest.approx(one["final_train_loss"], rel=1e-4)
+    assert two["final_eval_loss"] == pytest.approx(one["final_eval_loss"], rel=1e-4)
+    # only process 0 logs: one W&B run, each step once in metrics.jsonl
+    assert len(list((runs / "two" / "wandb").glob("offline-run-*"))) == 1
+    steps = [json.loads(l)["step"] for l in (runs / "two" / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+    assert steps == sorted(set(steps)) and steps[-1] == STEPS
+
+
+def test_both_processes_killed_mid_run_resume_to_the_same_numbers(runs):
+    out = runs / "killed"
+    procs = _launch([*TRAIN, "--out", str(out)], 2, 4, runs)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        rec = out / "record.json"
+        if rec.exists() and (json.loads(rec.read_text()).get("last_checkpoint_step") or 0) >= 10:
+            break
+        time.sleep(0.05)
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    killed = _record(out)
+    assert killed["status"] == "running" and 10 <= killed["last_checkpoint_step"] < STEPS
+    _wait(_launch([*TRAIN, "--out", str(out)], 2, 4, runs))
+    done, ref = _record(out), _record(runs / "two")
+    assert done["resumed_from_step"] >= killed["last_checkpoint_step"]
+    assert done["params_digest"] == ref["params_digest"]  # bit-identical resume
+    assert done["final_train_loss"] == ref["final_train_loss"] and done["final_eval_loss"] == ref["final_eval_loss"]
+
+
+def test_a_sweep_worker_spanning_two_processes_trains_each_run_once(tmp_path):
+    raw = yaml.safe_load((ROOT / "sweeps" / "tiny_isoflop.yaml").read_text())
+    raw["base"]["log"] = {"wandb": "disabled"}
+    raw["base"]["model"]["seq_len"] = 16
+    raw["base"]["train"]["batch_size"] = 8
+    raw["grid"]["budgets"] = [raw["grid"]["budgets"][0] / 3]  # >= 80 steps per run: C within 1% of the budget
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    _wait(_launch(["sweep", "run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"), "--no-progress"], 2, 2, tmp_path))
+    events = [json.loads(l) for l in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
+    starts = [e["run_id"] for e in events if e["event"] == "start"]
+    assert len(starts) == len(set(starts)) == 3 and len({e["owner"] for e in events}) == 1  # process 0 claims
+    df = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert (df["status"] == "completed").all()
+    assert all(_record(tmp_path / "out" / "runs" / r)["process_count"] == 2 for r in df["run_id"])
