@@ -2,6 +2,7 @@
 
     scaling train CONFIG.yaml [--set key=value ...] --out RUN_DIR
     scaling bench [CONFIG.yaml] [--preset NAME] [--moe]
+    scaling memory [CONFIG.yaml] [--set parallel.fsdp=8] [--device h100] [--devices 8]
     scaling sweep plan|run|status|submit SWEEP.yaml ...
     scaling fit chinchilla|isoflop|power|kaplan RUNS.csv ...
     scaling predict FIT.json --N ... --D ...
@@ -83,6 +84,46 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_memory(args: argparse.Namespace) -> int:
+    import json
+
+    from scaling.config import ConfigError, load_config
+    from scaling.memory import plan_memory, xla_memory
+
+    try:
+        cfg = load_config(args.config, args.set)
+        plan = plan_memory(cfg, args.device.lower(), args.devices)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    out = plan.as_dict()
+    if args.xla:
+        try:
+            out["xla"] = xla_memory(cfg)
+        except ConfigError as e:
+            print(f"config error: {e} (--xla compiles on this machine's devices)", file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    gb = lambda b: f"{b / 1e9:10.3f} GB"  # noqa: E731
+    mesh = " x ".join(f"{k}={v}" for k, v in plan.mesh.items())
+    lines = [
+        f"per device, {plan.n_devices} x {plan.device} ({mesh}), remat={plan.remat}:",
+        f"  parameters      {gb(plan.params)}   (float32, sharded by logical axes; all experts stored)",
+        f"  gradients       {gb(plan.grads)}",
+        f"  optimizer state {gb(plan.optimizer)}   (AdamW: two float32 moments)",
+    ]
+    for k, v in plan.activations.items():
+        lines.append(f"  activations     {gb(v)}   (remat={k}){'  <- this config' if k == plan.remat else ''}")
+    lines.append(f"  total           {gb(plan.total)}   of {plan.device_memory / 1e9:.1f} GB: {'fits' if plan.fits else 'DOES NOT FIT'}")
+    if "xla" in out:
+        x = out["xla"]
+        lines.append(f"  XLA (compiled here): arguments {x['argument'] / 1e9:.3f} GB + temp {x['temp'] / 1e9:.3f} GB = {x['total'] / 1e9:.3f} GB")
+    print("\n".join(lines))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from scaling.bench import main as bench_main
 
@@ -119,6 +160,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--moe", action="store_true", help="also benchmark an MoE model and the dense model of equal active parameters")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=cmd_bench)
+
+    mp = sub.add_parser(
+        "memory",
+        help="bytes per device to train a config: parameters, gradients, optimizer state, activations; does it fit?",
+        description="Memory planner (scaling/memory.py): per-device bytes on the mesh of the parallel: section.",
+    )
+    mp.add_argument("config", nargs="?", help="YAML run config (omit to use the defaults)")
+    mp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. parallel.fsdp=8")
+    mp.add_argument("--device", default="cpu", help="h100, h200, a100, a100-40, tpu-v4, tpu-v5e, tpu-v5p or cpu (default)")
+    mp.add_argument("--devices", type=int, default=None, help="number of devices (default: what parallel: names, -1 counting as 1)")
+    mp.add_argument("--xla", action="store_true", help="also compile the train step on this machine and print XLA's own per-device bytes")
+    mp.add_argument("--json", action="store_true", help="print one JSON object")
+    mp.set_defaults(func=cmd_memory)
 
     from scaling.sweep.cli import add_sweep_parser
 

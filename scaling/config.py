@@ -74,6 +74,7 @@ class TrainConfig:
     grad_clip: Optional[float] = _f(1.0, "Clip the global gradient norm to this value (null: no clipping).")
     z_loss_coef: float = _f(0.0, "Output-logit z-loss coefficient: coef * mean(logsumexp(logits)^2).")
     grad_accum: int = _f(1, "Gradient-accumulation micro-batches per step.")
+    remat: Literal["none", "block", "full"] = _f("none", "Rematerialisation (jax.checkpoint around each block): none keeps every activation for the backward pass; block keeps the matmul outputs and recomputes the element-wise rest (norms, activations, softmax); full keeps only each block's input and recomputes the block (~1/3 more FLOPs, least memory).")
     seed: int = _f(0, "Seed of the parameter init and of the data order (unless init_seed / data_seed are set).")
     init_seed: Optional[int] = _f(None, "Seed of the parameter init (null: seed).")
     data_seed: Optional[int] = _f(None, "Seed of the data order (null: seed).")

@@ -99,6 +99,34 @@ def mesh_shape(cfg: ParallelConfig, n_devices: int) -> dict[str, int]:
     return sizes
 
 
+def partition_spec(logical_axes: tuple[str | None, ...], shape: tuple[int, ...] | None, sizes: dict[str, int]) -> P:
+    """The PartitionSpec of an array with these logical axes on a mesh of these axis sizes: each dimension over the
+    mesh axes its rule names, skipping axes of size 1, axes an earlier dimension already uses, and any that would
+    not divide the dimension. A pure function of sizes, so the memory planner can use it for meshes not present."""
+    used: set[str] = set()
+    out = []
+    for i, name in enumerate(logical_axes):
+        axes = []
+        for a in LOGICAL_RULES.get(name, ()) if name else ():
+            if sizes[a] == 1 or a in used:
+                continue
+            size = math.prod(sizes[x] for x in axes) * sizes[a]
+            if shape is not None and shape[i] % size:
+                continue
+            axes.append(a)
+        used.update(axes)
+        out.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
+    return P(*out)
+
+
+def shard_shape(shape: tuple[int, ...], spec: P, sizes: dict[str, int]) -> tuple[int, ...]:
+    out = []
+    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = () if entry is None else (entry,) if isinstance(entry, str) else entry
+        out.append(dim // math.prod(sizes[a] for a in names))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Parallel:
     """The mesh and the shardings derived from it: parameters by their logical axes, the batch over
@@ -124,23 +152,7 @@ class Parallel:
 
     # -- specs ------------------------------------------------------------------------------------------------
     def spec(self, logical_axes: tuple[str | None, ...], shape: tuple[int, ...] | None = None) -> P:
-        """The PartitionSpec of an array with these logical axes: each axis over the mesh axes its rule names,
-        skipping mesh axes of size 1, axes already used by an earlier dimension, and any that would not divide
-        the dimension."""
-        used: set[str] = set()
-        out = []
-        for i, name in enumerate(logical_axes):
-            axes = []
-            for a in LOGICAL_RULES.get(name, ()) if name else ():
-                if self.mesh.shape[a] == 1 or a in used:
-                    continue
-                size = math.prod(self.mesh.shape[x] for x in axes) * self.mesh.shape[a]
-                if shape is not None and shape[i] % size:
-                    continue
-                axes.append(a)
-            used.update(axes)
-            out.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
-        return P(*out)
+        return partition_spec(logical_axes, shape, dict(self.mesh.shape))
 
     def sharding(self, logical_axes, shape=None) -> NamedSharding:
         return NamedSharding(self.mesh, self.spec(logical_axes, shape))

@@ -35,6 +35,17 @@ class Block(nnx.Module):
         return x_BLD + y_BLD, aux
 
 
+# What the backward pass may keep of a block's forward (the rest is recomputed, block by block).
+REMAT_POLICIES = {
+    "block": jax.checkpoint_policies.dots_saveable,  # matmul outputs; norms, activations and softmax recomputed
+    "full": jax.checkpoint_policies.nothing_saveable,  # only the block's input
+}
+
+
+def _run_block(block: Block, x_BLD, sin_LR, cos_LR):
+    return block(x_BLD, sin_LR, cos_LR)
+
+
 class Transformer(nnx.Module):
     """``model(tokens_BL) -> (logits_BLV float32, aux)`` where ``aux`` holds per-MoE-layer losses and metrics."""
 
@@ -46,14 +57,16 @@ class Transformer(nnx.Module):
         self.final_norm = RMSNorm(cfg.d_model)
         self.unembed_DV = None if cfg.tie_embeddings else normal(rngs, "DV", (cfg.d_model, cfg.vocab_size), cfg.init_std)
 
-    def __call__(self, tokens_BL: jax.Array) -> tuple[jax.Array, dict]:
+    def __call__(self, tokens_BL: jax.Array, remat: str = "none") -> tuple[jax.Array, dict]:
+        """``remat`` (``train.remat``): none, block (keep matmul outputs) or full (keep only block inputs)."""
         cfg, dt = self.cfg, compute_dtype(self.cfg)
         L = tokens_BL.shape[1]
         sin_LR, cos_LR = rope_tables(L, cfg.head_dim, cfg.rope_theta)
         x_BLD = jnp.take(self.embed_VD[...], tokens_BL, axis=0).astype(dt)
+        run = _run_block if remat == "none" else nnx.remat(_run_block, policy=REMAT_POLICIES[remat])
         aux_layers = []
         for block in self.blocks:
-            x_BLD, aux = block(x_BLD, sin_LR, cos_LR)
+            x_BLD, aux = run(block, x_BLD, sin_LR, cos_LR)
             if aux:
                 aux_layers.append(aux)
         x_BLD = self.final_norm(x_BLD)

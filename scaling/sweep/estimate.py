@@ -1,8 +1,7 @@
-"""Rough memory and wall-time estimates of a run on the current device (for ``scaling sweep plan``).
+"""Memory and wall-time estimates of a run on the current devices (for ``scaling sweep plan``).
 
-Memory: 16 bytes per parameter (float32 params, grads, two Adam moments) plus activations
-(~34 * B * L * d_model * n_layers bytes in the compute dtype, Korthikanti et al.) plus 3 float32 copies of the
-logits. Time: C / (sustained FLOP/s) + a fixed per-run overhead (compile, evaluation, checkpoints), where the
+Memory: the planner of ``scaling.memory`` (parameters, gradients and optimizer state as sharded on the run's
+mesh, activations of its remat policy), the same numbers ``scaling memory`` prints. Time: C / (sustained FLOP/s) + a fixed per-run overhead (compile, evaluation, checkpoints), where the
 sustained rate is 40% of the known peak on accelerators, or on CPUs 30% of a measured float32 matmul rate.
 """
 
@@ -16,10 +15,9 @@ from functools import lru_cache
 import jax
 import jax.numpy as jnp
 
-from scaling.accounting import count_params, flops_per_token
+from scaling.accounting import flops_per_token
 from scaling.bench import peak_flops
 from scaling.config import RunConfig
-from scaling.model import compute_dtype
 
 RUN_OVERHEAD_S = 8.0
 
@@ -60,14 +58,21 @@ def _measured_matmul_flops(n: int = 512, reps: int = 10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
+def device_key(kind: str) -> str:
+    """The ``scaling.memory.DEVICES`` entry for a JAX device kind (cpu for anything unknown)."""
+    from scaling.memory import DEVICES
+
+    k = kind.lower().replace(" ", "")
+    for name in sorted(DEVICES, key=len, reverse=True):
+        if name.replace("-", "") in k.replace("-", ""):
+            return name
+    return "cpu"
+
+
 def estimate(cfg: RunConfig, dev: DeviceInfo | None = None) -> dict:
+    from scaling.memory import plan_memory
+
     dev = dev or DeviceInfo.current()
-    m = cfg.model
-    n = count_params(m).total
-    micro = cfg.train.batch_size // cfg.train.grad_accum // max(1, dev.count)
-    bytes_dt = jnp.dtype(compute_dtype(m)).itemsize
-    acts = 17 * micro * m.seq_len * m.d_model * m.n_layers * bytes_dt
-    logits = 3 * 4 * micro * m.seq_len * m.vocab_size
-    mem = 16 * n + acts + logits
-    flops = flops_per_token(m, cfg.train.flops_attention) * cfg.steps * cfg.tokens_per_step
+    mem = plan_memory(cfg, device_key(dev.kind), dev.count).total
+    flops = flops_per_token(cfg.model, cfg.train.flops_attention) * cfg.steps * cfg.tokens_per_step
     return {"memory_bytes": mem, "time_s": flops / dev.sustained_flops + RUN_OVERHEAD_S, "flops": flops}

@@ -24,9 +24,11 @@ def make_loss_fn(graphdef: nnx.GraphDef, cfg: RunConfig) -> Callable:
     moe = cfg.model.moe
     z_coef = cfg.train.z_loss_coef
 
+    remat = cfg.train.remat
+
     def loss_fn(params, rest, tokens_BL1):
         model = nnx.merge(graphdef, params, rest)
-        logits_BLV, aux = model(tokens_BL1[:, :-1])
+        logits_BLV, aux = model(tokens_BL1[:, :-1], remat=remat)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, tokens_BL1[:, 1:]).mean()
         total = ce
         metrics = {"lm_loss": ce}
