@@ -211,7 +211,7 @@ def cmd_validate(args) -> int:
         cf, cp = args.cutoff_flops, args.cutoff_params
         if cf is None and cp is None:
             cf = default_cutoff_flops(g)
-        res = compare_laws(g, laws, cutoff_flops=cf, cutoff_params=cp, n_bootstrap=args.bootstrap, seed=args.seed, method=args.method)
+        res = compare_laws(g, laws, cutoff_flops=cf, cutoff_params=cp, n_bootstrap=args.bootstrap, seed=args.seed, method=args.method, top_starts=args.top_starts)
         if len(laws) == 1 and "skipped" in res[laws[0]]:
             raise AnalysisError(res[laws[0]]["skipped"])
         cut = {"flops": cf} if cf is not None else {"params": cp}
@@ -292,7 +292,7 @@ def _runs_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_analysis_parsers(sub) -> None:
-    from analysis.isoflop import METHODS
+    from analysis.errors import ISOFLOP_METHODS as METHODS
     from analysis.laws import law_names
 
     fit_choices = law_names() + ["isoflop"]
@@ -333,6 +333,7 @@ def add_analysis_parsers(sub) -> None:
     cut.add_argument("--cutoff-params", type=float, default=None, help="fit runs with N <= this instead")
     v.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the prediction intervals (0: no coverage)")
     v.add_argument("--method", choices=METHODS, default=None, help="frontier: IsoFLOP minimum per budget (default local)")
+    v.add_argument("--top-starts", type=int, default=None, metavar="K", help="optimise only the K best-scoring grid starts of each law (faster; default all)")
     v.add_argument("--by", metavar="COLUMN", default=None, help="validate each value of COLUMN separately")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=_guard(cmd_validate))

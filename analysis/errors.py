@@ -1,4 +1,8 @@
-"""Errors the analysis package raises for bad input; the CLI prints them as one line and exits 2."""
+"""Errors the analysis package raises for bad input (the CLI prints them as one line and exits 2), and the names
+of the IsoFLOP minimum methods, so the command line can list them without importing the analysis itself."""
+
+ISOFLOP_METHODS = ("local", "parabola", "akima")
+DEFAULT_ISOFLOP_METHOD = "local"
 
 
 class AnalysisError(ValueError):

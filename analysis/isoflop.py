@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis.errors import FitError
+from analysis.errors import DEFAULT_ISOFLOP_METHOD, ISOFLOP_METHODS, FitError
 
-METHODS = ("local", "parabola", "akima")
-DEFAULT_METHOD = "local"
+METHODS = ISOFLOP_METHODS
+DEFAULT_METHOD = DEFAULT_ISOFLOP_METHOD
 LOCAL_BANDWIDTH_DEX = 0.5
 
 
@@ -285,6 +285,8 @@ def budget_minima(
             continue
         xo = float(m.x_opt[0])
         curve = m.curve[0]
+        if not bracketed:
+            notes.append(f"{label} kept although its lowest loss is at the {'smallest' if i0[0] == 0 else 'largest'} size (minimum not bracketed)")
         rows.append(
             {
                 "budget": float(budget),

@@ -27,13 +27,15 @@ import json
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
-import pandas as pd
 
-from analysis.errors import AnalysisError, FitError
+from analysis.errors import DEFAULT_ISOFLOP_METHOD, AnalysisError, FitError
 from analysis.optim import JacobianModel, LSEAffineModel, Model, huber, minimize_batched, polish
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LAWS: dict[str, type["Law"]] = {}
 LAW_ALIASES: dict[str, tuple[str, dict]] = {}
@@ -192,8 +194,11 @@ class Law(ABC):
                 break
             if all(np.max(np.abs(res.theta[i] - c)) > 1e-4 for c in cands):
                 cands.append(res.theta[i])
+        # Newton to its floating-point limit first (quadratic convergence), then L-BFGS-B as an independent check
+        # that no descent direction is left (it never returns a worse point).
+        fine = minimize_batched(model, np.array(cands), y, delta=self.delta, lower=lo, upper=hi, ftol=1e-15, max_iter=100)
         best_x, best_f = None, np.inf
-        for c in cands:
+        for c in fine.theta:
             x, fx = polish(model, c, y, self.delta, lo, hi)
             if fx < best_f:
                 best_x, best_f = x, fx
@@ -252,6 +257,8 @@ class Law(ABC):
             missing = [c for c in self.inputs if cols.get(c) is None]
             if missing:
                 raise FitError(f"the {self.name} law predicts from {', '.join(self.inputs)}; give {', '.join('--' + c for c in missing)}")
+            import pandas as pd
+
             arrs = np.broadcast_arrays(*(np.atleast_1d(np.asarray(cols[c], float)) for c in self.inputs))
             df = pd.DataFrame({c: a for c, a in zip(self.inputs, arrs)})
         return self._X(df)
@@ -280,6 +287,8 @@ class Law(ABC):
         By default the interval is for the law's expected loss (parameter uncertainty). ``include_noise=True``
         makes it a prediction interval for one new run: each bootstrap prediction is also multiplied by
         exp(eps), eps ~ N(0, resid_scale^2), the run-to-run scatter of the fit's log residuals."""
+        import pandas as pd
+
         point = self.predict(df, **cols)
         out = pd.DataFrame({"loss": point})
         if self.bootstrap_samples is not None:
@@ -295,6 +304,8 @@ class Law(ABC):
     def param_samples(self) -> pd.DataFrame:
         if self.bootstrap_samples is None:
             raise RuntimeError("no bootstrap samples")
+        import pandas as pd
+
         ok = np.isfinite(self.bootstrap_samples).all(axis=1)
         return pd.DataFrame([self.params_from_theta(t) for t in self.bootstrap_samples[ok]])
 
@@ -526,6 +537,8 @@ def compute_optimal_from_theta(thetas: np.ndarray, C, k: float = 6.0, stacked: b
         L = E + A / N**al + B / D**be
     if stacked:
         return {"N_opt": N, "D_opt": D, "loss": L, "tokens_per_param": D / N}
+    import pandas as pd
+
     return pd.DataFrame({"C": C, "N_opt": N[0], "D_opt": D[0], "tokens_per_param": D[0] / N[0], "loss": L[0]})
 
 
@@ -667,9 +680,7 @@ class FrontierLaw(PowerLaw):
         super().__init__(x="C", offset=True, **kw)
         self.theta_names = ("a", "gamma", "e")
         self.form = "E + A C^-gamma (IsoFLOP minima)"
-        from analysis.isoflop import DEFAULT_METHOD
-
-        self.method = method or DEFAULT_METHOD
+        self.method = method or DEFAULT_ISOFLOP_METHOD
         self.gap_dex, self.keep_unbracketed = gap_dex, bool(keep_unbracketed)
         self.minima: pd.DataFrame | None = None
 
@@ -735,6 +746,8 @@ class FrontierLaw(PowerLaw):
 
     def _restore(self, d):
         if d.get("minima"):
+            import pandas as pd
+
             self.minima = pd.DataFrame(d["minima"])
 
     def params_from_theta(self, theta):

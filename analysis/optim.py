@@ -325,7 +325,7 @@ def polish(
 
     bounds = list(zip(np.where(np.isfinite(lower), lower, None), np.where(np.isfinite(upper), upper, None)))
     res = minimize(fun, np.asarray(theta0, float), jac=True, method="L-BFGS-B", bounds=bounds,
-                   options={"ftol": ftol, "gtol": gtol, "maxiter": 2000, "maxcor": 30})
+                   options={"ftol": ftol, "gtol": gtol, "maxiter": 500, "maxcor": 30})
     x = np.asarray(res.x, float)
     fx = float(_objective(model.value(x[None]), y[None], w[None], delta)[0][0])
     if not fx <= f0:  # never worse than the start

@@ -161,15 +161,19 @@ def compare_laws(
     n_bootstrap: int = 200,
     seed: int = 0,
     method: str | None = None,
+    top_starts: int | None = None,
 ) -> dict[str, dict]:
     """``validate_extrapolation`` for each law on the same split (default: ``laws_in_all()``); a law that refuses
-    the table is reported as {"skipped": reason} instead of failing the comparison."""
+    the table is reported as {"skipped": reason} instead of failing the comparison. ``top_starts`` limits each law's
+    start grid to its best-scoring K starts (faster, may miss a global optimum)."""
     laws = laws or laws_in_all()
     if cutoff_flops is None and cutoff_params is None:
         cutoff_flops = default_cutoff_flops(df)
     out: dict[str, dict] = {}
     for name in laws:
-        kw = {"method": method} if method and name == "frontier" else {}
+        kw: dict = {"method": method} if method and name == "frontier" else {}
+        if top_starts:
+            kw["top_starts"] = top_starts
         try:
             out[name] = validate_extrapolation(df, name, cutoff_flops=cutoff_flops, cutoff_params=cutoff_params, n_bootstrap=n_bootstrap, seed=seed, **kw)
         except AnalysisError as e:
