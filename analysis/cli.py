@@ -40,7 +40,18 @@ def _emit(obj: dict, as_json: bool, text: str) -> None:
 def _load(args):
     from analysis.runs import load_runs
 
-    return load_runs(args.runs, _col_args(args.col), loss=args.loss, drop_invalid=args.drop_invalid)
+    df = load_runs(args.runs, _col_args(args.col), loss=args.loss, drop_invalid=args.drop_invalid)
+    if args.query:
+        notes = list(df.attrs.get("notes", []))
+        try:
+            kept = df.query(args.query)
+        except Exception as e:  # any parse or evaluation error of the user's expression
+            raise AnalysisError(f"--query {args.query!r}: {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        if len(kept) == 0:
+            raise AnalysisError(f"--query {args.query!r} keeps no runs")
+        df = kept.reset_index(drop=True)
+        df.attrs["notes"] = notes + [f"{len(kept)} runs kept by --query {args.query!r}"]
+    return df
 
 
 def _groups(df, by: str | None):
@@ -288,6 +299,7 @@ def _runs_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--col", action="append", metavar="CANON=COLUMN", help='map a column, e.g. --col N="Model Size" (N, D, C, loss, N_active, n_experts, top_k, granularity, variant, budget)')
     p.add_argument("--loss", default=None, help="column to use as the loss (shortcut for --col loss=NAME)")
     p.add_argument("--drop-invalid", action="store_true", help="drop rows with missing/non-positive values instead of failing")
+    p.add_argument("--query", metavar="EXPR", default=None, help='keep the runs matching a pandas query, e.g. --query "not excluded_in_epoch_fit"')
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
 
 

@@ -8,9 +8,10 @@ than ``gap_dex`` starts a new budget). For each budget:
    it, the minimum then sits at or beyond the edge of the sizes);
 2. **minimum** of loss against x = log10 N, by one of
    * ``local`` (default): a quadratic fitted with Gaussian weights in x centred on its own vertex (iterated from
-     the empirical minimum), bandwidth ``LOCAL_BANDWIDTH_DEX``. Loss curves are not symmetric in log N, so a
-     quadratic through all sizes puts its vertex where the sampling pattern pushes it; a window of fixed width
-     in dex, centred on the minimum, has the same shape bias at every budget, which cancels in the exponent;
+     the empirical minimum), of the width over which that quadratic rises by 2% of the minimum loss (0.2-1 dex).
+     Loss curves are not symmetric in log N, so a quadratic through all sizes puts its vertex where the sampling
+     pattern pushes it; a window centred on the minimum and scaled to the curve's own depth has about the same
+     shape bias at every budget, which then cancels in the exponent;
    * ``parabola``: one quadratic through every size (the original procedure);
    * ``akima``: scipy's Akima interpolant through the mean loss per size, minimised between the sizes;
 3. **N_opt** at the minimum and **D_opt** from the runs' own tokens: log D interpolated against log N inside the
@@ -33,7 +34,12 @@ from analysis.errors import DEFAULT_ISOFLOP_METHOD, ISOFLOP_METHODS, FitError
 
 METHODS = ISOFLOP_METHODS
 DEFAULT_METHOD = DEFAULT_ISOFLOP_METHOD
+# local method: Gaussian kernel in log10 N, starting at 0.5 dex, then the width over which the fitted quadratic rises
+# by 2% of the minimum loss, kept within 0.2-1.0 dex (measured on synthetic sweeps and on Porian et al.'s sweeps,
+# see benchmarks/RESULTS.md: a fixed 0.5 dex window spans far beyond the quadratic regime on steep budgets)
 LOCAL_BANDWIDTH_DEX = 0.5
+LOCAL_RISE = 0.02
+LOCAL_H_RANGE = (0.2, 1.0)
 
 
 def assign_budgets(df: pd.DataFrame, gap_dex: float = 0.1) -> pd.Series:
@@ -107,10 +113,12 @@ def _spread(x, K, xc):
 
 def minima_local(x: np.ndarray, y: np.ndarray, W: np.ndarray, bandwidth: float = LOCAL_BANDWIDTH_DEX, max_iter: int = 100) -> Minima:
     """Quadratic with Gaussian weights exp(-(x - x*)^2 / 2h^2) centred on its own vertex x*, iterated from the
-    empirical minimum; x* stays within the budget's sizes. Where the curve is too flat for a convex quadratic at
-    bandwidth h (noise larger than its rise within h), the fit is retried at 2h and 4h: a wider, noisier but
-    still local estimate (its low curvature gives it a low weight in the exponent fit)."""
-    out = _minima_local(x, y, W, bandwidth, max_iter)
+    empirical minimum with h = ``bandwidth``; then h follows the curve: the half-width over which the quadratic
+    rises by ``LOCAL_RISE`` (2%) of its minimum, within ``LOCAL_H_RANGE`` dex. x* stays within the budget's sizes.
+    Where the curve is too flat for a convex quadratic (noise larger than its rise), the fit is retried with fixed
+    bandwidths 2h and 4h: a wider, noisier but still local estimate (its low curvature gives it a low weight in
+    the exponent fit)."""
+    out = _minima_local(x, y, W, bandwidth, max_iter, LOCAL_RISE, LOCAL_H_RANGE)
     for wider in (2 * bandwidth, 4 * bandwidth):
         redo = ~np.isfinite(out.x_opt)
         if not redo.any():
@@ -124,24 +132,27 @@ def minima_local(x: np.ndarray, y: np.ndarray, W: np.ndarray, bandwidth: float =
     return out
 
 
-def _minima_local(x: np.ndarray, y: np.ndarray, W: np.ndarray, bandwidth: float, max_iter: int) -> Minima:
+def _minima_local(x: np.ndarray, y: np.ndarray, W: np.ndarray, bandwidth: float, max_iter: int, rise: float | None = None,
+                  h_range: tuple[float, float] = (0.2, 1.0)) -> Minima:
     S = len(W)
     ux, i0, nsz = _empirical_argmin(x, y, W)
     lo, hi = float(ux[0]), float(ux[-1])
     xc = ux[i0].astype(float)
+    h = np.full(S, float(bandwidth))
     live = nsz >= 3
     c = np.full((S, 3), np.nan)
     for _ in range(max_iter):
-        K = W * np.exp(-0.5 * ((x[None, :] - xc[:, None]) / bandwidth) ** 2)
+        K = W * np.exp(-0.5 * ((x[None, :] - xc[:, None]) / h[:, None]) ** 2)
         c = _quad_batch(x, y, K, xc)
         conv = live & (c[:, 2] > 0)
         with np.errstate(all="ignore"):
             xn = np.where(conv, np.clip(xc - c[:, 1] / (2 * c[:, 2]), lo, hi), xc)
-        moved = np.abs(xn - xc)
-        xc = xn
+            hn = h if rise is None else np.where(conv, np.clip(np.sqrt(rise * np.abs(c[:, 0]) / c[:, 2]), *h_range), h)
+        moved = np.abs(xn - xc) + np.abs(hn - h)
+        xc, h = xn, hn
         if not np.any(conv & (moved > 1e-9)):
             break
-    K = W * np.exp(-0.5 * ((x[None, :] - xc[:, None]) / bandwidth) ** 2)
+    K = W * np.exp(-0.5 * ((x[None, :] - xc[:, None]) / h[:, None]) ** 2)
     c = _quad_batch(x, y, K, xc)
     ok = live & (c[:, 2] > 0) & np.isfinite(c).all(axis=1)
     with np.errstate(all="ignore"):
@@ -150,7 +161,7 @@ def _minima_local(x: np.ndarray, y: np.ndarray, W: np.ndarray, bandwidth: float,
     curves = []
     for s in range(S):
         if ok[s]:
-            xs = np.linspace(max(lo, xv[s] - 2 * bandwidth), min(hi, xv[s] + 2 * bandwidth), 60)
+            xs = np.linspace(max(lo, xv[s] - 2 * h[s]), min(hi, xv[s] + 2 * h[s]), 60)
             curves.append((xs, c[s, 0] + c[s, 1] * (xs - xc[s]) + c[s, 2] * (xs - xc[s]) ** 2))
         else:
             curves.append(None)

@@ -27,12 +27,13 @@ import json
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from analysis.errors import DEFAULT_ISOFLOP_METHOD, AnalysisError, FitError
 from analysis.optim import JacobianModel, LSEAffineModel, Model, huber, minimize_batched, polish
+from analysis.progress import progress_bar
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -145,7 +146,7 @@ class Law(ABC):
             raise FitError(f"the {self.name} law needs {', '.join(self.inputs)}; missing {', '.join(missing)}")
         return df[list(self.inputs)].to_numpy(float)
 
-    def _fit_data(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    def fit_data(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(X, log loss) the objective is summed over; checks the table first."""
         self.check_table(df)
         return self._X(df), np.log(df["loss"].to_numpy(float))
@@ -170,14 +171,14 @@ class Law(ABC):
     def fit(self, df: pd.DataFrame, starts: np.ndarray | None = None, progress: bool = False) -> "Law":
         """Fit on ``df``; ``starts`` overrides the grid (e.g. a warm start). ``progress`` shows a progress bar."""
         t0 = time.perf_counter()
-        X, y = self._fit_data(df)
+        X, y = self.fit_data(df)
         model = self.model(X)
         S = self.starts() if starts is None else np.atleast_2d(np.asarray(starts, float))
         n_grid = len(S)
         if self.top_starts is not None and len(S) > self.top_starts:
             S = S[np.argsort(self.objective_batch(S, X, y), kind="stable")[: self.top_starts]]
         lo, hi = self.bounds()
-        with _progress(progress, f"fitting {self.name} ({len(S)} starts)") as cb:
+        with progress_bar(progress, f"fitting {self.name} ({len(S)} starts)") as cb:
             # ftol 1e-10: the batch only has to bring the best starts into the optimum's basin; the polish below
             # converges them to 1e-13.
             res = minimize_batched(model, S, y, delta=self.delta, lower=lo, upper=hi, ftol=1e-10, on_iter=cb)
@@ -321,10 +322,10 @@ class Law(ABC):
         }
 
     # -- bootstrap support ------------------------------------------------------------------------------------
-    def _bootstrap_problems(self, df: pd.DataFrame, n: int, rng: np.random.Generator):
+    def bootstrap_problems(self, df: pd.DataFrame, n: int, rng: np.random.Generator):
         """(X, Y, W) for ``n`` resamples: inputs shared by all, log losses (n_pts,) or (n, n_pts), and weights
         (n, n_pts) = how often each run is drawn (resampling runs with replacement)."""
-        X, y = self._fit_data(df)
+        X, y = self.fit_data(df)
         m = len(y)
         idx = rng.integers(0, m, (n, m))
         W = np.zeros((n, m))
@@ -401,33 +402,6 @@ class Law(ABC):
             return f"{type(self).__name__}(unfitted)"
         ps = ", ".join(f"{k}={v:.4g}" for k, v in self.params.items())
         return f"{type(self).__name__}({ps})"
-
-
-class _progress:
-    """Context manager yielding an ``on_iter(done, total)`` callback that drives a rich progress bar (or None)."""
-
-    def __init__(self, enabled: bool, description: str):
-        self.enabled, self.description = enabled, description
-
-    def __enter__(self) -> Callable[[int, int], None] | None:
-        if not self.enabled:
-            return None
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), transient=True)
-        self.bar.start()
-        self.task = None
-
-        def cb(done: int, total: int) -> None:
-            if self.task is None:
-                self.task = self.bar.add_task(self.description, total=total)
-            self.bar.update(self.task, completed=done)
-
-        return cb
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.bar.stop()
 
 
 def _lse_design(n: int, terms: list[list[tuple[int, np.ndarray | float]]], p: int) -> np.ndarray:
@@ -709,7 +683,7 @@ class FrontierLaw(PowerLaw):
             raise FitError(f"the frontier law needs columns N, C and loss (runs at several sizes per compute budget); the table lacks {', '.join(missing)}")
         return budget_minima(df, method=self.method, gap_dex=self.gap_dex, keep_unbracketed=self.keep_unbracketed)
 
-    def _fit_data(self, df):
+    def fit_data(self, df):
         minima, notes = self._minima(df)
         if len(minima) < self.n_params:
             from analysis.isoflop import summarize_left_out
@@ -725,11 +699,11 @@ class FrontierLaw(PowerLaw):
         self.minima = self._fit_minima.drop(columns=["curve_x", "curve_y"], errors="ignore")
         self.notes += self._fit_minima_notes
 
-    def _bootstrap_problems(self, df, n, rng):
+    def bootstrap_problems(self, df, n, rng):
         from analysis.isoflop import bootstrap_minima
 
         if getattr(self, "_fit_minima", None) is None:
-            self._fit_data(df)
+            self.fit_data(df)
         minima = self._fit_minima
         boot = bootstrap_minima(df, minima, method=self.method, gap_dex=self.gap_dex, n=n, rng=rng)
         L = boot["loss_opt"]  # (n, B) with NaN where a resample has no minimum at that budget

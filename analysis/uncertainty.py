@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.laws import Law, _progress
+from analysis.laws import Law
 from analysis.optim import minimize_batched
+from analysis.progress import progress_bar
 
 
 def bootstrap(
@@ -35,7 +36,7 @@ def bootstrap(
         law.bootstrap_samples = None
         return law
     rng = np.random.default_rng(seed)
-    X, Y, W = law._bootstrap_problems(df, n, rng)
+    X, Y, W = law.bootstrap_problems(df, n, rng)
     y_full = np.log(df["loss"].to_numpy(float)) if np.ndim(Y) == 1 and len(Y) == len(df) else None
     starts = [law.theta[None]]
     if extra_starts and y_full is not None:
@@ -47,7 +48,7 @@ def bootstrap(
     Yb = np.repeat(np.atleast_2d(Y), m, axis=0) if np.ndim(Y) == 2 else Y
     Wb = np.repeat(W, m, axis=0)
     lo, hi = law.bounds()
-    with _progress(progress, f"bootstrap ({n} resamples)") as cb:
+    with progress_bar(progress, f"bootstrap ({n} resamples)") as cb:
         res = minimize_batched(law.model(X), theta0, Yb, Wb, delta=law.delta, lower=lo, upper=hi, on_iter=cb)
     f = res.fun.reshape(n, m)
     best = np.argmin(np.where(np.isfinite(f), f, np.inf), axis=1)

@@ -39,7 +39,7 @@ def epoch_fit():
 def test_objective_and_data_reproduce_the_published_value(epoch_fit):
     law, df = epoch_fit, chinchilla_runs()
     assert law.n_points == 240 and law.search["optimised_starts"] == 4500
-    X, y = law._fit_data(df)
+    X, y = law.fit_data(df)
     f_pub = law.objective_batch(_theta(PUBLISHED)[None], X, y)[0]
     # Our objective at the published parameters equals the published objective: both are printed to 11
     # significant digits, so they agree to 1e-10 relative (float64 sums of 240 terms err at ~1e-14).
@@ -48,7 +48,7 @@ def test_objective_and_data_reproduce_the_published_value(epoch_fit):
 
 def test_default_fit_reaches_the_exhaustive_optimum(epoch_fit):
     law, df = epoch_fit, chinchilla_runs()
-    X, y = law._fit_data(df)
+    X, y = law.fit_data(df)
     model, (lo, hi) = law.model(X), law.bounds()
     # Reference: Newton's method run to its floating-point limit from the published optimum (the optimum of the
     # exhaustive grid, by construction), independent of our grid search.
