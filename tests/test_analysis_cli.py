@@ -113,9 +113,9 @@ def test_fit_by_variant_fits_dense_and_moe_separately(tmp_path):
     p = run_cli("fit", "chinchilla", str(tmp_path / "runs.csv"), "--by", "variant", "--json", "--save", str(tmp_path / "fit.json"))
     out = json.loads(p.stdout)
     assert out["by"] == "variant" and set(out["fits"]) == {"dense", "moe"}
-    # 0.3% noise on 60 runs: exponents to ~0.01 (bootstrap SE on this design 0.004); the two differ by 0.03
-    assert out["fits"]["dense"]["params"]["alpha"] == pytest.approx(0.33, abs=0.015)
-    assert out["fits"]["moe"]["params"]["alpha"] == pytest.approx(0.30, abs=0.015)
+    # 0.3% noise on 60 runs: bootstrap SE of alpha 0.0046 on this design; 4 SE = 0.018 (the two differ by 0.03)
+    assert out["fits"]["dense"]["params"]["alpha"] == pytest.approx(0.33, abs=0.018)
+    assert out["fits"]["moe"]["params"]["alpha"] == pytest.approx(0.30, abs=0.018)
     assert (tmp_path / "fit.dense.json").exists() and (tmp_path / "fit.moe.json").exists()
 
 
