@@ -5,8 +5,8 @@ registered with ``@register``; ``make_law(name)`` builds any registered law (or 
 Fitting follows Hoffmann et al. (2022) as replicated by Besiroglu et al. (2024): the law is written in log space
 as a log-sum-exp of terms, the objective is the *sum* of Huber losses (delta = 1e-3) of the log residuals, the
 optimiser runs from every start of a grid and the best objective is kept. All starts are optimised together by a
-batched damped Newton method (``analysis.optim``), and the best few are polished with L-BFGS-B at tight
-tolerances. ``top_starts=K`` first scores the grid and optimises only the K best-scoring starts (faster, but on
+batched damped Newton method (``analysis.optim``); the best is refined by Newton to float precision and checked
+with L-BFGS-B at tight tolerances. ``top_starts=K`` first scores the grid and optimises only the K best-scoring starts (faster, but on
 small tables it can miss the global optimum; the default ``None`` runs them all).
 
 * ``ChinchillaLaw``: L(N, D) = E + A / N^alpha + B / D^beta; ``tie_exponents=True`` sets beta = alpha
@@ -67,10 +67,6 @@ def make_law(name: str, **kw) -> "Law":
     if name not in LAWS:
         raise FitError(f"unknown law {name!r}; known: {', '.join(law_names())}")
     return LAWS[name](**kw)
-
-
-def huber_grad(r: np.ndarray, delta: float) -> np.ndarray:
-    return np.clip(r, -delta, delta)
 
 
 class Law(ABC):
@@ -340,6 +336,7 @@ class Law(ABC):
         return {
             "law": self.name,
             "form": self.form,
+            "requires": self.requirements(),
             "config": self.config(),
             "params": self.params,
             "theta": self._require_fit().tolist(),

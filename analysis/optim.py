@@ -7,8 +7,10 @@ Every law is fitted by minimising, for S problems at once,
 where m_i is the law's log-prediction for run i, y the log losses, and w_si a per-problem weight (1 for a plain
 fit; the multiplicity of run i in bootstrap resample s). The optimiser is a projected, damped Newton method
 (Levenberg-Marquardt on the exact Hessian, with eigenvalue shifts so indefinite Hessians still give descent
-steps), run on all S problems in the same numpy calls: the cost per iteration is a few dense array operations over
-(S, n, p), instead of S separate Python-level optimiser loops. Problems leave the active set as they converge.
+steps, and the Huber loss's majorising curvature far from a solution), run on all S problems in the same numpy
+calls: an iteration costs a few elementwise passes over (S, n) arrays, a few (S, n) x (n, k) matrix products and
+S small eigendecompositions, instead of S separate Python-level optimiser loops. Problems leave the active set as
+they converge.
 
 ``polish`` runs scipy's L-BFGS-B from a candidate at tight tolerances, as the final step of a fit.
 

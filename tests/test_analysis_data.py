@@ -6,7 +6,6 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from analysis import FrontierLaw, bootstrap, example_runs, isoflop_analysis, load_runs
