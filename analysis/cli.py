@@ -1,49 +1,38 @@
 """``scaling fit | predict | validate | plot``: the analysis package behind the ``scaling`` console script.
 
-With ``--json`` a command prints exactly one JSON object on stdout and nothing else."""
+With ``--json`` a command prints exactly one JSON object on stdout and nothing else. Bad input (a missing, empty,
+binary or malformed file, an unknown law, a table a law cannot be fitted to, ...) is one line on stderr and exit
+status 2. Law names come from the registry in ``analysis.laws``."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from analysis.errors import AnalysisError
+from analysis.jsonutil import json_safe
+
+_clean = json_safe  # the name older callers import
 
 
 def _col_args(items: list[str] | None) -> dict:
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise SystemExit(f"--col expects CANONICAL=COLUMN (e.g. N=\"Model Size\"), got {item!r}")
+            raise AnalysisError(f'--col expects CANONICAL=COLUMN (e.g. N="Model Size"), got {item!r}')
         k, v = item.split("=", 1)
         out[k.strip()] = v.strip()
     return out
 
 
-def _clean(o):
-    """JSON-safe: NaN/inf -> null, numpy -> python."""
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return _clean(o.tolist())
-    if isinstance(o, (np.floating, float)):
-        f = float(o)
-        return f if math.isfinite(f) else None
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    return o
-
-
 def _emit(obj: dict, as_json: bool, text: str) -> None:
     if as_json:
-        sys.stdout.write(json.dumps(_clean(obj)) + "\n")
+        sys.stdout.write(json.dumps(json_safe(obj)) + "\n")
     else:
         print(text)
 
@@ -51,7 +40,39 @@ def _emit(obj: dict, as_json: bool, text: str) -> None:
 def _load(args):
     from analysis.runs import load_runs
 
-    return load_runs(args.runs, _col_args(args.col), loss=args.loss, drop_invalid=args.drop_invalid)
+    df = load_runs(args.runs, _col_args(args.col), loss=args.loss, drop_invalid=args.drop_invalid)
+    if args.query:
+        notes = list(df.attrs.get("notes", []))
+        try:
+            kept = df.query(args.query)
+        except Exception as e:  # any parse or evaluation error of the user's expression
+            raise AnalysisError(f"--query {args.query!r}: {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        if len(kept) == 0:
+            raise AnalysisError(f"--query {args.query!r} keeps no runs")
+        df = kept.reset_index(drop=True)
+        df.attrs["notes"] = notes + [f"{len(kept)} runs kept by --query {args.query!r}"]
+    return df
+
+
+def _groups(df, by: str | None):
+    """[(label, table)]: the whole table, or one per value of column ``by`` (notes carried over)."""
+    if not by:
+        return [(None, df)]
+    if by not in df.columns:
+        raise AnalysisError(f"--by {by}: no such column; columns are {', '.join(map(str, df.columns))}")
+    out = []
+    for value, g in df.groupby(df[by].astype(str), sort=True):
+        g = g.reset_index(drop=True)
+        g.attrs["notes"] = list(df.attrs.get("notes", []))
+        out.append((value, g))
+    return out
+
+
+def _write(path: str | Path, text: str) -> None:
+    try:
+        Path(path).write_text(text)
+    except OSError as e:
+        raise AnalysisError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
 
 
 def _fmt_params(law) -> str:
@@ -65,57 +86,87 @@ def _fmt_params(law) -> str:
     return "\n".join(lines)
 
 
-def cmd_fit(args) -> int:
-    from analysis.runs import RunsError
+def _fmt_notes(notes: list[str]) -> str:
+    return ("\nnotes:\n" + "\n".join(f"  - {n}" for n in notes)) if notes else ""
 
-    try:
-        df = _load(args)
-    except RunsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.law == "isoflop":
-        from analysis.isoflop import isoflop_analysis
 
-        res = isoflop_analysis(df, gap_dex=args.gap_dex, n_bootstrap=args.bootstrap or 1000, seed=args.seed)
-        out = res.to_dict()
-        out["notes"] = list(df.attrs.get("notes", [])) + out["notes"]
-        if args.save:
-            Path(args.save).write_text(json.dumps(_clean(out), indent=1))
-        iv = res.intervals()
-        text = (
-            f"IsoFLOP ({len(res.minima)} budgets): N_opt ∝ C^{res.a:.4f} [{iv['a']['lo']:.3f}, {iv['a']['hi']:.3f}], "
-            f"D_opt ∝ C^{res.b:.4f} [{iv['b']['lo']:.3f}, {iv['b']['hi']:.3f}]\n"
-            + res.minima.drop(columns=["coef"]).to_string(index=False)
-        )
-        _emit(out, args.json, text)
-        return 0
+def _fit_isoflop(df, args) -> tuple[dict, str]:
+    from analysis.isoflop import isoflop_analysis
+
+    n_boot = 1000 if args.bootstrap is None else args.bootstrap
+    res = isoflop_analysis(df, gap_dex=args.gap_dex, n_bootstrap=n_boot, seed=args.seed, method=args.method or "local", keep_unbracketed=args.keep_unbracketed)
+    out = res.to_dict()
+    out["notes"] = list(df.attrs.get("notes", [])) + out["notes"]
+    iv = res.intervals()
+    ci = lambda k: f" [{iv[k]['lo']:.3f}, {iv[k]['hi']:.3f}]" if k in iv else ""  # noqa: E731
+    cols = ["budget", "N_opt", "D_opt", "loss_opt", "n_runs", "n_sizes", "bracketed", "in_range", "weight"]
+    text = (
+        f"IsoFLOP ({res.method}, {len(res.minima)} budgets): N_opt ∝ C^{res.a:.4f}{ci('a')}, D_opt ∝ C^{res.b:.4f}{ci('b')}\n"
+        + res.minima[[c for c in cols if c in res.minima]].to_string(index=False, float_format=lambda v: f"{v:.4g}")
+        + _fmt_notes(out["notes"])
+    )
+    return out, text
+
+
+def _fit_law(df, args, progress: bool):
+    from analysis.laws import make_law
     from analysis.uncertainty import bootstrap
-    from analysis.validate import make_law
 
-    kw = {"x": args.x, "offset": not args.no_offset} if args.law == "power" else {}
-    if args.all_starts:
-        kw["top_starts"] = None
-    law = make_law(args.law, delta=args.delta, **kw).fit(df)
+    kw: dict = {"delta": args.delta, "top_starts": args.top_starts}
+    if args.law == "power":
+        kw.update(x=args.x, offset=not args.no_offset)
+    if args.tie_exponents:
+        if args.law not in ("chinchilla", "chinchilla-tied"):
+            raise AnalysisError("--tie-exponents applies to the chinchilla law only")
+        kw["tie_exponents"] = True
+    if args.law == "frontier":
+        kw.update(method=args.method, gap_dex=args.gap_dex, keep_unbracketed=args.keep_unbracketed)
+    law = make_law(args.law, **kw).fit(df, progress=progress)
     if args.bootstrap:
-        bootstrap(law, df, n=args.bootstrap, seed=args.seed, n_jobs=args.jobs, progress=not args.json)
+        bootstrap(law, df, n=args.bootstrap, seed=args.seed, progress=progress)
     out = law.to_dict()
-    if args.save:
-        law.save(args.save)
     out.pop("bootstrap_samples")
     extra = ""
-    if args.law == "chinchilla":
+    if law.name == "chinchilla":
         Cs = np.logspace(np.log10(df["C"].max()), np.log10(df["C"].max()) + 4, 5)
         opt = law.compute_optimal_interval(Cs)
         out["compute_optimal"] = opt.to_dict(orient="records")
-        extra = "\ncompute-optimal allocation (C = 6ND):\n" + opt.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+        extra = (
+            f"\ncompute-optimal allocation (C = {law.flops_per_param_token:.3g} N D, the table's median FLOPs per parameter-token):\n"
+            + opt.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+        )
+    if law.name == "frontier" and law.minima is not None:
+        extra = "\nIsoFLOP minima fitted:\n" + law.minima[["budget", "N_opt", "loss_opt"]].to_string(index=False, float_format=lambda v: f"{v:.4g}")
     text = (
-        f"{law.name} law on {law.n_points} runs (objective {law.objective:.6g}, fit {law.fit_time_s:.2f}s):\n"
-        + _fmt_params(law)
-        + ("\nnotes: " + "; ".join(law.notes) if law.notes else "")
-        + extra
+        f"{args.law} law ({law.form}) on {law.n_points} points: objective {law.objective:.10g}, "
+        f"{law.search.get('optimised_starts', '?')} starts, fit {law.fit_time_s:.2f}s\n" + _fmt_params(law) + _fmt_notes(law.notes) + extra
     )
-    _emit(out, args.json, text)
+    return law, out, text
+
+
+def cmd_fit(args) -> int:
+    df = _load(args)
+    progress = not args.json and sys.stderr.isatty()
+    results, texts = {}, []
+    for label, g in _groups(df, args.by):
+        if args.law == "isoflop":
+            out, text = _fit_isoflop(g, args)
+            if args.save:
+                _write(_save_path(args.save, label), json.dumps(json_safe(out), indent=1))
+        else:
+            law, out, text = _fit_law(g, args, progress)
+            if args.save:
+                _write(_save_path(args.save, label), json.dumps(json_safe(law.to_dict()), indent=1))
+        results[label] = out
+        texts.append(text if label is None else f"== {args.by} = {label} ({len(g)} runs) ==\n{text}")
+    obj = results[None] if args.by is None else {"by": args.by, "fits": results}
+    _emit(obj, args.json, "\n\n".join(texts))
     return 0
+
+
+def _save_path(path: str, label: str | None) -> Path:
+    p = Path(path)
+    return p if label is None else p.with_name(f"{p.stem}.{label}{p.suffix or '.json'}")
 
 
 def cmd_predict(args) -> int:
@@ -123,14 +174,15 @@ def cmd_predict(args) -> int:
 
     law = Law.load(args.fit)
     cols = {k: v for k, v in (("N", args.N), ("D", args.D), ("C", args.C)) if v is not None}
-    try:
-        pred = law.predict_interval(include_noise=args.single_run, **cols)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    rows = pred.assign(**{k: v for k, v in cols.items()}).to_dict(orient="records")
+    lens = {len(v) for v in cols.values()}
+    if len(lens) > 1 and not lens <= {1, max(lens)}:
+        raise AnalysisError("--N, --D and --C must give the same number of values (or one)")
+    pred = law.predict_interval(include_noise=args.single_run, **cols)
+    n = len(pred)
+    used = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in cols.items() if k in law.inputs}
+    rows = pred.assign(**used).to_dict(orient="records")
     text = "\n".join(
-        ", ".join(f"{k}={r[k]:.4g}" for k in cols)
+        ", ".join(f"{k}={r[k]:.4g}" for k in used)
         + f": loss {r['loss']:.4f}"
         + (f"  (95% [{r['lo']:.4f}, {r['hi']:.4f}])" if "lo" in r else "")
         for r in rows
@@ -139,25 +191,50 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def cmd_validate(args) -> int:
-    from analysis.runs import RunsError
-    from analysis.validate import validate_extrapolation
+def _validate_text(label, res: dict, cut: dict) -> str:
+    key, val = next(iter(cut.items()))
+    what = "C" if key == "flops" else "N"
+    head = f"fitted on runs with {what} <= {val:.3g}, predicting the runs above (frontier: the held-out budgets' IsoFLOP minima)"
+    lines = [head if label is None else f"== {label} ==\n{head}", f"{'law':16s} {'fitted':>6s} {'held-out':>8s} {'mean|rel err|':>13s} {'max|rel err|':>12s} {'bias':>7s} {'95% coverage':>12s}"]
+    for name, r in res.items():
+        if "skipped" in r:
+            lines.append(f"{name:16s} skipped: {r['skipped']}")
+            continue
+        s = r["summary"]
+        cov = f"{100 * s['coverage']:.0f}%" if s.get("coverage") is not None else "-"
+        lines.append(
+            f"{name:16s} {s['n_fit']:6d} {s['n_heldout']:8d} {100 * s['mean_abs_rel_error']:12.2f}% {100 * s['max_abs_rel_error']:11.2f}% "
+            f"{100 * s['bias']:+6.2f}% {cov:>12s}"
+        )
+        for n in s["notes"]:
+            if n.startswith("degenerate"):
+                lines.append(f"{'':16s}   note: {n}")
+    return "\n".join(lines)
 
-    try:
-        df = _load(args)
-        res = validate_extrapolation(df, args.law, cutoff_flops=args.cutoff_flops, n_bootstrap=args.bootstrap, seed=args.seed)
-    except (RunsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    s = res["summary"]
-    out = {"summary": s, "predictions": res["predictions"].to_dict(orient="records")}
-    text = (
-        f"{s['law']} fitted on {s['n_fit']} runs with C <= {s['cutoff_flops']:.3g}; {s['n_heldout']} held out:\n"
-        f"  MAE {s['mae']:.4f}, RMSE {s['rmse']:.4f}, mean rel. error {100 * s['mean_rel_error']:+.2f}%, "
-        f"max |rel. error| {100 * s['max_abs_rel_error']:.2f}%"
-        + (f", interval coverage {100 * s['coverage']:.0f}%" if "coverage" in s else "")
-    )
-    _emit(out, args.json, text)
+
+def cmd_validate(args) -> int:
+    from analysis.validate import compare_laws, default_cutoff_flops, laws_in_all
+
+    df = _load(args)
+    laws = laws_in_all() if args.law == "all" else [args.law]
+    blocks, texts = {}, []
+    for label, g in _groups(df, args.by):
+        cf, cp = args.cutoff_flops, args.cutoff_params
+        if cf is None and cp is None:
+            cf = default_cutoff_flops(g)
+        res = compare_laws(g, laws, cutoff_flops=cf, cutoff_params=cp, n_bootstrap=args.bootstrap, seed=args.seed, method=args.method, top_starts=args.top_starts)
+        if len(laws) == 1 and "skipped" in res[laws[0]]:
+            raise AnalysisError(res[laws[0]]["skipped"])
+        cut = {"flops": cf} if cf is not None else {"params": cp}
+        block = {"cutoff": cut, "laws": {}}
+        for name, r in res.items():
+            block["laws"][name] = r if "skipped" in r else {"summary": r["summary"], "predictions": r["predictions"].to_dict(orient="records")}
+        if len(laws) == 1 and "summary" in block["laws"][laws[0]]:
+            block.update(block["laws"][laws[0]])
+        blocks[label] = block
+        texts.append(_validate_text(None if label is None else f"{args.by} = {label}", res, cut))
+    obj = blocks[None] if args.by is None else {"by": args.by, "groups": blocks}
+    _emit(obj, args.json, "\n\n".join(texts))
     return 0
 
 
@@ -168,68 +245,117 @@ def cmd_plot(args) -> int:
 
     df = _load(args)
     law = Law.load(args.fit) if args.fit else None
+    method = args.method or "local"
     if args.kind == "compute":
         fig = plots.loss_vs_compute(df, law or ChinchillaLaw().fit(df), target_C=args.target_C)
     elif args.kind == "isoflop":
-        fig = plots.isoflop_curves(df, isoflop_analysis(df, n_bootstrap=0))
+        fig = plots.isoflop_curves(df, isoflop_analysis(df, n_bootstrap=0, method=method))
     elif args.kind == "allocation":
-        fig = plots.optimal_allocation(isoflop_analysis(df, n_bootstrap=0), law)
+        fig = plots.optimal_allocation(isoflop_analysis(df, n_bootstrap=0, method=method), law)
     elif args.kind == "contours":
         fig = plots.law_contours(law or ChinchillaLaw().fit(df), df)
+    elif args.kind == "frontier":
+        from analysis.laws import FrontierLaw
+
+        fig = plots.frontier(law if isinstance(law, FrontierLaw) else FrontierLaw(method=method).fit(df), df, target_C=args.target_C)
     else:  # heldout
         from analysis.validate import validate_extrapolation
 
         fig = plots.predicted_vs_actual(validate_extrapolation(df, "chinchilla", cutoff_flops=args.cutoff_flops)["predictions"])
-    path = plots.save(fig, args.out)
+    try:
+        path = plots.save(fig, args.out)
+    except (OSError, ValueError) as e:
+        raise AnalysisError(f"cannot write {args.out!r}: {e}") from None
     print(f"wrote {path}")
     return 0
 
 
+def _guard(func):
+    """Run a command; input errors become one line on stderr and exit status 2."""
+
+    @functools.wraps(func)
+    def run(args) -> int:
+        try:
+            return func(args)
+        except AnalysisError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def _one_line_errors(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Argument errors of this subcommand as one line on stderr (exit 2), without the usage block."""
+
+    def error(message: str):
+        p.exit(2, f"error: {p.prog}: {message} (see {p.prog} --help)\n")
+
+    p.error = error  # type: ignore[method-assign]
+    return p
+
+
 def _runs_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", help="runs table: CSV, parquet or JSON (a sweep's runs.csv, or published data)")
-    p.add_argument("--col", action="append", metavar="CANON=COLUMN", help='map a column, e.g. --col N="Model Size" (N, D, C, loss)')
+    p.add_argument("--col", action="append", metavar="CANON=COLUMN", help='map a column, e.g. --col N="Model Size" (N, D, C, loss, N_active, n_experts, top_k, granularity, variant, budget)')
     p.add_argument("--loss", default=None, help="column to use as the loss (shortcut for --col loss=NAME)")
     p.add_argument("--drop-invalid", action="store_true", help="drop rows with missing/non-positive values instead of failing")
+    p.add_argument("--query", metavar="EXPR", default=None, help='keep the runs matching a pandas query, e.g. --query "not excluded_in_epoch_fit"')
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
 
 
 def add_analysis_parsers(sub) -> None:
-    f = sub.add_parser("fit", help="fit a scaling law to a runs table", description="Fit a scaling law; --json prints one JSON object.")
-    f.add_argument("law", choices=["chinchilla", "isoflop", "power", "kaplan"])
+    from analysis.errors import ISOFLOP_METHODS as METHODS
+    from analysis.laws import law_names
+
+    fit_choices = law_names() + ["isoflop"]
+    f = _one_line_errors(sub.add_parser("fit", help="fit a scaling law to a runs table", description="Fit a scaling law; --json prints one JSON object."))
+    f.add_argument("law", choices=fit_choices, help=f"one of {', '.join(fit_choices)}")
     _runs_args(f)
     f.add_argument("--x", choices=["N", "D", "C"], default="C", help="power law: the variable (default C)")
     f.add_argument("--no-offset", action="store_true", help="power law without the irreducible term E")
-    f.add_argument("--bootstrap", type=int, default=0, metavar="N", help="bootstrap resamples for intervals (isoflop default 1000)")
-    f.add_argument("--jobs", type=int, default=None, help="processes for the bootstrap (default: all cores)")
+    f.add_argument("--tie-exponents", action="store_true", help="chinchilla: beta = alpha (Gadre et al. 2024; same as law chinchilla-tied)")
+    f.add_argument("--bootstrap", type=int, default=None, metavar="N", help="bootstrap resamples for intervals (default 0; isoflop 1000)")
+    f.add_argument("--jobs", type=int, default=None, help=argparse.SUPPRESS)  # accepted for compatibility; the batched bootstrap runs in one process
     f.add_argument("--delta", type=float, default=1e-3, help="Huber delta on log residuals")
-    f.add_argument("--all-starts", action="store_true", help="run L-BFGS-B from every grid start (slow reference)")
-    f.add_argument("--gap-dex", type=float, default=0.1, help="isoflop: log10 C gap that separates budgets")
-    f.add_argument("--save", metavar="FIT.json", help="save the fit (reload with `scaling predict`)")
+    f.add_argument("--all-starts", action="store_true", help="optimise every start of the grid (the default; kept for compatibility)")
+    f.add_argument("--top-starts", type=int, default=None, metavar="K", help="optimise only the K best-scoring grid starts (faster, may miss the optimum)")
+    f.add_argument("--method", choices=METHODS, default=None, help="isoflop/frontier: minimum per budget (default local)")
+    f.add_argument("--keep-unbracketed", action="store_true", help="isoflop/frontier: keep budgets whose lowest loss is at an end of the sizes")
+    f.add_argument("--gap-dex", type=float, default=0.1, help="isoflop/frontier: log10 C gap that separates budgets (without a budget column)")
+    f.add_argument("--by", metavar="COLUMN", default=None, help="fit each value of COLUMN separately (e.g. --by variant for dense vs MoE)")
+    f.add_argument("--save", metavar="FIT.json", help="save the fit (reload with `scaling predict`); with --by, one file per group")
     f.add_argument("--json", action="store_true", help="print one JSON object")
-    f.set_defaults(func=cmd_fit)
+    f.set_defaults(func=_guard(cmd_fit))
 
-    p = sub.add_parser("predict", help="predict loss from a saved fit")
+    p = _one_line_errors(sub.add_parser("predict", help="predict loss from a saved fit"))
     p.add_argument("fit", help="FIT.json written by `scaling fit ... --save`")
     p.add_argument("--N", type=float, nargs="+", help="parameters")
     p.add_argument("--D", type=float, nargs="+", help="tokens")
-    p.add_argument("--C", type=float, nargs="+", help="FLOPs (power laws in C)")
+    p.add_argument("--C", type=float, nargs="+", help="FLOPs (power and frontier laws)")
     p.add_argument("--single-run", action="store_true", help="interval for one new run (adds the fit's run-to-run scatter)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=_guard(cmd_predict))
 
-    v = sub.add_parser("validate", help="fit below a compute cut-off, score predictions above it")
+    val_choices = law_names() + ["all"]
+    v = _one_line_errors(sub.add_parser("validate", help="fit below a cut-off, score predictions above it (compare laws)"))
     _runs_args(v)
-    v.add_argument("--law", choices=["chinchilla", "power", "kaplan"], default="chinchilla")
-    v.add_argument("--cutoff-flops", type=float, required=True)
-    v.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples (adds intervals and coverage)")
+    v.add_argument("--law", choices=val_choices, default="chinchilla", help=f"one of {', '.join(val_choices)} (all: every law that predicts runs)")
+    cut = v.add_mutually_exclusive_group()
+    cut.add_argument("--cutoff-flops", type=float, default=None, help="fit runs with C <= this (default: a gap holding out the largest 10-30%% of runs)")
+    cut.add_argument("--cutoff-params", type=float, default=None, help="fit runs with N <= this instead")
+    v.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the prediction intervals (0: no coverage)")
+    v.add_argument("--method", choices=METHODS, default=None, help="frontier: IsoFLOP minimum per budget (default local)")
+    v.add_argument("--top-starts", type=int, default=None, metavar="K", help="optimise only the K best-scoring grid starts of each law (faster; default all)")
+    v.add_argument("--by", metavar="COLUMN", default=None, help="validate each value of COLUMN separately")
     v.add_argument("--json", action="store_true")
-    v.set_defaults(func=cmd_validate)
+    v.set_defaults(func=_guard(cmd_validate))
 
-    pl = sub.add_parser("plot", help="write a plot (PNG/SVG by suffix)")
-    pl.add_argument("kind", choices=["compute", "isoflop", "allocation", "contours", "heldout"])
+    pl = _one_line_errors(sub.add_parser("plot", help="write a plot (PNG/SVG by suffix)"))
+    pl.add_argument("kind", choices=["compute", "isoflop", "allocation", "contours", "frontier", "heldout"])
     _runs_args(pl)
-    pl.add_argument("--fit", help="a saved fit to draw (default: fit Chinchilla on the table)")
-    pl.add_argument("--target-C", type=float, default=None, help="compute plot: extrapolate to this budget")
+    pl.add_argument("--fit", help="a saved fit to draw (default: fit the Chinchilla, or frontier, law on the table)")
+    pl.add_argument("--target-C", type=float, default=None, help="compute/frontier plot: extrapolate to this budget")
     pl.add_argument("--cutoff-flops", type=float, default=None, help="heldout plot: the cut-off")
+    pl.add_argument("--method", choices=METHODS, default=None, help="isoflop/allocation/frontier: minimum per budget (default local)")
     pl.add_argument("--out", required=True, help="output file (.png or .svg)")
-    pl.set_defaults(func=cmd_plot)
+    pl.set_defaults(func=_guard(cmd_plot))

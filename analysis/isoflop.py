@@ -1,9 +1,26 @@
-"""IsoFLOP analysis (Hoffmann et al. 2022, approach 2).
+"""IsoFLOP analysis (Hoffmann et al. 2022, approach 2), made to hold on real sweeps.
 
 Runs are grouped by compute budget (a ``budget`` column when present, else by clustering log10 C: a gap wider
-than ``gap_dex`` starts a new budget). For each budget a parabola of loss in log10 N gives N_opt at its minimum,
-and D_opt = C / (6 N_opt). Then log N_opt = a log C + const and log D_opt = b log C + const, with bootstrap
-intervals from resampling runs within each budget.
+than ``gap_dex`` starts a new budget). For each budget:
+
+1. **bracket check**: the size with the lowest (mean) loss must not be the smallest or the largest trained size;
+   otherwise the minimum is not bracketed and the budget is left out with a note (``keep_unbracketed=True`` keeps
+   it, the minimum then sits at or beyond the edge of the sizes);
+2. **minimum** of loss against x = log10 N, by one of
+   * ``local`` (default): a quadratic fitted with Gaussian weights in x centred on its own vertex (iterated from
+     the empirical minimum), of the width over which that quadratic rises by 2% of the minimum loss (0.2-1 dex).
+     Loss curves are not symmetric in log N, so a quadratic through all sizes puts its vertex where the sampling
+     pattern pushes it; a window centred on the minimum and scaled to the curve's own depth has about the same
+     shape bias at every budget, which then cancels in the exponent;
+   * ``parabola``: one quadratic through every size (the original procedure);
+   * ``akima``: scipy's Akima interpolant through the mean loss per size, minimised between the sizes;
+3. **N_opt** at the minimum and **D_opt** from the runs' own tokens: log D interpolated against log N inside the
+   budget (never C / 6N when the table has D); **loss_opt** the fitted curve's value there.
+
+Then log N_opt = a log C + const and log D_opt = b log C + const (least squares over budgets), with bootstrap
+intervals from resampling runs within each budget and recomputing every minimum. Every budget either contributes
+a minimum or is named in ``notes`` with the reason it was left out; nothing in a table raises anything but
+``FitError`` (too few budgets left).
 """
 
 from __future__ import annotations
@@ -13,56 +30,382 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from analysis.errors import DEFAULT_ISOFLOP_METHOD, ISOFLOP_METHODS, FitError
+
+METHODS = ISOFLOP_METHODS
+DEFAULT_METHOD = DEFAULT_ISOFLOP_METHOD
+# local method: Gaussian kernel in log10 N, starting at 0.5 dex, then the width over which the fitted quadratic rises
+# by 2% of the minimum loss, kept within 0.2-1.0 dex (measured on synthetic sweeps and on Porian et al.'s sweeps,
+# see benchmarks/RESULTS.md: a fixed 0.5 dex window spans far beyond the quadratic regime on steep budgets)
+LOCAL_BANDWIDTH_DEX = 0.5
+LOCAL_RISE = 0.02
+LOCAL_H_RANGE = (0.2, 1.0)
+
 
 def assign_budgets(df: pd.DataFrame, gap_dex: float = 0.1) -> pd.Series:
-    if "budget" in df.columns:
-        return df["budget"].astype(float)
+    """The budget of each run: the ``budget`` column when present, else clusters of log10 C separated by gaps
+    wider than ``gap_dex``, labelled by their geometric-mean C."""
+    if "budget" in df.columns and pd.to_numeric(df["budget"], errors="coerce").notna().all():
+        return pd.to_numeric(df["budget"], errors="coerce").astype(float)
     lc = np.log10(df["C"].to_numpy(float))
-    order = np.argsort(lc)
+    order = np.argsort(lc, kind="stable")
     group = np.zeros(len(lc), int)
     g = 0
     for prev, cur in zip(order[:-1], order[1:]):
         if lc[cur] - lc[prev] > gap_dex:
             g += 1
         group[cur] = g
-    # Label each group by its geometric-mean compute.
     labels = pd.Series(lc).groupby(group).transform("mean")
     return pd.Series(10 ** labels.to_numpy(), index=df.index)
 
 
-def parabola_minimum(logN: np.ndarray, loss: np.ndarray) -> tuple[float, float, np.ndarray] | None:
-    """(log10 N_opt, loss at the minimum, coefficients) or None without a convex minimum."""
-    if len(np.unique(logN)) < 3:
-        return None
-    coef = np.polyfit(logN, loss, 2)
-    if coef[0] <= 0:
-        return None
-    x = -coef[1] / (2 * coef[0])
-    return float(x), float(np.polyval(coef, x)), coef
+# -- per-budget minimum, batched over resamples ------------------------------------------------------------------
+#
+# Every method takes the budget's points (x = log10 N, y = loss) and a weight matrix W (S, m): row s says how many
+# times each point is drawn in resample s (row of ones = the data as given). It returns, per row, the minimum's
+# position and loss (NaN where the resample gives no minimum) and the curve it fitted.
 
 
-def _fit_exponent(logC: np.ndarray, logY: np.ndarray) -> tuple[float, float]:
-    slope, intercept = np.polyfit(logC, logY, 1)
-    return float(slope), float(intercept)
+@dataclass
+class Minima:
+    x_opt: np.ndarray  # (S,) log10 N at the minimum
+    loss_opt: np.ndarray  # (S,)
+    curvature: np.ndarray  # (S,) d^2 loss / d x^2 / 2 of the fitted quadratic (NaN for akima)
+    spread: np.ndarray  # (S,) weighted sum of squared x deviations the quadratic saw (its leverage on x_opt)
+    curve: list  # per row: (xs, ys) of the fitted curve, or None
+
+
+def _distinct(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ux = np.unique(x)
+    return ux, (np.searchsorted(ux, x)[None, :] == np.arange(len(ux))[:, None]).astype(float)  # (k, m)
+
+
+def _empirical_argmin(x: np.ndarray, y: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: the distinct sizes, the index of the lowest mean loss among sizes drawn, and how many sizes are drawn."""
+    ux, onehot = _distinct(x)
+    cnt = W @ onehot.T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(cnt > 0, (W * y) @ onehot.T / np.where(cnt > 0, cnt, 1), np.inf)
+    return ux, np.argmin(mean, axis=1), (cnt > 0).sum(axis=1)
+
+
+def _quad_batch(x: np.ndarray, y: np.ndarray, K: np.ndarray, xc: np.ndarray) -> np.ndarray:
+    """Weighted least-squares quadratics in u = x - xc for weight rows K (S, m): coefficients (S, 3), NaN if singular."""
+    u = x[None, :] - xc[:, None]
+    u2 = u * u
+    m = [K.sum(1), (K * u).sum(1), (K * u2).sum(1), (K * u2 * u).sum(1), (K * u2 * u2).sum(1)]
+    M = np.stack([np.stack(m[0:3], -1), np.stack(m[1:4], -1), np.stack(m[2:5], -1)], -2)
+    rhs = np.stack([(K * y).sum(1), (K * u * y).sum(1), (K * u2 * y).sum(1)], -1)
+    out = np.full((len(K), 3), np.nan)
+    scale = np.maximum(np.abs(M).max(axis=(1, 2)), 1e-300)
+    with np.errstate(all="ignore"):
+        ok = np.abs(np.linalg.det(M / scale[:, None, None])) > 1e-12
+    if ok.any():
+        out[ok] = np.linalg.solve(M[ok], rhs[ok][..., None])[..., 0]
+    return out
+
+
+def _spread(x, K, xc):
+    u = x[None, :] - xc[:, None]
+    ub = (K * u).sum(1) / np.maximum(K.sum(1), 1e-300)
+    return (K * (u - ub[:, None]) ** 2).sum(1)
+
+
+def minima_local(x: np.ndarray, y: np.ndarray, W: np.ndarray, bandwidth: float = LOCAL_BANDWIDTH_DEX, max_iter: int = 100) -> Minima:
+    """Quadratic with Gaussian weights exp(-(x - x*)^2 / 2h^2) centred on its own vertex x*, iterated from the
+    empirical minimum with h = ``bandwidth``; then h follows the curve: the half-width over which the quadratic
+    rises by ``LOCAL_RISE`` (2%) of its minimum, within ``LOCAL_H_RANGE`` dex. x* stays within the budget's sizes.
+    Where the curve is too flat for a convex quadratic (noise larger than its rise), the fit is retried with fixed
+    bandwidths 2h and 4h: a wider, noisier but still local estimate (its low curvature gives it a low weight in
+    the exponent fit)."""
+    out = _minima_local(x, y, W, bandwidth, max_iter, LOCAL_RISE, LOCAL_H_RANGE)
+    for wider in (2 * bandwidth, 4 * bandwidth):
+        redo = ~np.isfinite(out.x_opt)
+        if not redo.any():
+            break
+        again = _minima_local(x, y, W[redo], wider, max_iter)
+        idx = np.flatnonzero(redo)
+        for f in ("x_opt", "loss_opt", "curvature", "spread"):
+            getattr(out, f)[idx] = getattr(again, f)
+        for j, i in enumerate(idx):
+            out.curve[i] = again.curve[j]
+    return out
+
+
+def _minima_local(x: np.ndarray, y: np.ndarray, W: np.ndarray, bandwidth: float, max_iter: int, rise: float | None = None,
+                  h_range: tuple[float, float] = (0.2, 1.0)) -> Minima:
+    S = len(W)
+    ux, i0, nsz = _empirical_argmin(x, y, W)
+    lo, hi = float(ux[0]), float(ux[-1])
+    xc = ux[i0].astype(float)
+    h = np.full(S, float(bandwidth))
+    live = nsz >= 3
+    c = np.full((S, 3), np.nan)
+    for _ in range(max_iter):
+        K = W * np.exp(-0.5 * ((x[None, :] - xc[:, None]) / h[:, None]) ** 2)
+        c = _quad_batch(x, y, K, xc)
+        conv = live & (c[:, 2] > 0)
+        with np.errstate(all="ignore"):
+            xn = np.where(conv, np.clip(xc - c[:, 1] / (2 * c[:, 2]), lo, hi), xc)
+            hn = h if rise is None else np.where(conv, np.clip(np.sqrt(rise * np.abs(c[:, 0]) / c[:, 2]), *h_range), h)
+        moved = np.abs(xn - xc) + np.abs(hn - h)
+        xc, h = xn, hn
+        if not np.any(conv & (moved > 1e-9)):
+            break
+    K = W * np.exp(-0.5 * ((x[None, :] - xc[:, None]) / h[:, None]) ** 2)
+    c = _quad_batch(x, y, K, xc)
+    ok = live & (c[:, 2] > 0) & np.isfinite(c).all(axis=1)
+    with np.errstate(all="ignore"):
+        xv = np.clip(xc - c[:, 1] / (2 * c[:, 2]), lo, hi)
+        lv = c[:, 0] + c[:, 1] * (xv - xc) + c[:, 2] * (xv - xc) ** 2
+    curves = []
+    for s in range(S):
+        if ok[s]:
+            xs = np.linspace(max(lo, xv[s] - 2 * h[s]), min(hi, xv[s] + 2 * h[s]), 60)
+            curves.append((xs, c[s, 0] + c[s, 1] * (xs - xc[s]) + c[s, 2] * (xs - xc[s]) ** 2))
+        else:
+            curves.append(None)
+    nan = np.full(S, np.nan)
+    return Minima(np.where(ok, xv, nan), np.where(ok, lv, nan), np.where(ok, c[:, 2], nan), np.where(ok, _spread(x, K, xc), nan), curves)
+
+
+def minima_parabola(x: np.ndarray, y: np.ndarray, W: np.ndarray) -> Minima:
+    """One quadratic in log N through every point (the original procedure); no minimum if it is not convex.
+    The vertex may lie outside the sizes (``in_range`` says so)."""
+    S = len(W)
+    ux, _, nsz = _empirical_argmin(x, y, W)
+    x0 = np.full(S, float(np.mean(ux)))
+    c = _quad_batch(x, y, W, x0)
+    ok = (nsz >= 3) & (c[:, 2] > 0) & np.isfinite(c).all(axis=1)
+    with np.errstate(all="ignore"):
+        xv = x0 - c[:, 1] / (2 * c[:, 2])
+        lv = c[:, 0] - c[:, 1] ** 2 / (4 * c[:, 2])
+    xs = np.linspace(ux[0], ux[-1], 60)
+    curves = [(xs, c[s, 0] + c[s, 1] * (xs - x0[s]) + c[s, 2] * (xs - x0[s]) ** 2) if ok[s] else None for s in range(S)]
+    nan = np.full(S, np.nan)
+    ok &= np.abs(xv - x0) < 50  # a vertex tens of decades away: no usable minimum
+    return Minima(np.where(ok, xv, nan), np.where(ok, lv, nan), np.where(ok, c[:, 2], nan), np.where(ok, _spread(x, W, x0), nan), curves)
+
+
+def minima_akima(x: np.ndarray, y: np.ndarray, W: np.ndarray) -> Minima:
+    """Minimum of scipy's Akima interpolant through the mean loss at each size drawn (between the sizes)."""
+    from scipy.interpolate import Akima1DInterpolator
+
+    S = len(W)
+    ux, onehot = _distinct(x)
+    cnt = W @ onehot.T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (W * y) @ onehot.T / np.where(cnt > 0, cnt, 1)
+    xv, lv, curves = np.full(S, np.nan), np.full(S, np.nan), []
+    for s in range(S):
+        keep = cnt[s] > 0
+        if keep.sum() < 3:
+            curves.append(None)
+            continue
+        f = Akima1DInterpolator(ux[keep], mean[s, keep])
+        xs = np.linspace(ux[keep][0], ux[keep][-1], 400)
+        ys = f(xs)
+        i = int(np.argmin(ys))
+        fine = np.linspace(xs[max(i - 1, 0)], xs[min(i + 1, len(xs) - 1)], 101)
+        fy = f(fine)
+        j = int(np.argmin(fy))
+        xv[s], lv[s] = fine[j], fy[j]
+        curves.append((xs, ys))
+    nan = np.full(S, np.nan)
+    return Minima(xv, lv, nan, nan, curves)
+
+
+def budget_minima_batch(x: np.ndarray, y: np.ndarray, W: np.ndarray, method: str = DEFAULT_METHOD) -> Minima:
+    if method == "local":
+        return minima_local(x, y, W)
+    if method == "parabola":
+        return minima_parabola(x, y, W)
+    if method == "akima":
+        return minima_akima(x, y, W)
+    raise FitError(f"unknown IsoFLOP method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def _interp_logD(x_opt: np.ndarray, x: np.ndarray, logD: np.ndarray) -> np.ndarray:
+    """log10 D at log10 N = x_opt from the budget's own runs: linear interpolation of log D against log N (mean
+    per size), extended linearly from the end segments for minima outside the sizes."""
+    ux, onehot = _distinct(x)
+    ud = (onehot @ logD) / onehot.sum(axis=1)
+    x_opt = np.asarray(x_opt, float)
+    if len(ux) == 1:
+        return np.full_like(x_opt, ud[0])
+    out = np.interp(x_opt, ux, ud)
+    lo_s = (ud[1] - ud[0]) / (ux[1] - ux[0])
+    hi_s = (ud[-1] - ud[-2]) / (ux[-1] - ux[-2])
+    out = np.where(x_opt < ux[0], ud[0] + lo_s * (x_opt - ux[0]), out)
+    return np.where(x_opt > ux[-1], ud[-1] + hi_s * (x_opt - ux[-1]), out)
+
+
+# -- the analysis ------------------------------------------------------------------------------------------------
+
+
+def _prepare(df: pd.DataFrame, gap_dex: float) -> tuple[pd.DataFrame, list[str]]:
+    notes: list[str] = []
+    missing = [c for c in ("N", "loss") if c not in df.columns]
+    if missing or not ({"C", "budget"} & set(df.columns)):
+        need = missing + ([] if {"C", "budget"} & set(df.columns) else ["C (or budget)"])
+        raise FitError(f"IsoFLOP analysis needs columns N, C (or budget) and loss; the table lacks {', '.join(need)}")
+    d = df.copy()
+    for c in ("N", "D", "C", "loss", "budget"):
+        if c in d.columns:
+            d[c] = pd.to_numeric(d[c], errors="coerce")
+    if "C" not in d.columns:
+        d["C"] = d["budget"]
+    if "D" not in d.columns:
+        d["D"] = d["C"] / (6 * d["N"])
+        notes.append("D derived as C / (6N) (the table has no D)")
+    bad = ~(np.isfinite(d[["N", "D", "C", "loss"]]).all(axis=1) & (d[["N", "D", "C", "loss"]] > 0).all(axis=1))
+    if bad.any():
+        notes.append(f"{int(bad.sum())} runs with missing or non-positive N, D, C or loss left out")
+        d = d[~bad]
+    if len(d) == 0:
+        raise FitError("IsoFLOP analysis: no usable runs")
+    d = d.reset_index(drop=True)
+    d["budget"] = assign_budgets(d, gap_dex)
+    return d, notes
+
+
+def budget_minima(
+    df: pd.DataFrame, method: str = DEFAULT_METHOD, gap_dex: float = 0.1, keep_unbracketed: bool = False
+) -> tuple[pd.DataFrame, list[str]]:
+    """One row per budget that gives a minimum (budget, N_opt, D_opt, loss_opt, n_runs, n_sizes, bracketed,
+    in_range, curvature, spread, curve_x, curve_y) and a note for every budget left out, with its reason."""
+    if method not in METHODS:
+        raise FitError(f"unknown IsoFLOP method {method!r}; choose one of {', '.join(METHODS)}")
+    d, notes = _prepare(df, gap_dex)
+    rows = []
+    for budget, g in d.groupby("budget", sort=True):
+        x, y, lD = np.log10(g["N"].to_numpy(float)), g["loss"].to_numpy(float), np.log10(g["D"].to_numpy(float))
+        ux, i0, _ = _empirical_argmin(x, y, np.ones((1, len(x))))
+        label = f"budget {budget:.3g}"
+        if len(ux) < 3:
+            notes.append(f"{label} left out: {len(ux)} distinct size{'s' if len(ux) != 1 else ''} (a minimum needs 3)")
+            continue
+        bracketed = 0 < i0[0] < len(ux) - 1
+        if not bracketed and not keep_unbracketed:
+            side = "smallest" if i0[0] == 0 else "largest"
+            notes.append(f"{label} left out: lowest loss at the {side} size (minimum not bracketed; add sizes beyond it or pass keep_unbracketed)")
+            continue
+        m = budget_minima_batch(x, y, np.ones((1, len(x))), method)
+        if not np.isfinite(m.x_opt[0]):
+            notes.append(f"{label} left out: the {method} fit has no minimum (loss does not curve upwards around the lowest point)")
+            continue
+        xo = float(m.x_opt[0])
+        curve = m.curve[0]
+        if not bracketed:
+            notes.append(f"{label} kept although its lowest loss is at the {'smallest' if i0[0] == 0 else 'largest'} size (minimum not bracketed)")
+        rows.append(
+            {
+                "budget": float(budget),
+                "N_opt": 10**xo,
+                "D_opt": float(10 ** _interp_logD(np.array([xo]), x, lD)[0]),
+                "loss_opt": float(m.loss_opt[0]),
+                "n_runs": int(len(g)),
+                "n_sizes": int(len(ux)),
+                "bracketed": bool(bracketed),
+                "in_range": bool(ux[0] - 1e-12 <= xo <= ux[-1] + 1e-12),
+                "curvature": float(m.curvature[0]),
+                "spread": float(m.spread[0]),
+                "curve_x": curve[0] if curve else None,
+                "curve_y": curve[1] if curve else None,
+            }
+        )
+    if not keep_unbracketed and rows and not all(r["in_range"] for r in rows):
+        notes.append("some minima lie outside the sizes trained at their budget (extrapolated)")
+    return pd.DataFrame(rows), notes
+
+
+def bootstrap_minima(
+    df: pd.DataFrame, minima: pd.DataFrame, method: str = DEFAULT_METHOD, gap_dex: float = 0.1, n: int = 1000, rng: np.random.Generator | None = None
+) -> dict[str, np.ndarray]:
+    """Resample runs with replacement within each budget of ``minima`` and recompute each minimum: arrays
+    x_opt (log10 N_opt), logD_opt, loss_opt of shape (n, n_budgets), NaN where a resample gives none."""
+    rng = rng or np.random.default_rng(0)
+    d, _ = _prepare(df, gap_dex)
+    B = len(minima)
+    out = {k: np.full((n, B), np.nan) for k in ("x_opt", "logD_opt", "loss_opt")}
+    for j, budget in enumerate(minima["budget"].to_numpy(float)):
+        g = d[np.isclose(d["budget"].to_numpy(float), budget, rtol=1e-9)]
+        x, y, lD = np.log10(g["N"].to_numpy(float)), g["loss"].to_numpy(float), np.log10(g["D"].to_numpy(float))
+        m = len(x)
+        W = np.zeros((n, m))
+        np.add.at(W, (np.repeat(np.arange(n), m), rng.integers(0, m, (n, m)).ravel()), 1.0)
+        r = budget_minima_batch(x, y, W, method)
+        out["x_opt"][:, j] = r.x_opt
+        out["loss_opt"][:, j] = r.loss_opt
+        out["logD_opt"][:, j] = np.where(np.isfinite(r.x_opt), _interp_logD(np.nan_to_num(r.x_opt), x, lD), np.nan)
+    return out
+
+
+def summarize_left_out(notes: list[str]) -> str:
+    """' (k budgets left out: reasons...)' from the notes of ``budget_minima``, short enough for one line."""
+    left = [n.split(" left out: ", 1)[1] for n in notes if " left out: " in n]
+    if not left:
+        return ""
+    kinds: dict[str, int] = {}
+    for r in left:
+        key = r.split(" (")[0]
+        key = "fewer than 3 distinct sizes" if "distinct size" in key else key
+        kinds[key] = kinds.get(key, 0) + 1
+    return f" ({len(left)} budget{'s' if len(left) != 1 else ''} left out: " + "; ".join(f"{v} x {k}" for k, v in kinds.items()) + ")"
+
+
+def exponent_weights(minima: pd.DataFrame, method: str) -> np.ndarray:
+    """Weights of the budgets in the power-law fits of N_opt and D_opt against C.
+
+    ``local``: inverse variance of each vertex, 4 c^2 S / L_opt^2 (c the quadratic's curvature, S the weighted
+    spread of log N it saw, L_opt^2 the scale of multiplicative loss noise), with the curvature smoothed across
+    budgets as a power law of C (c is itself noisy where a budget's curve is flat, and would over-weight it).
+    Other methods: equal weights (their original procedures)."""
+    B = len(minima)
+    if method != "local" or B < 2:
+        return np.ones(B)
+    lc = np.log10(minima["budget"].to_numpy(float))
+    c2 = minima["curvature"].to_numpy(float)
+    if B >= 3 and np.ptp(lc) > 0:
+        s, k = np.polyfit(lc, np.log(c2), 1)
+        c2 = np.exp(k + s * lc)
+    w = 4 * c2**2 * minima["spread"].to_numpy(float) / minima["loss_opt"].to_numpy(float) ** 2
+    return w / w.max()
+
+
+def _wls_slope(lc: np.ndarray, ly: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted least-squares lines ly = slope lc + intercept, per row ((S, B) arrays; NaN entries ignored)."""
+    ok = np.isfinite(ly) & np.isfinite(lc)
+    W = np.where(ok, w, 0.0)
+    ly0, lc0 = np.where(ok, ly, 0.0), np.where(ok, lc, 0.0)
+    sw = W.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mx, my = (W * lc0).sum(-1) / sw, (W * ly0).sum(-1) / sw
+        dx = np.where(ok, lc0 - mx[..., None], 0.0)
+        slope = (W * dx * (ly0 - my[..., None])).sum(-1) / (W * dx * dx).sum(-1)
+    slope = np.where((ok.sum(-1) >= 2), slope, np.nan)
+    return slope, my - slope * mx
 
 
 @dataclass
 class IsoFLOPResult:
-    minima: pd.DataFrame  # budget, N_opt, D_opt, loss_opt, n_runs, coefficients, in_range
+    minima: pd.DataFrame  # one row per budget used: budget, N_opt, D_opt, loss_opt, n_runs, ..., weight
     a: float  # N_opt ∝ C^a
     b: float  # D_opt ∝ C^b
     a_intercept: float
     b_intercept: float
-    samples: pd.DataFrame = field(default_factory=pd.DataFrame)  # bootstrap (a, b)
+    samples: pd.DataFrame = field(default_factory=pd.DataFrame)  # bootstrap (a, b, a_intercept, b_intercept)
     level: float = 0.95
     notes: list[str] = field(default_factory=list)
+    method: str = DEFAULT_METHOD
 
     def intervals(self) -> dict:
         if self.samples.empty:
             return {}
         q = (1 - self.level) / 2
+        s = self.samples.dropna()
         return {
-            k: {"se": float(self.samples[k].std(ddof=1)), "lo": float(self.samples[k].quantile(q)), "hi": float(self.samples[k].quantile(1 - q))}
+            k: {"se": float(s[k].std(ddof=1)), "lo": float(s[k].quantile(q)), "hi": float(s[k].quantile(1 - q))}
             for k in ("a", "b")
         }
 
@@ -73,73 +416,55 @@ class IsoFLOPResult:
         return 10 ** (self.b_intercept + self.b * np.log10(np.asarray(C, float)))
 
     def to_dict(self) -> dict:
-        m = self.minima.drop(columns=["coef"], errors="ignore")
+        m = self.minima.drop(columns=["curve_x", "curve_y", "coef"], errors="ignore")
         return {
             "law": "isoflop",
+            "method": self.method,
             "a": self.a,
             "b": self.b,
             "a_intercept": self.a_intercept,
             "b_intercept": self.b_intercept,
             "intervals": self.intervals(),
             "interval_level": self.level,
+            "n_bootstrap": int(len(self.samples)),
             "minima": m.to_dict(orient="records"),
             "notes": self.notes,
         }
 
 
-def _minima(df: pd.DataFrame) -> pd.DataFrame:
-    rows = []
-    for budget, g in df.groupby("budget"):
-        logN = np.log10(g["N"].to_numpy(float))
-        m = parabola_minimum(logN, g["loss"].to_numpy(float))
-        if m is None:
-            continue
-        x, lopt, coef = m
-        rows.append(
-            {
-                "budget": float(budget),
-                "N_opt": 10**x,
-                "D_opt": float(budget) / (6 * 10**x),
-                "loss_opt": lopt,
-                "n_runs": len(g),
-                "in_range": bool(logN.min() <= x <= logN.max()),
-                "coef": coef,
-            }
-        )
-    return pd.DataFrame(rows)
-
-
 def isoflop_analysis(
-    df: pd.DataFrame, gap_dex: float = 0.1, n_bootstrap: int = 1000, seed: int = 0, level: float = 0.95
+    df: pd.DataFrame,
+    gap_dex: float = 0.1,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    method: str = DEFAULT_METHOD,
+    keep_unbracketed: bool = False,
 ) -> IsoFLOPResult:
-    df = df.copy()
-    df["budget"] = assign_budgets(df, gap_dex)
-    minima = _minima(df)
-    notes = []
-    skipped = df["budget"].nunique() - len(minima)
-    if skipped:
-        notes.append(f"{skipped} budgets without a convex parabola (fewer than 3 sizes or no minimum) left out")
-    if len(minima) < 2:
-        raise ValueError(f"IsoFLOP analysis needs at least 2 budgets with >= 3 model sizes each; got {len(minima)}")
-    if not minima["in_range"].all():
-        notes.append("some minima lie outside the sizes trained at their budget (extrapolated parabola)")
-    lc = np.log10(minima["budget"].to_numpy())
-    a, ai = _fit_exponent(lc, np.log10(minima["N_opt"].to_numpy()))
-    b, bi = _fit_exponent(lc, np.log10(minima["D_opt"].to_numpy()))
+    """Minima per budget (see the module docstring), exponents a and b with bootstrap intervals.
 
-    rng = np.random.default_rng(seed)
-    groups = [g for _, g in df.groupby("budget")]
-    samples = []
-    for _ in range(n_bootstrap):
-        res = pd.concat([g.iloc[rng.integers(0, len(g), len(g))] for g in groups])
-        mm = _minima(res)
-        if len(mm) < 2:
-            continue
-        lcb = np.log10(mm["budget"].to_numpy())
-        samples.append(
-            {
-                "a": _fit_exponent(lcb, np.log10(mm["N_opt"].to_numpy()))[0],
-                "b": _fit_exponent(lcb, np.log10(mm["D_opt"].to_numpy()))[0],
-            }
-        )
-    return IsoFLOPResult(minima, a, b, ai, bi, pd.DataFrame(samples), level, notes)
+    Raises FitError when fewer than 2 budgets give a minimum (the notes of the others say why)."""
+    minima, notes = budget_minima(df, method=method, gap_dex=gap_dex, keep_unbracketed=keep_unbracketed)
+    if len(minima) < 2:
+        raise FitError(f"IsoFLOP analysis needs at least 2 budgets with a minimum; got {len(minima)}{summarize_left_out(notes)}")
+    w = exponent_weights(minima, method)
+    minima["weight"] = w
+    lc = np.log10(minima["budget"].to_numpy(float))
+    a, ai = _wls_slope(lc, np.log10(minima["N_opt"].to_numpy(float)), w)
+    b, bi = _wls_slope(lc, np.log10(minima["D_opt"].to_numpy(float)), w)
+    samples = pd.DataFrame()
+    if n_bootstrap:
+        boot = bootstrap_minima(df, minima, method=method, gap_dex=gap_dex, n=n_bootstrap, rng=np.random.default_rng(seed))
+        LC = np.broadcast_to(lc, boot["x_opt"].shape)
+        sa, sai = _wls_slope(LC, boot["x_opt"], w)
+        sb, sbi = _wls_slope(LC, boot["logD_opt"], w)
+        samples = pd.DataFrame({"a": sa, "b": sb, "a_intercept": sai, "b_intercept": sbi})
+        failed = int(samples["a"].isna().sum())
+        if failed:
+            notes.append(f"{failed} of {n_bootstrap} bootstrap resamples gave fewer than 2 minima and were left out")
+    res = IsoFLOPResult(minima, float(a), float(b), float(ai), float(bi), samples, level, notes, method)
+    iv = res.intervals()
+    for k in ("a", "b"):
+        if k in iv and iv[k]["hi"] - iv[k]["lo"] > 0.5:
+            notes.append(f"degenerate fit: the {100 * level:.0f}% interval of {k} is wider than 0.5 ([{iv[k]['lo']:.3g}, {iv[k]['hi']:.3g}])")
+    return res

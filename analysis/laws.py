@@ -1,15 +1,23 @@
-"""Scaling laws as small objects with one interface: ``fit(df)``, ``predict(...)``, ``params``, ``to_dict`` /
-``from_dict`` (JSON). A new functional form is one subclass registered with ``@register``.
+"""Scaling laws as small objects with one interface: ``fit(df)``, ``predict(...)``, ``predict_interval(...)``,
+``params``, ``to_dict`` / ``from_dict`` / ``save`` / ``load`` (JSON). A new functional form is one subclass
+registered with ``@register``; ``make_law(name)`` builds any registered law (or alias, e.g. ``chinchilla-tied``).
 
 Fitting follows Hoffmann et al. (2022) as replicated by Besiroglu et al. (2024): the law is written in log space
-as a log-sum-exp of terms, the objective is the *sum* of Huber losses (delta = 1e-3) of the log residuals, and
-L-BFGS-B runs from a grid of starts, keeping the best objective. The start grid is first scored in one vectorised
-pass and L-BFGS-B runs from the ``top_starts`` best-scoring starts only (``top_starts=None`` runs all of them:
-the exhaustive reference, same optimum on the Chinchilla data, ~100x slower).
+as a log-sum-exp of terms, the objective is the *sum* of Huber losses (delta = 1e-3) of the log residuals, the
+optimiser runs from every start of a grid and the best objective is kept. All starts are optimised together by a
+batched damped Newton method (``analysis.optim``); the best is refined by Newton to float precision and checked
+with L-BFGS-B at tight tolerances. ``top_starts=K`` first scores the grid and optimises only the K best-scoring starts (faster, but on
+small tables it can miss the global optimum; the default ``None`` runs them all).
 
-* ``ChinchillaLaw``: L(N, D) = E + A / N^alpha + B / D^beta.
+* ``ChinchillaLaw``: L(N, D) = E + A / N^alpha + B / D^beta; ``tie_exponents=True`` sets beta = alpha
+  (Gadre et al. 2024's form for over-trained runs).
 * ``PowerLaw``: L(x) = E + A x^-alpha (``offset=True``) or A x^-alpha, for x = N, D or C.
 * ``KaplanLaw``: L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D (Kaplan et al. 2020, eq. 1.5).
+* ``FrontierLaw``: L_opt(C) = E + A C^-gamma fitted to the IsoFLOP minima (the loss of a compute-optimal run).
+
+Every law refuses a table that lacks its inputs, has fewer distinct input points than parameters, or has no spread
+in an input (``FitError``), and records degenerate outcomes (a parameter at its bound, a 95% interval spanning
+more than 10x) in ``notes``.
 """
 
 from __future__ import annotations
@@ -19,39 +27,60 @@ import json
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import pandas as pd
-from scipy.optimize import minimize
-from scipy.special import logsumexp
+
+from analysis.errors import DEFAULT_ISOFLOP_METHOD, AnalysisError, FitError
+from analysis.optim import JacobianModel, LSEAffineModel, Model, huber, minimize_batched, polish
+from analysis.progress import progress_bar
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LAWS: dict[str, type["Law"]] = {}
+LAW_ALIASES: dict[str, tuple[str, dict]] = {}
 
 
-def register(cls: type["Law"]) -> type["Law"]:
-    LAWS[cls.name] = cls
-    return cls
+def register(cls: type["Law"] | None = None, *, aliases: dict[str, dict] | None = None):
+    """Class decorator adding a law to the registry (``@register`` or ``@register(aliases={name: kwargs})``)."""
+
+    def deco(c: type["Law"]) -> type["Law"]:
+        LAWS[c.name] = c
+        for alias, kw in (aliases or {}).items():
+            LAW_ALIASES[alias] = (c.name, dict(kw))
+        return c
+
+    return deco(cls) if cls is not None else deco
 
 
-def huber(r: np.ndarray, delta: float) -> np.ndarray:
-    a = np.abs(r)
-    return np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+def law_names(aliases: bool = True) -> list[str]:
+    """Registered law names (and aliases such as ``chinchilla-tied``), in registration order."""
+    return list(LAWS) + (list(LAW_ALIASES) if aliases else [])
 
 
-def huber_grad(r: np.ndarray, delta: float) -> np.ndarray:
-    return np.clip(r, -delta, delta)
+def make_law(name: str, **kw) -> "Law":
+    """A registered law by name or alias; keyword arguments override the alias's."""
+    if name in LAW_ALIASES:
+        base, extra = LAW_ALIASES[name]
+        return LAWS[base](**{**extra, **kw})
+    if name not in LAWS:
+        raise FitError(f"unknown law {name!r}; known: {', '.join(law_names())}")
+    return LAWS[name](**kw)
 
 
 class Law(ABC):
-    """Base class. Subclasses define ``name``, ``inputs`` (columns used), ``theta_names`` (the optimised
-    vector), ``default_grid()``, ``_log_pred(theta, X)`` and optionally an analytic ``_grad``."""
+    """Base class. Subclasses define ``name``, ``inputs`` (columns a prediction needs), ``theta_names`` (the
+    optimised vector), ``default_grid()``, ``bounds()``, ``model(X)`` (a batched ``analysis.optim`` model of
+    log L) and ``params_from_theta``."""
 
     name: ClassVar[str]
-    inputs: ClassVar[tuple[str, ...]]
-    theta_names: ClassVar[tuple[str, ...]]
+    inputs: tuple[str, ...]
+    theta_names: tuple[str, ...]
+    form: str = ""
+    validate_in_all: ClassVar[bool] = False  # compared by `scaling validate --law all`
 
-    def __init__(self, delta: float = 1e-3, grid: dict[str, list[float]] | None = None, top_starts: int | None = 64):
+    def __init__(self, delta: float = 1e-3, grid: dict[str, list[float]] | None = None, top_starts: int | None = None):
         self.delta = delta
         self.grid = grid
         self.top_starts = top_starts
@@ -59,8 +88,9 @@ class Law(ABC):
         self.objective: float | None = None
         self.n_points: int | None = None
         self.fit_time_s: float | None = None
-        self.bootstrap_samples: np.ndarray | None = None  # (n_boot, len(theta))
+        self.bootstrap_samples: np.ndarray | None = None  # (n_boot, len(theta)); NaN rows: resamples that failed
         self.resid_scale: float | None = None  # robust std of the log residuals (1.4826 MAD)
+        self.search: dict = {}
         self.notes: list[str] = []
 
     # -- to implement -----------------------------------------------------------------------------------------
@@ -68,25 +98,65 @@ class Law(ABC):
     def default_grid(self) -> dict[str, list[float]]: ...
 
     @abstractmethod
-    def _log_pred(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
-        """log L for a (S, p) batch of parameter vectors over (n, m) inputs -> (S, n)."""
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper) for theta: they keep the optimiser where the law is finite and meaningful."""
 
-    def _grad(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray] | None:
-        return None  # numerical gradient
+    @abstractmethod
+    def model(self, X: np.ndarray) -> Model:
+        """The batched model of log L over inputs X (n, len(inputs))."""
 
     @abstractmethod
     def params_from_theta(self, theta: np.ndarray) -> dict[str, float]: ...
 
-    # -- shared machinery -------------------------------------------------------------------------------------
+    # -- inputs and refusals ----------------------------------------------------------------------------------
+    @property
+    def n_params(self) -> int:
+        return len(self.theta_names)
+
+    def requirements(self) -> str:
+        cols = ", ".join(self.inputs)
+        return (
+            f"{self.name} law ({self.form}): columns {cols} and loss; at least {self.n_params} distinct "
+            f"({cols}) points and more than one value of each of {cols}"
+        )
+
+    def check_table(self, df: pd.DataFrame) -> None:
+        """Raise FitError naming the reason when ``df`` cannot determine this law's parameters."""
+        missing = [c for c in (*self.inputs, "loss") if c not in df.columns]
+        if missing:
+            raise FitError(f"the {self.name} law needs columns {', '.join((*self.inputs, 'loss'))}; the table lacks {', '.join(missing)}")
+        distinct = len(df[list(self.inputs)].drop_duplicates())
+        if distinct < self.n_params:
+            raise FitError(
+                f"the {self.name} law has {self.n_params} parameters but the table has {distinct} distinct "
+                f"({', '.join(self.inputs)}) point{'s' if distinct != 1 else ''}: the fit is underdetermined"
+            )
+        for c in self.inputs:
+            vals = df[c].unique()
+            if len(vals) < 2:
+                raise FitError(f"no spread in {c}: every run has {c} = {float(vals[0]):.4g}, so the {self.name} law's {c} dependence cannot be identified")
+
     def _X(self, df: pd.DataFrame) -> np.ndarray:
         missing = [c for c in self.inputs if c not in df.columns]
         if missing:
-            raise ValueError(f"{self.name} law needs columns {', '.join(self.inputs)}; missing {', '.join(missing)}")
+            raise FitError(f"the {self.name} law needs {', '.join(self.inputs)}; missing {', '.join(missing)}")
         return df[list(self.inputs)].to_numpy(float)
 
+    def fit_data(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(X, log loss) the objective is summed over; checks the table first."""
+        self.check_table(df)
+        return self._X(df), np.log(df["loss"].to_numpy(float))
+
+    # -- shared machinery -------------------------------------------------------------------------------------
     def starts(self) -> np.ndarray:
         grid = self.grid or self.default_grid()
-        return np.array(list(itertools.product(*(grid[k] for k in self.theta_names))), float)
+        lo, hi = self.bounds()
+        return np.clip(np.array(list(itertools.product(*(grid[k] for k in self.theta_names))), float), lo, hi)
+
+    def _log_pred(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """log L for a (S, p) batch of parameter vectors over (n, m) inputs -> (S, n)."""
+        with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
+            return self.model(X).value(np.atleast_2d(np.asarray(theta, float)))
 
     def objective_batch(self, thetas: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
         with np.errstate(over="ignore", invalid="ignore"):
@@ -94,35 +164,81 @@ class Law(ABC):
             obj = huber(r, self.delta).sum(axis=1)
         return np.where(np.isfinite(obj), obj, np.inf)
 
-    def _fun(self, theta: np.ndarray, X: np.ndarray, y: np.ndarray):
-        g = self._grad(theta, X, y)
-        if g is not None:
-            return g
-        return float(self.objective_batch(theta[None], X, y)[0])
-
-    def fit(self, df: pd.DataFrame, starts: np.ndarray | None = None) -> "Law":
-        """Fit on ``df`` (columns ``inputs`` and ``loss``); ``starts`` overrides the grid (e.g. a warm start)."""
+    def fit(self, df: pd.DataFrame, starts: np.ndarray | None = None, progress: bool = False) -> "Law":
+        """Fit on ``df``; ``starts`` overrides the grid (e.g. a warm start). ``progress`` shows a progress bar."""
         t0 = time.perf_counter()
-        X, y = self._X(df), np.log(df["loss"].to_numpy(float))
+        X, y = self.fit_data(df)
+        model = self.model(X)
         S = self.starts() if starts is None else np.atleast_2d(np.asarray(starts, float))
+        n_grid = len(S)
         if self.top_starts is not None and len(S) > self.top_starts:
-            scores = self.objective_batch(S, X, y)
-            S = S[np.argsort(scores, kind="stable")[: self.top_starts]]
-        jac = self._grad(S[0], X, y) is not None
+            S = S[np.argsort(self.objective_batch(S, X, y), kind="stable")[: self.top_starts]]
+        lo, hi = self.bounds()
+        with progress_bar(progress, f"fitting {self.name} ({len(S)} starts)") as cb:
+            # ftol 1e-10: the batch only has to bring the best starts into the optimum's basin; the polish below
+            # converges them to 1e-13.
+            res = minimize_batched(model, S, y, delta=self.delta, lower=lo, upper=hi, ftol=1e-10, on_iter=cb)
+        t1 = time.perf_counter()
+        if not np.isfinite(res.fun).any():
+            raise FitError(f"the {self.name} law could not be evaluated from any start (non-finite loss everywhere)")
+        # Polish the best start, and up to two distinct others within 1e-6 of its objective (a flat valley can
+        # hold near-ties), with L-BFGS-B at tight tolerances; keep the best.
+        order = np.argsort(res.fun, kind="stable")
+        f0 = res.fun[order[0]]
+        cands: list[np.ndarray] = []
+        for i in order:
+            if not res.fun[i] <= f0 * (1 + 1e-6) + 1e-300 or len(cands) == 3:
+                break
+            if all(np.max(np.abs(res.theta[i] - c)) > 1e-4 for c in cands):
+                cands.append(res.theta[i])
+        # Newton to its floating-point limit first (quadratic convergence), then L-BFGS-B as an independent check
+        # that no descent direction is left (it never returns a worse point).
+        fine = minimize_batched(model, np.array(cands), y, delta=self.delta, lower=lo, upper=hi, ftol=1e-15, max_iter=100)
         best_x, best_f = None, np.inf
-        for s in S:
-            with np.errstate(over="ignore", invalid="ignore"):
-                res = minimize(self._fun, s, args=(X, y), jac=jac, method="L-BFGS-B")
-            if np.isfinite(res.fun) and res.fun < best_f:
-                best_x, best_f = res.x, float(res.fun)
-        if best_x is None:
-            raise RuntimeError(f"{self.name} fit failed from every start")
-        self.theta, self.objective, self.n_points = best_x, best_f, len(df)
+        for c in fine.theta:
+            x, fx = polish(model, c, y, self.delta, lo, hi)
+            if fx < best_f:
+                best_x, best_f = x, fx
+        self.theta, self.objective, self.n_points = best_x, float(best_f), len(y)
         r = self._log_pred(best_x[None], X)[0] - y
         self.resid_scale = float(1.4826 * np.median(np.abs(r - np.median(r))))
         self.fit_time_s = time.perf_counter() - t0
+        self.search = {
+            "grid_starts": int(n_grid),
+            "optimised_starts": int(len(S)),
+            "starts_within_1e-4_of_optimum": int(np.sum(res.fun <= best_f * (1 + 1e-4) + 1e-300)),
+            "batch_time_s": t1 - t0,
+        }
         self.notes = list(df.attrs.get("notes", []))
+        self.notes += self.bound_notes()
+        self.bootstrap_samples = None
+        self._after_fit(df)
         return self
+
+    def _after_fit(self, df: pd.DataFrame) -> None:
+        """Hook for law-specific bookkeeping after a fit."""
+
+    def bound_notes(self, theta: np.ndarray | None = None) -> list[str]:
+        """A note for each parameter that ended on a bound of the allowed range (not identified by the data)."""
+        theta = self._require_fit() if theta is None else theta
+        lo, hi = self.bounds()
+        notes = []
+        for name, v, l, h in zip(self.theta_names, theta, lo, hi):
+            for side, b in (("lower", l), ("upper", h)):
+                if np.isfinite(b) and abs(v - b) <= 1e-6 * (1 + abs(b)):
+                    notes.append(f"degenerate fit: {name} = {v:.4g} is at its {side} bound; the data do not determine it")
+        return notes
+
+    def interval_notes(self, level: float = 0.95) -> list[str]:
+        """A note for each parameter whose bootstrap interval spans more than 10x (or includes 0)."""
+        notes = []
+        for k, iv in self.intervals(level).items():
+            lo, hi = iv["lo"], iv["hi"]
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                notes.append(f"degenerate fit: the {100 * level:.0f}% interval of {k} is not finite")
+            elif lo <= 0 < hi or (lo > 0 and hi / lo > 10):
+                notes.append(f"degenerate fit: the {100 * level:.0f}% interval of {k} spans more than 10x ([{lo:.4g}, {hi:.4g}])")
+        return notes
 
     def _require_fit(self) -> np.ndarray:
         if self.theta is None:
@@ -133,25 +249,32 @@ class Law(ABC):
     def params(self) -> dict[str, float]:
         return self.params_from_theta(self._require_fit())
 
+    def _inputs(self, df: pd.DataFrame | None, cols: dict) -> np.ndarray:
+        if df is None:
+            missing = [c for c in self.inputs if cols.get(c) is None]
+            if missing:
+                raise FitError(f"the {self.name} law predicts from {', '.join(self.inputs)}; give {', '.join('--' + c for c in missing)}")
+            import pandas as pd
+
+            arrs = np.broadcast_arrays(*(np.atleast_1d(np.asarray(cols[c], float)) for c in self.inputs))
+            df = pd.DataFrame({c: a for c, a in zip(self.inputs, arrs)})
+        return self._X(df)
+
     def predict(self, df: pd.DataFrame | None = None, **cols: Any) -> np.ndarray:
         """Predicted loss for a DataFrame or for columns given as keywords (``predict(N=7e10, D=1.4e12)``)."""
         X = self._inputs(df, cols)
         return np.exp(self._log_pred(self._require_fit()[None], X)[0])
-
-    def _inputs(self, df: pd.DataFrame | None, cols: dict) -> np.ndarray:
-        if df is None:
-            df = pd.DataFrame({k: np.atleast_1d(np.asarray(v, float)) for k, v in cols.items()})
-            if "C" in self.inputs and "C" not in df and {"N", "D"} <= set(df):
-                df["C"] = 6 * df["N"] * df["D"]
-        return self._X(df)
 
     def predict_samples(self, df: pd.DataFrame | None = None, **cols: Any) -> np.ndarray:
         """Predictions under every bootstrap sample: (n_boot, n)."""
         if self.bootstrap_samples is None:
             raise RuntimeError("no bootstrap samples: run analysis.bootstrap(law, df) first")
         X = self._inputs(df, cols)
+        ok = np.isfinite(self.bootstrap_samples).all(axis=1)
+        out = np.full((len(self.bootstrap_samples), len(X)), np.nan)
         with np.errstate(over="ignore"):
-            return np.exp(self._log_pred(self.bootstrap_samples, X))
+            out[ok] = np.exp(self._log_pred(self.bootstrap_samples[ok], X))
+        return out
 
     def predict_interval(
         self, df: pd.DataFrame | None = None, level: float = 0.95, include_noise: bool = False, **cols: Any
@@ -161,6 +284,8 @@ class Law(ABC):
         By default the interval is for the law's expected loss (parameter uncertainty). ``include_noise=True``
         makes it a prediction interval for one new run: each bootstrap prediction is also multiplied by
         exp(eps), eps ~ N(0, resid_scale^2), the run-to-run scatter of the fit's log residuals."""
+        import pandas as pd
+
         point = self.predict(df, **cols)
         out = pd.DataFrame({"loss": point})
         if self.bootstrap_samples is not None:
@@ -168,23 +293,40 @@ class Law(ABC):
             if include_noise and self.resid_scale:
                 s = s * np.exp(self.resid_scale * np.random.default_rng(0).standard_normal(s.shape))
             q = (1 - level) / 2
-            out["lo"], out["hi"] = np.nanquantile(s, q, axis=0), np.nanquantile(s, 1 - q, axis=0)
-            out["se"] = np.nanstd(s, axis=0, ddof=1)
+            with np.errstate(all="ignore"):
+                out["lo"], out["hi"] = np.nanquantile(s, q, axis=0), np.nanquantile(s, 1 - q, axis=0)
+                out["se"] = np.nanstd(s, axis=0, ddof=1)
         return out
 
     def param_samples(self) -> pd.DataFrame:
         if self.bootstrap_samples is None:
             raise RuntimeError("no bootstrap samples")
-        return pd.DataFrame([self.params_from_theta(t) for t in self.bootstrap_samples])
+        import pandas as pd
+
+        ok = np.isfinite(self.bootstrap_samples).all(axis=1)
+        return pd.DataFrame([self.params_from_theta(t) for t in self.bootstrap_samples[ok]])
 
     def intervals(self, level: float = 0.95) -> dict[str, dict[str, float]]:
         if self.bootstrap_samples is None:
             return {}
         s, q = self.param_samples(), (1 - level) / 2
+        if s.empty:
+            return {}
         return {
             k: {"se": float(s[k].std(ddof=1)), "lo": float(s[k].quantile(q)), "hi": float(s[k].quantile(1 - q))}
             for k in s.columns
         }
+
+    # -- bootstrap support ------------------------------------------------------------------------------------
+    def bootstrap_problems(self, df: pd.DataFrame, n: int, rng: np.random.Generator):
+        """(X, Y, W) for ``n`` resamples: inputs shared by all, log losses (n_pts,) or (n, n_pts), and weights
+        (n, n_pts) = how often each run is drawn (resampling runs with replacement)."""
+        X, y = self.fit_data(df)
+        m = len(y)
+        idx = rng.integers(0, m, (n, m))
+        W = np.zeros((n, m))
+        np.add.at(W, (np.repeat(np.arange(n), m), idx.ravel()), 1.0)
+        return X, y, W
 
     # -- serialisation ----------------------------------------------------------------------------------------
     def config(self) -> dict:
@@ -193,12 +335,15 @@ class Law(ABC):
     def to_dict(self, level: float = 0.95) -> dict:
         return {
             "law": self.name,
+            "form": self.form,
+            "requires": self.requirements(),
             "config": self.config(),
             "params": self.params,
             "theta": self._require_fit().tolist(),
             "objective": self.objective,
             "n_points": self.n_points,
             "fit_time_s": self.fit_time_s,
+            "search": self.search,
             "intervals": self.intervals(level),
             "interval_level": level,
             "bootstrap_samples": None if self.bootstrap_samples is None else self.bootstrap_samples.tolist(),
@@ -208,24 +353,46 @@ class Law(ABC):
 
     @classmethod
     def from_dict(cls, d: dict) -> "Law":
-        klass = LAWS.get(d.get("law", ""))
+        if not isinstance(d, dict):
+            raise AnalysisError(f"not a saved fit: expected a JSON object, got {type(d).__name__}")
+        name = d.get("law")
+        if name is None:
+            raise AnalysisError("not a saved fit: the JSON object has no 'law' field (write one with `scaling fit ... --save`)")
+        if name == "isoflop":
+            raise AnalysisError("this is an IsoFLOP analysis (exponents of N_opt and D_opt), not a loss law; fit `frontier` to predict compute-optimal losses")
+        klass = LAWS.get(name) if isinstance(name, str) else None
         if klass is None:
-            raise ValueError(f"unknown law {d.get('law')!r}; known: {', '.join(LAWS)}")
-        law = klass(**d.get("config", {}))
-        law.theta = np.asarray(d["theta"], float)
+            raise AnalysisError(f"not a saved fit: unknown law {name!r}; known: {', '.join(LAWS)}")
+        try:
+            law = klass(**(d.get("config") or {}))
+            theta = np.asarray(d["theta"], float)
+            bs = d.get("bootstrap_samples")
+            bs = None if bs is None else np.asarray(bs, float)
+        except (KeyError, TypeError, ValueError) as e:
+            raise AnalysisError(f"not a saved {name} fit: {e.__class__.__name__}: {e}") from None
+        if theta.shape != (law.n_params,) or (bs is not None and (bs.ndim != 2 or bs.shape[1] != law.n_params)):
+            raise AnalysisError(f"not a saved {name} fit: theta must hold {law.n_params} numbers ({', '.join(law.theta_names)})")
+        law.theta, law.bootstrap_samples = theta, bs
         law.objective, law.n_points, law.fit_time_s = d.get("objective"), d.get("n_points"), d.get("fit_time_s")
-        bs = d.get("bootstrap_samples")
-        law.bootstrap_samples = None if bs is None else np.asarray(bs, float)
         law.resid_scale = d.get("resid_scale")
-        law.notes = d.get("notes", [])
+        law.search = d.get("search") or {}
+        law.notes = list(d.get("notes") or [])
+        law._restore(d)
         return law
 
+    def _restore(self, d: dict) -> None:
+        """Hook: law-specific fields from ``to_dict``."""
+
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+        from analysis.jsonutil import json_safe
+
+        Path(path).write_text(json.dumps(json_safe(self.to_dict()), indent=1))
 
     @staticmethod
     def load(path: str | Path) -> "Law":
-        return Law.from_dict(json.loads(Path(path).read_text()))
+        from analysis.jsonutil import read_json
+
+        return Law.from_dict(read_json(path, "fit file"))
 
     def __repr__(self) -> str:
         if self.theta is None:
@@ -234,73 +401,104 @@ class Law(ABC):
         return f"{type(self).__name__}({ps})"
 
 
-@register
+def _lse_design(n: int, terms: list[list[tuple[int, np.ndarray | float]]], p: int) -> np.ndarray:
+    """Design G (n, K, p) from terms given as [(param index, coefficient per run or scalar), ...]."""
+    G = np.zeros((n, len(terms), p))
+    for k, term in enumerate(terms):
+        for j, coef in term:
+            G[:, k, j] = coef
+    return G
+
+
+def table_flops_per_param_token(df: pd.DataFrame) -> float:
+    """The table's FLOPs per parameter per token: median of C / (N D) (6 under the 6ND convention)."""
+    if not {"N", "D", "C"} <= set(df.columns):
+        return 6.0
+    k = (df["C"] / (df["N"] * df["D"])).to_numpy(float)
+    k = k[np.isfinite(k) & (k > 0)]
+    return float(np.median(k)) if len(k) else 6.0
+
+
+@register(aliases={"chinchilla-tied": {"tie_exponents": True}})
 class ChinchillaLaw(Law):
-    """L(N, D) = E + A / N^alpha + B / D^beta, fitted as log L = LSE(a - alpha log N, b - beta log D, e)."""
+    """L(N, D) = E + A / N^alpha + B / D^beta, fitted as log L = LSE(a - alpha log N, b - beta log D, e).
+
+    ``tie_exponents=True``: beta = alpha (Gadre et al. 2024), 4 parameters."""
 
     name = "chinchilla"
     inputs = ("N", "D")
-    theta_names = ("a", "b", "e", "alpha", "beta")
+    validate_in_all = True
+
+    def __init__(self, tie_exponents: bool = False, flops_per_param_token: float | None = None, **kw):
+        super().__init__(**kw)
+        self.tie_exponents = bool(tie_exponents)
+        self.theta_names = ("a", "b", "e", "alpha") if self.tie_exponents else ("a", "b", "e", "alpha", "beta")
+        self.form = "E + A/N^alpha + B/D^alpha" if self.tie_exponents else "E + A/N^alpha + B/D^beta"
+        # C = k N D for the compute-optimal allocation; set from the training table's own C at fit time.
+        self.flops_per_param_token = flops_per_param_token
+
+    def config(self):
+        return {**super().config(), "tie_exponents": self.tie_exponents, "flops_per_param_token": self.flops_per_param_token}
 
     def default_grid(self):
-        return {
+        g = {
             "a": [0, 5, 10, 15, 20, 25],
             "b": [0, 5, 10, 15, 20, 25],
             "e": [-1, -0.5, 0, 0.5, 1],
             "alpha": [0, 0.5, 1, 1.5, 2],
             "beta": [0, 0.5, 1, 1.5, 2],
         }
+        return {k: g[k] for k in self.theta_names}
 
-    @staticmethod
-    def _terms(theta, X):
-        theta = np.atleast_2d(theta)
-        a, b, e, al, be = (theta[:, i : i + 1] for i in range(5))
-        lN, lD = np.log(X[:, 0])[None], np.log(X[:, 1])[None]
-        return np.stack([a - al * lN, b - be * lD, np.broadcast_to(e, (theta.shape[0], X.shape[0]))], axis=-1)
+    def bounds(self):
+        lo = {"a": -20.0, "b": -20.0, "e": -20.0, "alpha": 0.0, "beta": 0.0}
+        hi = {"a": 100.0, "b": 100.0, "e": 10.0, "alpha": 5.0, "beta": 5.0}
+        return np.array([lo[k] for k in self.theta_names]), np.array([hi[k] for k in self.theta_names])
 
-    def _log_pred(self, theta, X):
-        T = self._terms(theta, X)
-        return np.logaddexp(np.logaddexp(T[..., 0], T[..., 1]), T[..., 2])
+    def model(self, X):
+        lN, lD = np.log(X[:, 0]), np.log(X[:, 1])
+        beta = 3 if self.tie_exponents else 4
+        G = _lse_design(len(X), [[(0, 1.0), (3, -lN)], [(1, 1.0), (beta, -lD)], [(2, 1.0)]], self.n_params)
+        return LSEAffineModel(G)
 
-    def _grad(self, theta, X, y):
-        T = self._terms(theta, X)[0]
-        lse = np.logaddexp(np.logaddexp(T[:, 0], T[:, 1]), T[:, 2])
-        w = np.exp(T - lse[:, None])
-        r = lse - y
-        h = huber_grad(r, self.delta)
-        g = np.array(
-            [
-                h @ w[:, 0],
-                h @ w[:, 1],
-                h @ w[:, 2],
-                -(h * w[:, 0]) @ np.log(X[:, 0]),
-                -(h * w[:, 1]) @ np.log(X[:, 1]),
-            ]
-        )
-        return float(huber(r, self.delta).sum()), g
+    def full_theta(self, thetas: np.ndarray) -> np.ndarray:
+        """(S, 5) parameter vectors (a, b, e, alpha, beta), beta = alpha when tied."""
+        t = np.atleast_2d(thetas)
+        return np.column_stack([t, t[:, 3]]) if self.tie_exponents else t
 
     def params_from_theta(self, theta):
-        a, b, e, alpha, beta = theta
+        a, b, e, alpha, beta = self.full_theta(theta)[0]
         return {"E": float(np.exp(e)), "A": float(np.exp(a)), "B": float(np.exp(b)), "alpha": float(alpha), "beta": float(beta)}
 
-    def compute_optimal(self, C, flops_per_param_token: float = 6.0) -> pd.DataFrame:
-        """N_opt(C), D_opt(C) and the loss there, with C = k N D (k = 6 by default), from the fitted law:
-        N_opt = G (C/k)^(beta/(alpha+beta)), D_opt = (C/k) / N_opt, G = (alpha A / (beta B))^(1/(alpha+beta))."""
-        return compute_optimal_from_theta(np.atleast_2d(self._require_fit()), C, flops_per_param_token).iloc[0:len(np.atleast_1d(C))]
+    def _after_fit(self, df):
+        self.flops_per_param_token = table_flops_per_param_token(df)
 
-    def compute_optimal_interval(self, C, level: float = 0.95, k: float = 6.0) -> pd.DataFrame:
-        out = compute_optimal_from_theta(np.atleast_2d(self._require_fit()), C, k)
+    def _k(self, k: float | None) -> float:
+        return float(k if k is not None else (self.flops_per_param_token or 6.0))
+
+    def compute_optimal(self, C, flops_per_param_token: float | None = None) -> pd.DataFrame:
+        """N_opt(C), D_opt(C) and the loss there, with C = k N D: k is the fitted table's own FLOPs per
+        parameter-token (median C / ND; 6 for tables that count 6ND) unless given.
+        N_opt = G (C/k)^(beta/(alpha+beta)), D_opt = (C/k) / N_opt, G = (alpha A / (beta B))^(1/(alpha+beta))."""
+        return compute_optimal_from_theta(self.full_theta(self._require_fit()), C, self._k(flops_per_param_token))
+
+    def compute_optimal_interval(self, C, level: float = 0.95, k: float | None = None) -> pd.DataFrame:
+        out = compute_optimal_from_theta(self.full_theta(self._require_fit()), C, self._k(k))
         if self.bootstrap_samples is not None:
             q = (1 - level) / 2
-            s = compute_optimal_from_theta(self.bootstrap_samples, C, k, stacked=True)
+            ok = np.isfinite(self.bootstrap_samples).all(axis=1)
+            s = compute_optimal_from_theta(self.full_theta(self.bootstrap_samples[ok]), C, self._k(k), stacked=True)
             for col in ("N_opt", "D_opt", "loss", "tokens_per_param"):
-                out[f"{col}_lo"] = np.nanquantile(s[col], q, axis=0)
-                out[f"{col}_hi"] = np.nanquantile(s[col], 1 - q, axis=0)
+                with np.errstate(all="ignore"):
+                    out[f"{col}_lo"] = np.nanquantile(s[col], q, axis=0)
+                    out[f"{col}_hi"] = np.nanquantile(s[col], 1 - q, axis=0)
         return out
 
 
 def compute_optimal_from_theta(thetas: np.ndarray, C, k: float = 6.0, stacked: bool = False):
+    """Compute-optimal allocation under C = k N D for (S, 5) Chinchilla parameter vectors (a, b, e, alpha, beta)."""
     C = np.atleast_1d(np.asarray(C, float))
+    thetas = np.atleast_2d(thetas)
     a, b, e, al, be = (thetas[:, i : i + 1] for i in range(5))
     A, B, E = np.exp(a), np.exp(b), np.exp(e)
     with np.errstate(all="ignore"):
@@ -310,6 +508,8 @@ def compute_optimal_from_theta(thetas: np.ndarray, C, k: float = 6.0, stacked: b
         L = E + A / N**al + B / D**be
     if stacked:
         return {"N_opt": N, "D_opt": D, "loss": L, "tokens_per_param": D / N}
+    import pandas as pd
+
     return pd.DataFrame({"C": C, "N_opt": N[0], "D_opt": D[0], "tokens_per_param": D[0] / N[0], "loss": L[0]})
 
 
@@ -322,43 +522,32 @@ class PowerLaw(Law):
 
     def __init__(self, x: str = "C", offset: bool = True, **kw):
         if x not in ("N", "D", "C"):
-            raise ValueError(f"x must be one of N, D, C; got {x!r}")
+            raise FitError(f"x must be one of N, D, C; got {x!r}")
         super().__init__(**kw)
-        self.x, self.offset = x, offset
-        self.inputs = (x,)  # type: ignore[misc]
-        if not offset:
-            self.theta_names = ("a", "alpha")  # type: ignore[misc]
+        self.x, self.offset = x, bool(offset)
+        self.inputs = (x,)
+        self.theta_names = ("a", "alpha", "e") if self.offset else ("a", "alpha")
+        self.form = f"E + A {x}^-alpha" if self.offset else f"A {x}^-alpha"
 
     def config(self):
         return {**super().config(), "x": self.x, "offset": self.offset}
 
     def default_grid(self):
         g = {"a": [0, 2.5, 5, 10, 15, 20, 25], "alpha": [0, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0], "e": [-1, -0.5, 0, 0.5, 1, 1.5]}
-        return g if self.offset else {k: g[k] for k in ("a", "alpha")}
+        return {k: g[k] for k in self.theta_names}
 
-    def _terms(self, theta, X):
-        theta = np.atleast_2d(theta)
-        lx = np.log(X[:, 0])[None]
-        t = [theta[:, 0:1] - theta[:, 1:2] * lx]
-        if self.offset:
-            t.append(np.broadcast_to(theta[:, 2:3], (theta.shape[0], X.shape[0])))
-        return np.stack(t, axis=-1)
+    def bounds(self):
+        lo = {"a": -50.0, "alpha": 0.0, "e": -20.0}
+        hi = {"a": 300.0, "alpha": 5.0, "e": 10.0}
+        return np.array([lo[k] for k in self.theta_names]), np.array([hi[k] for k in self.theta_names])
 
-    def _log_pred(self, theta, X):
-        return logsumexp(self._terms(theta, X), axis=-1)
-
-    def _grad(self, theta, X, y):
-        T = self._terms(theta, X)[0]
-        lse = logsumexp(T, axis=-1)
-        w = np.exp(T - lse[:, None])
-        r = lse - y
-        h = huber_grad(r, self.delta)
-        g = [h @ w[:, 0], -(h * w[:, 0]) @ np.log(X[:, 0])]
-        if self.offset:
-            g.append(h @ w[:, 1])
-        return float(huber(r, self.delta).sum()), np.array(g)
+    def model(self, X):
+        lx = np.log(X[:, 0])
+        terms = [[(0, 1.0), (1, -lx)]] + ([[(2, 1.0)]] if self.offset else [])
+        return LSEAffineModel(_lse_design(len(X), terms, self.n_params))
 
     def params_from_theta(self, theta):
+        theta = np.asarray(theta, float).ravel()
         out = {"A": float(np.exp(theta[0])), "alpha": float(theta[1])}
         if self.offset:
             out["E"] = float(np.exp(theta[2]))
@@ -371,7 +560,9 @@ class KaplanLaw(Law):
 
     name = "kaplan"
     inputs = ("N", "D")
+    validate_in_all = True
     theta_names = ("log_Nc", "log_Dc", "alpha_N", "alpha_D")
+    form = "[(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D"
 
     def default_grid(self):
         return {
@@ -381,16 +572,158 @@ class KaplanLaw(Law):
             "alpha_D": [0.05, 0.1, 0.3, 0.5],
         }
 
-    def _log_pred(self, theta, X):
-        theta = np.atleast_2d(theta)
-        lNc, lDc, aN, aD = (theta[:, i : i + 1] for i in range(4))
+    def bounds(self):
+        return np.array([0.0, 0.0, 1e-4, 1e-4]), np.array([200.0, 200.0, 5.0, 5.0])
+
+    def model(self, X):
         lN, lD = np.log(X[:, 0])[None], np.log(X[:, 1])[None]
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            inner = np.stack([(aN / aD) * (lNc - lN), lDc - lD + 0 * lN], axis=-1)
-            return aD * logsumexp(inner, axis=-1)
+
+        def parts(theta):
+            lNc, lDc, aN, aD = (theta[:, i : i + 1] for i in range(4))
+            s = aN / aD
+            u1 = lNc - lN
+            z1, z2 = s * u1, lDc - lD
+            m = np.maximum(z1, z2)
+            e1, e2 = np.exp(z1 - m), np.exp(z2 - m)
+            U = m + np.log(e1 + e2)
+            return lNc, lDc, aN, aD, s, u1, U, e1 / (e1 + e2), e2 / (e1 + e2)
+
+        def value(theta):
+            *_, aD, s, u1, U, w1, w2 = parts(theta)
+            return aD * U
+
+        def jac(theta):
+            lNc, lDc, aN, aD, s, u1, U, w1, w2 = parts(theta)
+            S, n = U.shape
+            one, zero = np.ones_like(U), np.zeros_like(U)
+            dz1 = np.stack([s * one, zero, u1 / aD * one, -s * u1 / aD * one], axis=-1)
+            dz2 = np.stack([zero, one, zero, zero], axis=-1)
+            dU = w1[..., None] * dz1 + w2[..., None] * dz2
+            J = aD[..., None] * dU
+            J[..., 3] += U
+
+            def hess(v, rows=None):
+                sl = slice(None) if rows is None else rows
+                aDr, sr, u1r = aD[sl], s[sl], u1[sl] * np.ones_like(U[sl])
+                w1r, w2r, dUr, dd = w1[sl], w2[sl], dU[sl], dz1[sl] - dz2[sl]
+                k = len(aDr)
+                # d^2 z1: (lNc, aN) = 1/aD, (lNc, aD) = -s/aD, (aN, aD) = -u1/aD^2, (aD, aD) = 2 s u1 / aD^2
+                vw = v * w1r
+                H = np.zeros((k, 4, 4))
+                c02 = (vw / aDr).sum(1)
+                c03 = (vw * (-sr / aDr)).sum(1)
+                c23 = (vw * (-u1r / aDr**2)).sum(1)
+                c33 = (vw * (2 * sr * u1r / aDr**2)).sum(1)
+                H[:, 0, 2] = H[:, 2, 0] = c02
+                H[:, 0, 3] = H[:, 3, 0] = c03
+                H[:, 2, 3] = H[:, 3, 2] = c23
+                H[:, 3, 3] = c33
+                # + w1 w2 (dz1 - dz2)(dz1 - dz2)^T, all times aD; plus the cross terms of pred = aD * U
+                H += np.einsum("sn,snp,snq->spq", v * w1r * w2r, dd, dd)
+                H *= aDr[:, 0, None, None]
+                cross = np.einsum("sn,snp->sp", v, dUr)
+                H[:, 3, :] += cross
+                H[:, :, 3] += cross
+                return H
+
+            return aD * U, J, hess
+
+        return JacobianModel(4, value, jac)
 
     def params_from_theta(self, theta):
+        theta = np.asarray(theta, float).ravel()
         return {"N_c": float(np.exp(theta[0])), "D_c": float(np.exp(theta[1])), "alpha_N": float(theta[2]), "alpha_D": float(theta[3])}
+
+
+@register
+class FrontierLaw(PowerLaw):
+    """The compute frontier L_opt(C) = E + A C^-gamma, fitted to the IsoFLOP minima of a table of runs.
+
+    Each budget's minimum loss comes from ``analysis.isoflop`` (same method options); the law predicts the loss of a
+    compute-optimal run at budget C. Its bootstrap resamples runs within each budget and refits the minima."""
+
+    name = "frontier"
+    validate_in_all = True
+
+    def __init__(self, method: str | None = None, gap_dex: float = 0.1, keep_unbracketed: bool = False, **kw):
+        kw.pop("x", None)
+        kw.pop("offset", None)
+        super().__init__(x="C", offset=True, **kw)
+        self.theta_names = ("a", "gamma", "e")
+        self.form = "E + A C^-gamma (IsoFLOP minima)"
+        self.method = method or DEFAULT_ISOFLOP_METHOD
+        self.gap_dex, self.keep_unbracketed = gap_dex, bool(keep_unbracketed)
+        self.minima: pd.DataFrame | None = None
+
+    def config(self):
+        c = super().config()
+        c.pop("x"), c.pop("offset")
+        return {**c, "method": self.method, "gap_dex": self.gap_dex, "keep_unbracketed": self.keep_unbracketed}
+
+    def default_grid(self):
+        return {"a": [0, 2.5, 5, 10, 15, 20, 25], "gamma": [0, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0], "e": [-1, -0.5, 0, 0.5, 1, 1.5]}
+
+    def bounds(self):
+        return np.array([-50.0, 0.0, -20.0]), np.array([300.0, 5.0, 10.0])
+
+    def requirements(self) -> str:
+        return (
+            "frontier law (E + A C^-gamma on IsoFLOP minima): columns N, C and loss (D optional), runs grouped into "
+            "compute budgets (a budget column, or C values that cluster), at least 3 budgets with a bracketed minimum"
+        )
+
+    def _minima(self, df: pd.DataFrame):
+        from analysis.isoflop import budget_minima
+
+        missing = [c for c in ("N", "C", "loss") if c not in df.columns]
+        if missing:
+            raise FitError(f"the frontier law needs columns N, C and loss (runs at several sizes per compute budget); the table lacks {', '.join(missing)}")
+        return budget_minima(df, method=self.method, gap_dex=self.gap_dex, keep_unbracketed=self.keep_unbracketed)
+
+    def fit_data(self, df):
+        minima, notes = self._minima(df)
+        if len(minima) < self.n_params:
+            from analysis.isoflop import summarize_left_out
+
+            raise FitError(
+                f"the frontier law has {self.n_params} parameters but the table gives IsoFLOP minima at {len(minima)} "
+                f"budget{'s' if len(minima) != 1 else ''}{summarize_left_out(notes)}"
+            )
+        self._fit_minima, self._fit_minima_notes = minima, notes
+        return minima[["budget"]].to_numpy(float), np.log(minima["loss_opt"].to_numpy(float))
+
+    def _after_fit(self, df):
+        self.minima = self._fit_minima.drop(columns=["curve_x", "curve_y"], errors="ignore")
+        self.notes += self._fit_minima_notes
+
+    def bootstrap_problems(self, df, n, rng):
+        from analysis.isoflop import bootstrap_minima
+
+        if getattr(self, "_fit_minima", None) is None:
+            self.fit_data(df)
+        minima = self._fit_minima
+        boot = bootstrap_minima(df, minima, method=self.method, gap_dex=self.gap_dex, n=n, rng=rng)
+        L = boot["loss_opt"]  # (n, B) with NaN where a resample has no minimum at that budget
+        W = np.isfinite(L).astype(float)
+        Y = np.log(np.where(np.isfinite(L), L, 1.0))
+        W[W.sum(axis=1) < self.n_params] = 0.0  # too few minima: the resample is left out
+        return minima[["budget"]].to_numpy(float), Y, W
+
+    def to_dict(self, level: float = 0.95) -> dict:
+        d = super().to_dict(level)
+        if self.minima is not None:
+            d["minima"] = self.minima.to_dict(orient="records")
+        return d
+
+    def _restore(self, d):
+        if d.get("minima"):
+            import pandas as pd
+
+            self.minima = pd.DataFrame(d["minima"])
+
+    def params_from_theta(self, theta):
+        theta = np.asarray(theta, float).ravel()
+        return {"A": float(np.exp(theta[0])), "gamma": float(theta[1]), "E": float(np.exp(theta[2]))}
 
 
 def load_fit(path: str | Path) -> Law:

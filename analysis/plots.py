@@ -44,27 +44,54 @@ def loss_vs_compute(df: pd.DataFrame, law: Law | None = None, target_C: float | 
 
 
 def isoflop_curves(df: pd.DataFrame, result) -> plt.Figure:
-    """Loss vs N per compute budget with the fitted parabolas and their minima."""
+    """Loss vs N per compute budget: each budget's runs, the curve the analysis actually fitted (its method) and
+    its minimum; budgets left out (see ``result.notes``) are drawn hollow without a curve."""
     from analysis.isoflop import assign_budgets
 
     d = df.copy()
-    if "budget" not in d:
-        d["budget"] = assign_budgets(d)
+    d["budget"] = assign_budgets(d)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     budgets = sorted(d["budget"].unique())
     cmap = plt.get_cmap("plasma")
+    used = result.minima["budget"].to_numpy(float) if len(result.minima) else np.array([])
     for i, b in enumerate(budgets):
         g = d[d["budget"] == b]
-        color = cmap(i / max(1, len(budgets) - 1))
+        color = cmap(0.9 * i / max(1, len(budgets) - 1))
+        j = np.flatnonzero(np.isclose(used, b, rtol=1e-9))
+        if len(j) == 0:
+            ax.scatter(g["N"], g["loss"], facecolors="none", edgecolors=color, s=16, label=f"C={b:.2g} (left out)")
+            continue
+        row = result.minima.iloc[int(j[0])]
         ax.scatter(g["N"], g["loss"], color=color, s=16, label=f"C={b:.2g}")
-        row = result.minima[result.minima["budget"] == b]
-        if len(row):
-            coef = row.iloc[0]["coef"]
-            x = np.linspace(np.log10(g["N"].min()) - 0.1, np.log10(g["N"].max()) + 0.1, 50)
-            ax.plot(10**x, np.polyval(coef, x), color=color, lw=1)
-            ax.scatter([row.iloc[0]["N_opt"]], [row.iloc[0]["loss_opt"]], color=color, marker="D", edgecolor="k", s=40, zorder=5)
-    ax.set(xscale="log", xlabel="parameters N", ylabel="loss", title="IsoFLOP profiles (diamonds: minima)")
+        cx, cy = row.get("curve_x"), row.get("curve_y")
+        if cx is not None and not (isinstance(cx, float) and np.isnan(cx)):
+            ax.plot(10 ** np.asarray(cx), np.asarray(cy), color=color, lw=1.2)
+        ax.scatter([row["N_opt"]], [row["loss_opt"]], color=color, marker="D", edgecolor="k", s=40, zorder=5)
+    ax.set(xscale="log", xlabel="parameters N", ylabel="loss", title=f"IsoFLOP profiles ({result.method} fits; diamonds: minima)")
     ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def frontier(law, df: pd.DataFrame | None = None, target_C: float | None = None) -> plt.Figure:
+    """The compute frontier: every run (grey), the IsoFLOP minima the frontier law was fitted to, and the law
+    L_opt(C) = E + A C^-gamma extended to ``target_C`` with its bootstrap band."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if df is not None:
+        ax.scatter(df["C"], df["loss"], s=8, c="0.7", label="runs")
+    m = law.minima
+    lo_c = m["budget"].min() if m is not None and len(m) else (df["C"].min() if df is not None else 1e18)
+    hi_c = max(m["budget"].max() if m is not None and len(m) else lo_c, target_C or 0)
+    if m is not None and len(m):
+        ax.scatter(m["budget"], m["loss_opt"], marker="D", c="C3", edgecolor="k", s=36, zorder=5, label="IsoFLOP minima")
+    Cs = np.logspace(np.log10(lo_c) - 0.2, np.log10(hi_c) + 0.2, 100)
+    pred = law.predict_interval(C=Cs)
+    ax.plot(Cs, pred["loss"], "C3-", lw=1.5, label=f"frontier: {law.form}")
+    if "lo" in pred:
+        ax.fill_between(Cs, pred["lo"], pred["hi"], color="C3", alpha=0.15, label="95% interval")
+    if target_C:
+        ax.axvline(target_C, color="gray", ls=":", label=f"target C = {target_C:.2g}")
+    ax.set(xscale="log", xlabel="training FLOPs C", ylabel="loss", title="Compute frontier")
+    ax.legend(fontsize=8)
     return fig
 
 
@@ -101,7 +128,8 @@ def predicted_vs_actual(pred: pd.DataFrame):
 
 
 def law_contours(law: Law, df: pd.DataFrame | None = None, N_range=None, D_range=None):
-    """Contours of the fitted law over (N, D), iso-compute lines C = 6ND and the compute-optimal path."""
+    """Contours of the fitted law over (N, D), iso-compute lines C = kND (k: the table's FLOPs per parameter-token)
+    and the compute-optimal path."""
     if df is not None:
         N_range = N_range or (df["N"].min() / 3, df["N"].max() * 100)
         D_range = D_range or (df["D"].min() / 3, df["D"].max() * 100)
@@ -113,10 +141,12 @@ def law_contours(law: Law, df: pd.DataFrame | None = None, N_range=None, D_range
     fig, ax = plt.subplots(figsize=(7, 5))
     cs = ax.contourf(NN, DD, np.log(L), levels=30, cmap="viridis_r")
     fig.colorbar(cs, ax=ax, label="log loss")
-    for C in np.logspace(np.log10(6 * N_range[0] * D_range[0]) + 1, np.log10(6 * N_range[1] * D_range[1]) - 1, 6):
-        ax.plot(Ns, C / (6 * Ns), "w:", lw=0.8)
+    # iso-compute lines C = k N D with the fitted table's FLOPs per parameter-token (6 for 6ND tables)
+    k = getattr(law, "flops_per_param_token", None) or 6.0
+    for C in np.logspace(np.log10(k * N_range[0] * D_range[0]) + 1, np.log10(k * N_range[1] * D_range[1]) - 1, 6):
+        ax.plot(Ns, C / (k * Ns), "w:", lw=0.8)
     if isinstance(law, ChinchillaLaw):
-        Cs = np.logspace(np.log10(6 * N_range[0] * D_range[0]), np.log10(6 * N_range[1] * D_range[1]), 120)
+        Cs = np.logspace(np.log10(k * N_range[0] * D_range[0]), np.log10(k * N_range[1] * D_range[1]), 120)
         opt = law.compute_optimal(Cs)
         ax.plot(opt["N_opt"], opt["D_opt"], "r-", lw=2, label="compute-optimal")
         ax.legend()

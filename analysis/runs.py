@@ -1,8 +1,12 @@
 """Load a table of training runs (ours or published) into the canonical columns N, D, C, loss.
 
-Column names are mapped with ``col={"N": "Model Size", ...}``. If D is missing it is C / (6N); if C is missing it
-is 6ND; if N is missing it is C / (6D); each derivation is recorded in ``df.attrs["notes"]``. Rows with missing or non-positive values are
-rejected with a message naming them (``drop_invalid=True`` drops them instead, noting it).
+C is the table's own training compute and D its own token count: a sweep's ``runs.csv`` counts FLOPs per token
+(attention included) times D, which is not 6ND. They are derived only when the table lacks them: D = C / (6N),
+C = 6ND, N = C / (6D), each derivation recorded in ``df.attrs["notes"]``. Optional canonical columns
+(``OPTIONAL``: active parameters, experts, top-k, granularity, variant, budget) are kept, and can be mapped like
+the others. Column names are mapped with ``col={"N": "Model Size", ...}``. Rows with missing or non-positive
+values are rejected with a message naming them (``drop_invalid=True`` drops them instead, noting it). Every
+problem with the file itself (missing, empty, binary, not a table) raises ``RunsError`` with one line.
 """
 
 from __future__ import annotations
@@ -13,25 +17,45 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
+from analysis.errors import RunsError
+
 CANONICAL = ("N", "D", "C", "loss")
+OPTIONAL = ("N_active", "n_experts", "top_k", "granularity", "variant", "budget")
+NUMERIC_OPTIONAL = ("N_active", "n_experts", "top_k", "granularity", "budget")
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
-
-class RunsError(ValueError):
-    """The runs table cannot be used as given."""
+__all__ = ["CANONICAL", "OPTIONAL", "RunsError", "load_runs", "example_path", "example_runs", "EXAMPLES"]
 
 
 def _read(source) -> pd.DataFrame:
     if isinstance(source, pd.DataFrame):
         return source.copy()
     p = Path(source)
+    name = repr(str(p))
     if not p.exists():
-        raise RunsError(f"runs table {str(p)!r} does not exist")
-    if p.suffix == ".parquet":
-        return pd.read_parquet(p)
-    if p.suffix == ".json":
-        return pd.read_json(p)
-    return pd.read_csv(p)
+        raise RunsError(f"runs table {name} does not exist")
+    if p.is_dir():
+        raise RunsError(f"runs table {name} is a directory, not a file")
+    if p.stat().st_size == 0:
+        raise RunsError(f"runs table {name} is empty")
+    try:
+        if p.suffix == ".parquet":
+            return pd.read_parquet(p)
+        head = p.open("rb").read(4096)
+        if b"\x00" in head:
+            raise RunsError(f"runs table {name} is a binary file, not a CSV, JSON or parquet table")
+        if p.suffix == ".json":
+            return pd.read_json(p)
+        return pd.read_csv(p)
+    except RunsError:
+        raise
+    except UnicodeDecodeError:
+        raise RunsError(f"runs table {name} is not a text file (expected CSV, JSON or parquet)") from None
+    except pd.errors.EmptyDataError:
+        raise RunsError(f"runs table {name} has no columns (empty or blank)") from None
+    except (pd.errors.ParserError, ValueError, OSError, ImportError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise RunsError(f"runs table {name} could not be read: {msg}") from None
 
 
 def load_runs(
@@ -45,16 +69,19 @@ def load_runs(
     """A DataFrame with float columns N, D, C, loss (and every other column kept), validated.
 
     ``loss`` picks the loss column when the table has several (a ``runs.csv`` of a sweep has ``eval_loss`` and
-    ``final_train_loss``; its ``loss`` column is the eval loss). ``status``: when the table has a ``status``
-    column, keep only rows with this status (None keeps all)."""
+    ``train_loss``; its ``loss`` column is the eval loss). ``status``: when the table has a ``status`` column,
+    keep only rows with this status (None keeps all)."""
     df = _read(source)
+    if len(df.columns) == 0:
+        raise RunsError("the runs table has no columns")
+    df.columns = [str(c) for c in df.columns]
     notes: list[str] = []
     mapping = dict(col or {})
     if loss is not None:
         mapping["loss"] = loss
     for canon, name in mapping.items():
-        if canon not in CANONICAL:
-            raise RunsError(f"--col {canon}=...: {canon!r} is not one of {', '.join(CANONICAL)}")
+        if canon not in CANONICAL + OPTIONAL:
+            raise RunsError(f"--col {canon}=...: {canon!r} is not one of {', '.join(CANONICAL + OPTIONAL)}")
         if name not in df.columns:
             raise RunsError(f"--col {canon}={name!r}: no such column; columns are {', '.join(map(str, df.columns))}")
         if canon in df.columns and canon != name:
@@ -66,29 +93,29 @@ def load_runs(
         if dropped:
             notes.append(f"{dropped} runs without status {status!r} left out")
     if "loss" not in df.columns:
-        raise RunsError(f"the table has no 'loss' column (columns: {', '.join(map(str, df.columns))}); map one with col={{'loss': NAME}}")
-    for c in ("N", "D", "C", "loss"):
+        raise RunsError(f"the table has no 'loss' column (columns: {', '.join(map(str, df.columns))}); map one with --col loss=NAME")
+    for c in CANONICAL + NUMERIC_OPTIONAL:
         if c in df.columns:
             df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
     if "N" not in df.columns:
         if not {"C", "D"} <= set(df.columns):
-            raise RunsError("the table has no 'N' (parameters) column; map one with col={'N': NAME}")
+            raise RunsError("the table has no 'N' (parameters) column; map one with --col N=NAME")
         df["N"] = df["C"] / (6 * df["D"])
-        notes.append("N derived as C / (6D)")
+        notes.append("N derived as C / (6D): the table has no parameter count")
     if "D" not in df.columns and "C" not in df.columns:
-        raise RunsError("the table needs D (tokens) or C (FLOPs); map one with col={'D': NAME} or col={'C': NAME}")
+        raise RunsError("the table needs D (tokens) or C (FLOPs); map one with --col D=NAME or --col C=NAME")
     if "D" not in df.columns:
         df["D"] = df["C"] / (6 * df["N"])
-        notes.append("D derived as C / (6N)")
+        notes.append("D derived as C / (6N): the table has no token count")
     if "C" not in df.columns:
         df["C"] = 6 * df["N"] * df["D"]
-        notes.append("C derived as 6ND")
+        notes.append("C derived as 6ND: the table has no FLOPs column")
     bad = ~np.isfinite(df[list(CANONICAL)]).all(axis=1) | (df[list(CANONICAL)] <= 0).any(axis=1)
     if bad.any():
         rows = [str(i) for i in df.index[bad][:10]]
         msg = f"{int(bad.sum())} rows have missing or non-positive N, D, C or loss (rows {', '.join(rows)}{' ...' if bad.sum() > 10 else ''})"
         if not drop_invalid:
-            raise RunsError(msg + "; fix them or pass drop_invalid=True")
+            raise RunsError(msg + "; fix them or pass --drop-invalid")
         df = df[~bad]
         notes.append(msg + ": dropped")
     if len(df) == 0:
@@ -98,10 +125,29 @@ def load_runs(
     return df
 
 
+# Shipped tables (sources in analysis/data/SOURCES.md): name -> (file, load_runs keyword arguments).
+EXAMPLES: dict[str, tuple[str, dict]] = {
+    "chinchilla": ("epoch_chinchilla_tidy.csv", {}),
+    "llama3_isoflop": ("llama3_isoflop_tidy.csv", {}),
+    "marin_comma": ("marin2026_isoflop_comma.csv", {}),
+    "marin_dclm": ("marin2026_isoflop_dclm.csv", {}),
+    "marin_nemotron": ("marin2026_isoflop_nemotron.csv", {}),
+    "porian_kaplan": ("porian2024_isoflop_rw_reproducing_kaplan.csv", {}),
+    "porian_tuned": ("porian2024_isoflop_rw_optimizer_tuning.csv", {}),
+    "gadre_rpj": ("gadre2024_overtraining_rpj.csv", {}),
+    "misfitting": ("misfitting2025_best_lr.csv", {}),
+}
+
+
 def example_path(name: str = "chinchilla") -> Path:
-    """Shipped example tables (sources in ``analysis/data/SOURCES.md``)."""
-    files = {"chinchilla": "epoch_chinchilla_tidy.csv", "llama3_isoflop": "llama3_isoflops_points_extracted.csv"}
-    return DATA_DIR / files.get(name, name)
+    """Path of a shipped table by name (``EXAMPLES``) or file name."""
+    return DATA_DIR / EXAMPLES.get(name, (name, {}))[0]
+
+
+def example_runs(name: str = "chinchilla", **kw) -> pd.DataFrame:
+    """A shipped table loaded with ``load_runs``."""
+    file, opts = EXAMPLES.get(name, (name, {}))
+    return load_runs(DATA_DIR / file, **{**opts, **kw})
 
 
 def chinchilla_runs(exclude_highest_loss: int = 5) -> pd.DataFrame:
@@ -122,7 +168,5 @@ def compute_frontier(df: pd.DataFrame, x: str = "C", y: str = "loss") -> pd.Data
 
 
 def llama3_isoflop_runs() -> pd.DataFrame:
-    """Llama 3 (2024) Fig. 2 IsoFLOP points (digitised): budget, tokens and validation loss; N = C / (6D)."""
-    df = load_runs(example_path("llama3_isoflop"), col={"C": "compute_budget", "D": "training_tokens", "loss": "validation_loss"})
-    df["budget"] = df["C"]
-    return df
+    """Llama 3 (2024) Fig. 2 IsoFLOP points (digitised): budget C, tokens D and validation loss; N = C / (6D)."""
+    return load_runs(example_path("llama3_isoflop"))

@@ -1,39 +1,19 @@
 """Bootstrap over runs: resample rows with replacement, refit, keep the parameter vectors.
 
-Each refit starts from the full-data optimum plus the ``extra_starts`` grid points that score best on the full
-data, which finds the same optimum as a full grid search at a fraction of the cost. Refits run in parallel processes
-(``n_jobs``); results depend only on ``seed``, not on ``n_jobs``.
+A resample is a weighting of the runs (how many times each is drawn), so all resamples are refitted together by
+the batched optimiser of ``analysis.optim``, each from the full-data optimum and from the ``extra_starts`` grid
+points that score best on the full data; each resample keeps its best. Results depend only on ``seed``.
+Laws may define their own resampling (the frontier law resamples runs within each compute budget).
 """
 
 from __future__ import annotations
-
-import multiprocessing
-import os
-import sys
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pandas as pd
 
 from analysis.laws import Law
-
-
-def _single_threaded() -> None:
-    """Worker initializer: one BLAS thread per process (L-BFGS-B calls BLAS; oversubscription halves throughput)."""
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1)
-
-
-def _refit_one(args) -> np.ndarray:
-    law_dict, df, idx, starts = args
-    law = Law.from_dict(law_dict)
-    sample = df.iloc[idx].reset_index(drop=True)
-    try:
-        law.fit(sample, starts=starts)
-        return law.theta
-    except RuntimeError:
-        return np.full_like(law.theta, np.nan)
+from analysis.optim import minimize_batched
+from analysis.progress import progress_bar
 
 
 def bootstrap(
@@ -42,39 +22,42 @@ def bootstrap(
     n: int = 1000,
     seed: int = 0,
     n_jobs: int | None = None,
-    extra_starts: int = 4,
+    extra_starts: int = 1,
     progress: bool = False,
+    level: float = 0.95,
 ) -> Law:
-    """Fit ``law`` on ``df`` if needed, then attach ``n`` bootstrap parameter vectors (``law.bootstrap_samples``)."""
+    """Fit ``law`` on ``df`` if needed, then attach ``n`` bootstrap parameter vectors (``law.bootstrap_samples``;
+    a resample that cannot be fitted is a row of NaN) and add notes for degenerate intervals.
+
+    ``n_jobs`` is accepted for compatibility and ignored: the batched refit runs in this process."""
     if law.theta is None:
         law.fit(df)
+    if n <= 0:
+        law.bootstrap_samples = None
+        return law
     rng = np.random.default_rng(seed)
-    idxs = [rng.integers(0, len(df), len(df)) for _ in range(n)]
-    base = law.to_dict()
-    base["bootstrap_samples"] = None
-    cols = list(law.inputs) + ["loss"]
-    data = df[cols].reset_index(drop=True)
-    X, y = law._X(data), np.log(data["loss"].to_numpy(float))
-    grid = law.starts()
-    best_grid = grid[np.argsort(law.objective_batch(grid, X, y), kind="stable")[:extra_starts]]
-    starts = np.vstack([law.theta[None], best_grid])
-    jobs = [(base, data, idx, starts) for idx in idxs]
-    n_jobs = n_jobs or min(os.cpu_count() or 1, 8)
-    if n_jobs > 1 and n >= 8:
-        # fork is fast, but forking a process that runs JAX's threads can deadlock: spawn then.
-        ctx = multiprocessing.get_context("spawn" if "jax" in sys.modules else "fork")
-        with ProcessPoolExecutor(n_jobs, mp_context=ctx, initializer=_single_threaded) as ex:
-            it = ex.map(_refit_one, jobs, chunksize=max(1, n // (4 * n_jobs)))
-            thetas = list(_maybe_progress(it, n, progress))
-    else:
-        thetas = [_refit_one(j) for j in _maybe_progress(jobs, n, progress)]
-    law.bootstrap_samples = np.array(thetas)
+    X, Y, W = law.bootstrap_problems(df, n, rng)
+    y_full = np.log(df["loss"].to_numpy(float)) if np.ndim(Y) == 1 and len(Y) == len(df) else None
+    starts = [law.theta[None]]
+    if extra_starts and y_full is not None:
+        grid = law.starts()
+        starts.append(grid[np.argsort(law.objective_batch(grid, X, y_full), kind="stable")[:extra_starts]])
+    starts = np.vstack(starts)
+    m = len(starts)
+    theta0 = np.tile(starts, (n, 1))
+    Yb = np.repeat(np.atleast_2d(Y), m, axis=0) if np.ndim(Y) == 2 else Y
+    Wb = np.repeat(W, m, axis=0)
+    lo, hi = law.bounds()
+    with progress_bar(progress, f"bootstrap ({n} resamples)") as cb:
+        res = minimize_batched(law.model(X), theta0, Yb, Wb, delta=law.delta, lower=lo, upper=hi, on_iter=cb)
+    f = res.fun.reshape(n, m)
+    best = np.argmin(np.where(np.isfinite(f), f, np.inf), axis=1)
+    thetas = res.theta.reshape(n, m, -1)[np.arange(n), best]
+    failed = ~np.isfinite(f[np.arange(n), best]) | (W.sum(axis=1) == 0)
+    thetas[failed] = np.nan
+    law.bootstrap_samples = thetas
+    law.notes = [s for s in law.notes if "interval of" not in s and "bootstrap resamples" not in s]
+    if failed.any():
+        law.notes.append(f"{int(failed.sum())} of {n} bootstrap resamples could not be fitted and are left out")
+    law.notes += law.interval_notes(level)
     return law
-
-
-def _maybe_progress(it, total, enabled):
-    if not enabled:
-        return it
-    from rich.progress import track
-
-    return track(it, total=total, description="bootstrap", transient=True)

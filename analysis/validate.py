@@ -1,7 +1,12 @@
-"""Extrapolation checks: fit on small-compute runs, score predictions for the larger held-out runs.
+"""Extrapolation checks: fit on small runs, score predictions for the larger held-out runs, law by law.
 
 This is the check that tells whether to trust an extrapolation: if a law fitted below 1e20 FLOPs misses the runs
-above it, its 1e24 prediction deserves little trust.
+above it, its 1e24 prediction deserves little trust. ``compare_laws`` runs it for several laws on the same split
+and reports, per law: runs fitted / held out, mean and max |relative error|, signed bias, and the coverage of the
+95% single-run prediction interval (bootstrap over the fitted runs plus their run-to-run scatter).
+
+The frontier law predicts compute-optimal losses, so its held-out targets are the IsoFLOP minima of the budgets
+above the cut-off (same method as its fit), not the individual runs.
 """
 
 from __future__ import annotations
@@ -9,59 +14,177 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.laws import LAWS, Law
+from analysis.errors import AnalysisError, FitError
+from analysis.laws import LAW_ALIASES, LAWS, Law, make_law
+
+__all__ = ["compare_laws", "default_cutoff_flops", "laws_in_all", "leave_largest_out", "make_law", "validate_extrapolation"]
 
 
-def make_law(name: str, **kw) -> Law:
-    if name not in LAWS:
-        raise ValueError(f"unknown law {name!r}; known: {', '.join(LAWS)}")
-    return LAWS[name](**kw)
+def laws_in_all() -> list[str]:
+    """Laws (and aliases) that ``--law all`` compares: those whose class sets ``validate_in_all``."""
+    names = [n for n, c in LAWS.items() if getattr(c, "validate_in_all", False)]
+    return names[:1] + [a for a, (base, _) in LAW_ALIASES.items() if base in names] + names[1:]
+
+
+def default_cutoff_flops(df: pd.DataFrame, lo_frac: float = 0.1, hi_frac: float = 0.3) -> float:
+    """A compute cut-off holding out the largest runs: of the gaps between consecutive distinct C values that leave
+    between ``lo_frac`` and ``hi_frac`` of the runs above, the widest in log C (a budget boundary on an IsoFLOP
+    sweep); the cut-off is the geometric mean of the two C values either side."""
+    C = np.sort(df["C"].to_numpy(float))
+    n = len(C)
+    if n < 2 or C[0] == C[-1]:
+        raise FitError("cannot choose a compute cut-off: every run has the same C")
+    best, best_gap = None, -1.0
+    for i in range(1, n):
+        held = n - i
+        if C[i] <= C[i - 1] or not (max(1, lo_frac * n) <= held <= max(1, hi_frac * n)):
+            continue
+        gap = np.log(C[i] / C[i - 1])
+        if gap > best_gap:
+            best, best_gap = i, gap
+    if best is None:  # tiny tables: hold out the runs at the largest C
+        best = int(np.searchsorted(C, C[-1]))
+        if best == 0:
+            raise FitError("cannot choose a compute cut-off: every run has the same C")
+    return float(np.sqrt(C[best - 1] * C[best]))
+
+
+def _split(df: pd.DataFrame, cutoff_flops: float | None, cutoff_params: float | None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    if (cutoff_flops is None) == (cutoff_params is None):
+        raise AnalysisError("give exactly one of cutoff_flops or cutoff_params")
+    if cutoff_flops is not None:
+        col, cut, key = "C", cutoff_flops, "flops"
+    else:
+        col, cut, key = "N", cutoff_params, "params"
+    train, test = df[df[col] <= cut].reset_index(drop=True), df[df[col] > cut].reset_index(drop=True)
+    unit = "FLOPs" if key == "flops" else "parameters"
+    if len(train) == 0:
+        raise FitError(f"no runs at or below the cut-off {cut:.3g} {unit} to fit on")
+    if len(test) == 0:
+        raise FitError(f"no runs above the cut-off {cut:.3g} {unit} to validate on")
+    train.attrs["notes"] = list(df.attrs.get("notes", []))
+    return train, test, {key: float(cut)}
+
+
+def _frontier_targets(df: pd.DataFrame, law: Law, cutoff_flops: float) -> pd.DataFrame:
+    """IsoFLOP minima of the budgets above the cut-off (the frontier law's held-out targets)."""
+    from analysis.isoflop import assign_budgets, budget_minima
+
+    d = df.copy()
+    d["budget"] = assign_budgets(d, law.gap_dex)
+    held = d[d["budget"] > cutoff_flops]
+    if len(held) == 0:
+        raise FitError(f"no compute budget above the cut-off {cutoff_flops:.3g} FLOPs to validate the frontier law on")
+    minima, notes = budget_minima(held, method=law.method, gap_dex=law.gap_dex, keep_unbracketed=law.keep_unbracketed)
+    if len(minima) == 0:
+        from analysis.isoflop import summarize_left_out
+
+        raise FitError(f"no budget above the cut-off has a minimum to compare with{summarize_left_out(notes)}")
+    return pd.DataFrame({"budget": minima["budget"], "N": minima["N_opt"], "D": minima["D_opt"], "C": minima["budget"], "loss": minima["loss_opt"]})
 
 
 def validate_extrapolation(
-    df: pd.DataFrame, law: str | Law = "chinchilla", cutoff_flops: float | None = None, n_bootstrap: int = 0, seed: int = 0, **law_kw
+    df: pd.DataFrame,
+    law: str | Law = "chinchilla",
+    cutoff_flops: float | None = None,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+    cutoff_params: float | None = None,
+    level: float = 0.95,
+    **law_kw,
 ) -> dict:
-    """Fit ``law`` on runs with C <= cutoff_flops, predict the rest; errors absolute and relative."""
-    if cutoff_flops is None:
-        raise ValueError("cutoff_flops is required")
-    train, test = df[df["C"] <= cutoff_flops], df[df["C"] > cutoff_flops]
-    if len(train) < 5:
-        raise ValueError(f"only {len(train)} runs at or below the cutoff {cutoff_flops:.3g}; need at least 5")
-    if len(test) == 0:
-        raise ValueError(f"no runs above the cutoff {cutoff_flops:.3g} FLOPs to validate on")
+    """Fit ``law`` on runs with C <= cutoff_flops (or N <= cutoff_params), predict the rest.
+
+    Returns {"summary": {...}, "predictions": DataFrame, "law": fitted law}. The summary has n_fit, n_heldout,
+    mean_abs_rel_error, max_abs_rel_error, bias (mean signed relative error), coverage (share of held-out runs
+    inside the ``level`` single-run prediction interval; needs n_bootstrap > 0), mae, rmse, params, notes."""
     model = make_law(law, **law_kw) if isinstance(law, str) else law
-    model.fit(train.reset_index(drop=True))
+    name = law if isinstance(law, str) else model.name
+    if cutoff_flops is None and cutoff_params is None:
+        cutoff_flops = default_cutoff_flops(df)
+    train, test, cut = _split(df, cutoff_flops, cutoff_params)
+    if model.name == "frontier":
+        if cutoff_flops is None:
+            raise FitError("the frontier law extrapolates in compute: validate it with a FLOPs cut-off")
+        from analysis.isoflop import assign_budgets
+
+        d = df.copy()
+        d["budget"] = assign_budgets(d, model.gap_dex)
+        train = d[d["budget"] <= cutoff_flops].reset_index(drop=True)
+        train.attrs["notes"] = list(df.attrs.get("notes", []))
+        test = _frontier_targets(df, model, cutoff_flops)
+        target = "IsoFLOP minima of the held-out budgets"
+    else:
+        target = "held-out runs"
+    model.fit(train)
     if n_bootstrap:
         from analysis.uncertainty import bootstrap
 
-        bootstrap(model, train.reset_index(drop=True), n=n_bootstrap, seed=seed)
-    pred = model.predict_interval(test, include_noise=True)  # single runs: parameter + run-to-run scatter
-    out = test[["N", "D", "C", "loss"]].reset_index(drop=True).copy()
+        bootstrap(model, train, n=n_bootstrap, seed=seed, level=level)
+    pred = model.predict_interval(test, level=level, include_noise=True)  # single runs: parameters + run scatter
+    out = test[[c for c in ("budget", "N", "D", "C", "loss") if c in test.columns]].reset_index(drop=True).copy()
     out["predicted"] = pred["loss"].to_numpy()
     out["abs_error"] = out["predicted"] - out["loss"]
     out["rel_error"] = out["abs_error"] / out["loss"]
     if "lo" in pred:
         out["lo"], out["hi"] = pred["lo"].to_numpy(), pred["hi"].to_numpy()
         out["inside_interval"] = (out["loss"] >= out["lo"]) & (out["loss"] <= out["hi"])
+    rel = out["rel_error"].to_numpy(float)
     summary = {
-        "law": model.name,
-        "cutoff_flops": cutoff_flops,
-        "n_fit": int(len(train)),
-        "n_heldout": int(len(test)),
+        "law": name,
+        "form": model.form,
+        "cutoff": cut,
+        "target": target,
+        "n_fit": int(model.n_points),
+        "n_heldout": int(len(out)),
+        "mean_abs_rel_error": float(np.mean(np.abs(rel))),
+        "max_abs_rel_error": float(np.max(np.abs(rel))),
+        "bias": float(np.mean(rel)),
+        "coverage": float(out["inside_interval"].mean()) if "inside_interval" in out else None,
+        "interval_level": level,
+        "mean_rel_error": float(np.mean(rel)),
         "mae": float(np.mean(np.abs(out["abs_error"]))),
-        "mean_rel_error": float(np.mean(out["rel_error"])),
-        "max_abs_rel_error": float(np.max(np.abs(out["rel_error"]))),
         "rmse": float(np.sqrt(np.mean(out["abs_error"] ** 2))),
         "params": model.params,
+        "notes": list(model.notes),
     }
-    if "inside_interval" in out:
-        summary["coverage"] = float(out["inside_interval"].mean())
+    if cutoff_flops is not None:
+        summary["cutoff_flops"] = float(cutoff_flops)
     return {"summary": summary, "predictions": out, "law": model}
 
 
-def leave_largest_out(df: pd.DataFrame, law: str = "chinchilla", k: int | float = 0.1, **law_kw) -> dict:
+def compare_laws(
+    df: pd.DataFrame,
+    laws: list[str] | None = None,
+    cutoff_flops: float | None = None,
+    cutoff_params: float | None = None,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+    method: str | None = None,
+    top_starts: int | None = None,
+) -> dict[str, dict]:
+    """``validate_extrapolation`` for each law on the same split (default: ``laws_in_all()``); a law that refuses
+    the table is reported as {"skipped": reason} instead of failing the comparison. ``top_starts`` limits each law's
+    start grid to its best-scoring K starts (faster, may miss a global optimum)."""
+    laws = laws or laws_in_all()
+    if cutoff_flops is None and cutoff_params is None:
+        cutoff_flops = default_cutoff_flops(df)
+    out: dict[str, dict] = {}
+    for name in laws:
+        kw: dict = {"method": method} if method and name == "frontier" else {}
+        if top_starts:
+            kw["top_starts"] = top_starts
+        try:
+            out[name] = validate_extrapolation(df, name, cutoff_flops=cutoff_flops, cutoff_params=cutoff_params, n_bootstrap=n_bootstrap, seed=seed, **kw)
+        except AnalysisError as e:
+            out[name] = {"skipped": str(e)}
+    return out
+
+
+def leave_largest_out(df: pd.DataFrame, law: str = "chinchilla", k: int | float = 0.1, n_bootstrap: int = 0, **law_kw) -> dict:
     """Hold out the ``k`` largest-compute runs (a count, or a fraction when < 1) and score their predictions."""
     n = int(round(k * len(df))) if k < 1 else int(k)
-    n = max(1, min(n, len(df) - 5))
-    cutoff = float(np.sort(df["C"].to_numpy())[len(df) - n - 1])
-    return validate_extrapolation(df, law, cutoff_flops=cutoff, **law_kw)
+    n = max(1, min(n, len(df) - 1))
+    C = np.sort(df["C"].to_numpy())
+    cutoff = float(C[len(df) - n - 1])
+    return validate_extrapolation(df, law, cutoff_flops=cutoff, n_bootstrap=n_bootstrap, **law_kw)
