@@ -125,7 +125,7 @@ def run_quickstart(out: str | Path, tiny: bool = False, data: str = "stdlib", wa
         say(f"      IsoFLOP analysis not possible on this sweep: {e}")
     # The held-out size: the IsoFLOP optimum where that fit is well-posed (every minimum inside the trained sizes,
     # a plausible exponent), else the Chinchilla law's optimum.
-    if iso is not None and iso.minima["in_range"].all() and 0.2 <= iso.a <= 0.9:
+    if iso is not None and len(iso.minima) == len(size.budgets) and iso.minima["bracketed"].all() and 0.2 <= iso.a <= 0.9:
         N_star, size_from = float(iso.N_opt(C_target)), "IsoFLOP fit N_opt(C)"
     else:
         N_star = float(law.compute_optimal([C_target]).iloc[0]["N_opt"])
@@ -272,9 +272,9 @@ def _iso_lines(iso) -> list[str]:
 
 
 def _clean(o):
-    from analysis.cli import _clean as clean
+    from analysis import json_safe
 
-    return clean(o)
+    return json_safe(o)
 
 
 def cmd_quickstart(args) -> int:
