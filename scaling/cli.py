@@ -10,12 +10,14 @@
     scaling plot KIND RUNS.csv --out FILE
     scaling quickstart [--tiny] [--out DIR]
 
-Exit codes: 0 success, 1 failure, 2 bad input (config, arguments), 3 a run diverged, 130 stopped (resumable).
+Exit codes: 0 success, 1 failure, 2 bad input (config, arguments), 3 a run diverged, 75 preempted (SIGUSR2 /
+SIGTERM: checkpointed, requeue or rerun to resume), 130 stopped by Ctrl-C (resumable).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 
@@ -39,6 +41,9 @@ def config_help() -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from scaling.signals import StopFlag
+
+    stop = StopFlag().install()  # first: a preemption signal during start-up must not kill the process
     from scaling.config import ConfigError, load_config
 
     overrides = list(args.set or [])
@@ -54,9 +59,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from scaling.train import DivergedError, StopRequested, train
     from scaling.ui import progress_bar
 
-    from scaling.signals import StopFlag
-
-    stop = StopFlag().install()
     try:
         with progress_bar(cfg.log.progress) as progress:
             record = train(cfg, args.out, progress=progress, should_stop=stop, resume_anyway=args.resume_anyway)
@@ -65,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 3
     except StopRequested as e:
         print(str(e), file=sys.stderr)
-        return 130
+        return stop.exit_code
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
@@ -187,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # wandb exports its service address (WANDB_SERVICE) so child processes share the parent's service; a command
+    # started by a process that uses wandb would then register its runs there, and a rerun after a SIGKILL would
+    # find its own run id still "in use". Each command owns its wandb service.
+    os.environ.pop("WANDB_SERVICE", None)
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -279,6 +279,7 @@ def _clean(o):
 
 def cmd_quickstart(args) -> int:
     from scaling.signals import StopFlag
+    from scaling.train import StopRequested
 
     stop = StopFlag().install()
     try:
@@ -286,9 +287,9 @@ def cmd_quickstart(args) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("stopped: rerun the same command to resume", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, StopRequested):
+        print(f"{stop.status if stop.stop else 'stopped'}: rerun the same command to resume", file=sys.stderr)
+        return stop.exit_code
     return 0
 
 

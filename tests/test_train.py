@@ -124,6 +124,8 @@ def test_sigkill_and_resume_gives_identical_results(tmp_path):
     a = json.loads((tmp_path / "ref" / "record.json").read_text())
     b = json.loads((run_dir / "record.json").read_text())
     assert b["resumed_from_step"] >= killed_at["last_checkpoint_step"] >= 60
+    # the steps the kill lost (past the last checkpoint, as far as the record had noted) are counted as recomputed
+    assert b["restarts"] == 1 and b["steps_recomputed"] == max(0, killed_at["reached_step"] - b["resumed_from_step"])
     assert b["params_digest"] == a["params_digest"]
     assert b["final_train_loss"] == a["final_train_loss"]
     assert b["final_eval_loss"] == a["final_eval_loss"]
@@ -132,7 +134,11 @@ def test_sigkill_and_resume_gives_identical_results(tmp_path):
     assert strip(run_dir / "metrics.jsonl") == strip(tmp_path / "ref" / "metrics.jsonl")
 
 
-def test_sigterm_checkpoints_and_exits_then_the_rerun_resumes(tmp_path):
+@pytest.mark.parametrize("sig, code, status", [("SIGUSR2", 75, "preempted"), ("SIGINT", 130, "stopped")])
+def test_stop_signal_checkpoints_and_exits_then_the_rerun_resumes(tmp_path, sig, code, status):
+    """SIGUSR2 (slurm's warning before the time limit; SIGTERM alike, in the soak test) is a preemption: exit 75,
+    record ``preempted``; Ctrl-C is a stop: exit 130, record ``stopped``. Either way the step in flight finishes
+    and its checkpoint is committed before the exit, so nothing is recomputed on resume."""
     over = tiny_overrides(**{"train.tokens": 8 * 32 * 3000, "train.checkpoint_every": 50})
     args = ["train", "--no-progress", *sum((["--set", o] for o in over), []), "--out", str(tmp_path / "run")]
     proc = subprocess.Popen([sys.executable, "-m", "scaling", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -142,12 +148,15 @@ def test_sigterm_checkpoints_and_exits_then_the_rerun_resumes(tmp_path):
         if rec_path.exists() and (json.loads(rec_path.read_text()).get("last_checkpoint_step") or 0) > 0:
             break
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, sig))
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     stopped = json.loads(rec_path.read_text())
-    assert stopped["status"] == "running" and 0 < stopped["last_checkpoint_step"] < 3000
+    assert stopped["status"] == status and stopped["stop_signal"] == sig
+    assert 0 < stopped["last_checkpoint_step"] < 3000 and stopped["reached_step"] == stopped["last_checkpoint_step"]
+    assert stopped["preemptions"] == int(status == "preempted")
     assert "rerun to resume" in err
     run_cli(*args)
     done = json.loads(rec_path.read_text())
     assert done["status"] == "completed" and done["resumed_from_step"] == stopped["last_checkpoint_step"]
+    assert done["restarts"] == 1 and done["steps_recomputed"] == 0 and "stop_signal" not in done

@@ -85,13 +85,14 @@ def cmd_plan(args) -> int:
 
 def cmd_run(args) -> int:
     from scaling.signals import StopFlag
+
+    stop = StopFlag().install()  # first: a preemption signal during start-up must not kill the worker
     from scaling.config import ConfigError
     from scaling.sweep.runner import run_sweep
     from scaling.ui import progress_bar
 
     spec = _load(args.sweep)
     out = args.out or os.path.join("runs", spec.name)
-    stop = StopFlag().install()
     try:
         with progress_bar(not args.no_progress) as progress:
             res = run_sweep(
@@ -106,13 +107,13 @@ def cmd_run(args) -> int:
         f"{len(res.skipped)} skipped (done, failed earlier, or claimed by another worker) -> {out}/runs.csv"
     )
     if res.stopped:
-        print("stopped: rerun the same command to resume", file=sys.stderr)
-        return 130
+        print(f"{res.stop_status or 'stopped'}: rerun the same command to resume (claims released)", file=sys.stderr)
+        return stop.exit_code
     return 1 if res.failed else 0
 
 
 def cmd_status(args) -> int:
-    from scaling.sweep.runner import status_table
+    from scaling.sweep.runner import preemption_summary, status_table
     from scaling.sweep.spec import load_sweep
 
     sweep_dir = Path(args.sweep_dir)
@@ -131,6 +132,13 @@ def cmd_status(args) -> int:
     Console(width=160).print(table)
     counts = df["status"].value_counts().to_dict()
     print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    pre = preemption_summary(df)
+    if pre["preemptions"] or pre["restarts"]:
+        print(
+            f"interruptions: {pre['preemptions']} preemptions ({pre['runs_preempted']} runs), {pre['restarts']} restarts "
+            f"(requeued or rerun), {pre['steps_recomputed']} steps recomputed after the last checkpoint "
+            f"(~{_duration(pre['time_recomputed_s'])} of training; lower train.checkpoint_every to lose less)"
+        )
     return 0
 
 

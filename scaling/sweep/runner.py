@@ -53,8 +53,10 @@ class Claim:
             except FileExistsError:
                 if not self._is_stale(stale_after):
                     return False
-                try:  # take over a dead worker's claim: only one renamer wins
-                    os.rename(self.path, self.path.with_name(f"claim.stale-{uuid.uuid4().hex[:8]}"))
+                stale = self.path.with_name(f".claim.stale-{uuid.uuid4().hex[:8]}")
+                try:  # take over a dead worker's claim: only one renamer wins, then it removes what it moved
+                    os.rename(self.path, stale)
+                    stale.unlink(missing_ok=True)
                 except FileNotFoundError:
                     pass
                 continue
@@ -139,6 +141,11 @@ class SweepResult:
     failed: list[str]
     skipped: list[str]
     stopped: bool = False
+    stop_status: str | None = None  # preempted | stopped, when stopped
+
+    @property
+    def preempted(self) -> bool:
+        return self.stop_status == "preempted"
 
 
 def run_sweep(
@@ -187,6 +194,7 @@ def run_sweep(
         for k in candidates:
             if should_stop is not None and should_stop():
                 result.stopped = True
+                result.stop_status = getattr(should_stop, "status", "stopped")
                 return -1, None
             run_dir = sweep_dir / "runs" / plan[k].run_id
             if done_or_given_up(read_record(run_dir)):
@@ -229,9 +237,9 @@ def run_sweep(
                 final = train(with_logging(run, spec), run_dir, progress=progress, should_stop=should_stop, run_id=run.run_id)
                 result.completed.append(run.run_id)
                 status = "completed"
-            except StopRequested:
-                result.stopped = True
-                status = "stopped"
+            except StopRequested as e:
+                result.stopped, result.stop_status = True, e.status
+                status = e.status  # preempted (SIGUSR2 / SIGTERM) or stopped (Ctrl-C); resumable either way
             except DivergedError:
                 result.failed.append(run.run_id)
                 status = "diverged"
@@ -312,6 +320,10 @@ def collect(spec: SweepSpec, sweep_dir: str | Path, plan: list[PlannedRun] | Non
                 "flops_convention": rec.get("flops_convention"),
                 **{c: rec.get(c) for c in TIMING_COLUMNS},
                 "error": rec.get("error"),
+                # interruptions: clean preemptions, restarts over an unfinished attempt, steps trained twice
+                "preemptions": rec.get("preemptions") or 0,
+                "restarts": rec.get("restarts") or 0,
+                "steps_recomputed": rec.get("steps_recomputed") or 0,
             }
         )
     df = pd.DataFrame(rows)
@@ -327,6 +339,24 @@ def collect(spec: SweepSpec, sweep_dir: str | Path, plan: list[PlannedRun] | Non
     return df
 
 
+def preemption_summary(df: pd.DataFrame) -> dict:
+    """Interruptions over a sweep's runs table: clean preemptions, restarts (requeued or rerun over an unfinished
+    attempt), steps trained twice because they came after the last checkpoint, and the training time that cost
+    (each run's steps recomputed x its step time)."""
+    step_time = df["step_time_s"].astype(float)
+    # unfinished runs have no step time yet: tokens per step / tokens per second
+    est = (df["D"] / df["steps"]).astype(float) / df["tokens_per_sec"].astype(float)
+    step_time = step_time.where(step_time.notna(), est)
+    lost = (df["steps_recomputed"].astype(float) * step_time).fillna(0.0)
+    return {
+        "preemptions": int(df["preemptions"].sum()),
+        "runs_preempted": int((df["preemptions"] > 0).sum()),
+        "restarts": int(df["restarts"].sum()),
+        "steps_recomputed": int(df["steps_recomputed"].sum()),
+        "time_recomputed_s": float(lost.sum()),
+    }
+
+
 def status_table(spec: SweepSpec, sweep_dir: str | Path) -> pd.DataFrame:
     df = collect(spec, sweep_dir)
     sweep_dir = Path(sweep_dir)
@@ -338,4 +368,4 @@ def status_table(spec: SweepSpec, sweep_dir: str | Path) -> pd.DataFrame:
     return df
 
 
-__all__ = ["Claim", "SweepResult", "collect", "parse_shard", "run_sweep", "status_table"]
+__all__ = ["Claim", "SweepResult", "collect", "parse_shard", "preemption_summary", "run_sweep", "status_table"]

@@ -1,5 +1,14 @@
 """Cluster submission: a slurm job array through ``submitit``; every array task runs ``scaling sweep run`` on the
-shared sweep directory and claims runs until none are left (``scaling.sweep.runner``)."""
+shared sweep directory and claims runs until none are left (``scaling.sweep.runner``).
+
+Preemption and time limits use submitit's checkpoint / requeue mechanism: slurm sends ``SIGUSR2`` 90 s before the
+limit (``--signal=USR2@90``, submitit's default) to the task; submitit calls ``Worker.checkpoint``, which forwards
+the signal to the ``scaling sweep run`` process, waits while it finishes its step, commits a checkpoint, marks the
+run ``preempted`` and releases its claim (exit code 75), and hands submitit the same worker to run again; submitit
+then requeues the array task (``scontrol requeue``), and the requeued task resumes the runs from their checkpoints.
+A ``SIGTERM`` (preemption by a higher-priority job, ``scancel``) reaches the worker process directly; it stops the
+same way, and since submitit ignores ``SIGTERM`` the worker asks for the requeue itself (``scontrol requeue``).
+"""
 
 from __future__ import annotations
 
@@ -67,11 +76,77 @@ def submit_slurm(sweep_yaml, sweep_dir, workers: int = 4, partition: str | None 
         **{f"slurm_{k}": v for k, v in (extra or {}).items()},
     )
     cmd = worker_command(sweep_yaml, sweep_dir)
-    jobs = ex.map_array(_run_worker, [cmd] * workers)
+    jobs = ex.map_array(Worker(), [cmd] * workers)
     return f"submitted {len(jobs)} array tasks: {jobs[0].job_id.split('_')[0]} (logs in {sweep_dir}/slurm)"
 
 
-def _run_worker(cmd: list[str]) -> int:
+GRACE_S = 80  # how long checkpoint() waits for the worker to stop (slurm kills 90 s after USR2)
+
+
+def _checkpointable_base():
+    try:
+        from submitit.helpers import Checkpointable
+    except ImportError:  # submitit is a dependency; this only keeps the module importable without it
+        return object
+    return Checkpointable
+
+
+class Worker(_checkpointable_base()):
+    """One array task: runs ``cmd`` (``scaling sweep run ...``) as a child process and returns its exit code.
+
+    ``checkpoint`` is what submitit calls on ``SIGUSR2``: the child is asked to stop (the same signal), waited for,
+    and the same worker is returned for submitit to requeue."""
+
+    def __init__(self) -> None:
+        self._proc = None
+        self.requeue_asked = False
+
+    def __getstate__(self) -> dict:  # submitit pickles the worker for the requeued task; a process does not travel
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+    def __call__(self, cmd: list[str]) -> int:
+        import subprocess
+
+        from scaling.signals import EXIT_PREEMPTED
+
+        self._proc = subprocess.Popen(cmd)
+        rc = self._proc.wait()
+        if rc == EXIT_PREEMPTED and not self.requeue_asked:
+            _requeue_self()  # stopped by SIGTERM, which submitit does not turn into a requeue
+        return rc
+
+    def stop_child(self, grace_s: float = GRACE_S) -> int | None:
+        """Forward the preemption signal to the running worker process and wait for it (its exit code)."""
+        import signal
+        import subprocess
+
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return None if proc is None else proc.returncode
+        proc.send_signal(signal.SIGUSR2)
+        try:
+            return proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def checkpoint(self, cmd: list[str]):
+        from submitit.helpers import DelayedSubmission
+
+        self.requeue_asked = True
+        self.stop_child()
+        return DelayedSubmission(Worker(), cmd)
+
+
+def _requeue_self() -> None:
+    """``scontrol requeue`` this slurm array task (or job); nothing outside slurm."""
+    import os
     import subprocess
 
-    return subprocess.call(cmd)
+    job = os.environ.get("SLURM_JOB_ID")
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    if job:
+        subprocess.call(["scontrol", "requeue", job])

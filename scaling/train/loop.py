@@ -46,6 +46,7 @@ from scaling.train.state import TrainState, build, init_state, restore_init_from
 from scaling.train.step import make_eval_step, make_train_step
 
 FINAL_LOSS_WINDOW = 20  # final_train_loss: mean LM loss over the last this-many steps
+PROGRESS_EVERY_S = 5.0  # how often the record notes the newest step reached (for the steps a kill makes us redo)
 
 
 class DivergedError(RuntimeError):
@@ -62,7 +63,12 @@ class MeasurementWarning(UserWarning):
 
 
 class StopRequested(Exception):
-    """A stop was requested (SIGTERM / Ctrl-C); the run checkpointed and can be resumed."""
+    """A stop was requested (a preemption signal or Ctrl-C, ``scaling.signals``); the run committed a checkpoint
+    at ``step`` and can be resumed. ``status`` is what its record says: ``preempted`` or ``stopped``."""
+
+    def __init__(self, message: str, step: int, status: str = "stopped", signal: str | None = None):
+        super().__init__(message)
+        self.step, self.status, self.signal = step, status, signal
 
 
 def _every(n: int, steps: int) -> int:
@@ -289,6 +295,7 @@ def train(
         }
     )
     record.pop("diverged_at_step", None)
+    record.pop("stop_signal", None)
     record.setdefault("started_at", rec.now())
 
     def write_record(**updates):
@@ -305,6 +312,11 @@ def train(
     try:
         state, loop_state, origin = restore_or_init(cfg, pre, target, shardings)  # phase 3
         start = int(jax.device_get(state.step))
+        # an earlier attempt that got past its last checkpoint (killed, or preempted without grace) lost those
+        # steps: they are trained again now, and the record counts them (the cost of checkpoint_every)
+        reached = record.get("reached_step")
+        restarted = reached is not None or pre.latest is not None
+        recomputed = max(0, int(reached or 0) - start)
         recent = deque(loop_state["recent_losses"], maxlen=FINAL_LOSS_WINDOW)
         logger = MetricsLogger(
             run_dir,
@@ -314,7 +326,15 @@ def train(
             resume_step=start,
             enabled=is_main,
         )
-        write_record(resumed_from_step=start if pre.latest is not None and start else None, initialized_from=origin)
+        write_record(
+            resumed_from_step=start if pre.latest is not None and start else None,
+            initialized_from=origin,
+            reached_step=start,
+            restarts=int(record.get("restarts") or 0) + int(restarted),
+            steps_recomputed=int(record.get("steps_recomputed") or 0) + recomputed,
+            preemptions=int(record.get("preemptions") or 0),
+        )
+        last_progress_write = time.monotonic()
 
         # phase 4: steps
         step_fn = make_train_step(graphdef, cfg, par, shardings)
@@ -345,7 +365,7 @@ def train(
 
         def flush() -> None:
             """Pull the pending steps' metrics to the host (a device sync): check them, log every log_every-th."""
-            nonlocal pending
+            nonlocal pending, last_progress_write
             if not pending:
                 return
             fetched = jax.device_get([m for _, m in pending])
@@ -361,6 +381,9 @@ def train(
                     if task is not None:
                         progress.update(task, completed=s + 1, loss=m["lm_loss"], tps=tps or 0.0)
             pending = []
+            if time.monotonic() - last_progress_write >= PROGRESS_EVERY_S:
+                last_progress_write = time.monotonic()
+                write_record(reached_step=s + 1)
 
         in_flight = InFlight(par.max_in_flight)
         for step in range(start, steps):
@@ -396,11 +419,17 @@ def train(
                 session_time, session_tokens = 0.0, 0
                 ckpt.save(done, state.as_dict(), loop_state)
                 # saves commit asynchronously: report the newest *committed* checkpoint
-                write_record(last_checkpoint_step=ckpt.committed_step, progress=done / steps)
+                write_record(last_checkpoint_step=ckpt.committed_step, progress=done / steps, reached_step=done)
             if stopping and done < steps:
-                ckpt.close()
-                write_record(last_checkpoint_step=ckpt.committed_step)
-                raise StopRequested(f"stopped at step {done}/{steps}; rerun to resume")
+                ckpt.close()  # waits until the stop checkpoint is committed
+                sig = getattr(should_stop, "signal", None)
+                status = getattr(should_stop, "status", "stopped")
+                write_record(
+                    last_checkpoint_step=ckpt.committed_step,
+                    stop_signal=sig,
+                    preemptions=record["preemptions"] + int(status == "preempted"),
+                )
+                raise StopRequested(f"{status} at step {done}/{steps} ({sig or 'stop requested'}); rerun to resume", done, status, sig)
         flush()
         ckpt.close()
 
@@ -438,8 +467,8 @@ def train(
     except DivergedError as e:
         write_record(status="diverged", error=str(e), diverged_at_step=e.step)
         raise
-    except StopRequested:
-        write_record(status="running", error=None)
+    except StopRequested as e:
+        write_record(status=e.status, error=None)
         raise
     except BaseException as e:
         write_record(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=8))
