@@ -204,6 +204,8 @@ def run_quickstart(out: str | Path, tiny: bool = False, data: str = "stdlib", wa
     }
     write_json_atomic(report / "summary.json", _clean(summary))
     (report / "report.md").write_text(render_report(summary, runs, law, iso, record))
+    if wandb != "disabled":
+        _log_fits(report, spec.name, wandb, law, iso, runs, summary)
     say(
         f"held-out loss: predicted {prediction['predicted_loss']:.4f} [{prediction['predicted_lo']:.4f}, {prediction['predicted_hi']:.4f}], "
         f"measured {measured:.4f} ± {record['final_eval_loss_stderr']:.4f} "
@@ -211,6 +213,27 @@ def run_quickstart(out: str | Path, tiny: bool = False, data: str = "stdlib", wa
         f"report: {report / 'report.md'}"
     )
     return summary
+
+
+def _log_fits(report: Path, group: str, mode: str, law, iso, runs, summary: dict) -> None:
+    """The fits as W&B runs in the sweep's group (beside its training runs): parameters, intervals, the held-out
+    prediction and measurement in the summary, per-run predictions as a Table, the report's plots as images."""
+    from analysis.wandb_log import log_fit, predictions_table, summary_of
+
+    p = summary["prediction"]
+    held = {
+        "heldout/predicted": p["predicted_loss"], "heldout/lo": p["predicted_lo"], "heldout/hi": p["predicted_hi"],
+        "heldout/measured": summary["measured_eval_loss"], "heldout/rel_error": summary["rel_error"],
+        "heldout/N": p["N"], "heldout/D": p["D"], "heldout/C": p["C"],
+    }
+    images = {k: report / f"{k}.png" for k in ("loss_vs_compute", "contours", "heldout") if (report / f"{k}.png").exists()}
+    log_fit("fit-chinchilla", {**summary_of(law.to_dict()), **held}, tables={"predictions": predictions_table(law, runs)},
+            figures=images, group=group, mode=mode, directory=report, config={"law": "chinchilla", "n_runs": len(runs)})
+    if iso is not None:
+        images = {k: report / f"{k}.png" for k in ("isoflop", "allocation") if (report / f"{k}.png").exists()}
+        minima = iso.minima.drop(columns=["curve_x", "curve_y", "coef"], errors="ignore")
+        log_fit("fit-isoflop", summary_of(iso.to_dict()), tables={"minima": minima}, figures=images, group=group,
+                mode=mode, directory=report, config={"law": "isoflop", "n_runs": len(runs)})
 
 
 def render_report(s: dict, runs, law, iso, record) -> str:

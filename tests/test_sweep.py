@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -210,6 +211,11 @@ def test_run_ids_are_stable_when_the_sweep_is_edited():
         ({"grid": {"kind": "isoflops", "sizes": [1e4], "budgets": [1e10]}}, r"grid\.kind: 'isoflops' is not allowed"),
         ({"base": {"train": {"lrr": 1}}}, r"base: unknown field train\.lrr"),
         ({"grid": {"kind": "isoflop", "sizes": [1e4], "budgets": [10.0]}}, r"budget is smaller than one step"),
+        ({"grid": {"kind": "isoflop", "sizes": [1e4], "sizes_per_budget": 5, "budgets": [1e11]}}, r"grid\.sizes and grid\.sizes_per_budget: give one"),
+        ({"grid": {"kind": "isoflop", "sizes_per_budget": 2, "budgets": [1e11]}}, r"sizes_per_budget must be >= 3"),
+        ({"grid": {"kind": "isoflop", "sizes_per_budget": 5, "budgets": [1e11], "prior": "kaplan"}}, r"grid\.prior: 'kaplan' is not allowed; allowed values: chinchilla"),
+        ({"grid": {"kind": "isoflop", "sizes_per_budget": 5, "budgets": [1e11], "prior": {"a": 0.5}}}, r"grid\.prior: expected a named prior"),
+        ({"grid": {"kind": "explicit", "sizes_per_budget": 5, "tokens": [1e6]}}, r"sizes_per_budget is only used by grid\.kind='isoflop'"),
     ],
 )
 def test_bad_sweep_files_name_the_key(change, pattern):
@@ -245,3 +251,38 @@ def test_example_sweeps_plan():
         raw = yaml.safe_load(f.read_text())
         if "grid" in raw:
             assert plan_sweep(parse_sweep(raw)), f
+
+
+def test_optimum_centred_grid_brackets_the_prior_optimum_at_every_budget():
+    """The GPU example: 7 sizes per budget over ~10x in N around Chinchilla's N_opt = (C/120)^0.5, distinct models,
+    every run's C within 1% of its budget (checked by the planner), and the plan prints where the optimum falls."""
+    from scaling.sweep.spec import budget_summary, centred_targets, prior_optimum
+
+    spec = load_sweep(ROOT / "sweeps" / "chinchilla_isoflop_gpu.yaml")
+    plan = plan_sweep(spec, n_devices=1)
+    summary = budget_summary(spec, plan)
+    assert [b["budget"] for b in summary] == spec.grid.budgets
+    for b in summary:
+        assert b["n_sizes"] == 7 and b["prior_inside"], b
+        assert b["prior_N_opt"] == pytest.approx((b["budget"] / 120) ** 0.5, rel=1e-12)
+        # snapped to the size rule's widths: the span stays near 10x, and the optimum near the middle in log N
+        assert 8 < b["N_max"] / b["N_min"] < 16
+        assert abs(np.log(b["prior_N_opt"] ** 2 / (b["N_min"] * b["N_max"]))) < np.log(1.6)
+    targets = centred_targets(spec.grid, 1e17)
+    assert targets[3] == pytest.approx(prior_optimum(spec.grid, 1e17)) and targets[-1] / targets[0] == pytest.approx(10)
+    for C in spec.grid.budgets:  # distinct models at each budget
+        models = [r.config.model for r in plan if r.budget == C]
+        assert len(models) == len({repr(m) for m in models}) == 7
+    p = run_cli("sweep", "plan", str(ROOT / "sweeps" / "chinchilla_isoflop_gpu.yaml"), check=False)
+    # the stdlib corpus is far too small for these budgets: the plan refuses them on epochs, after printing nothing
+    # misleading; the per-budget lines come from the same function on a corpus-free check
+    assert p.returncode == 2 and "data.max_epochs" in p.stderr
+
+
+def test_centred_grid_plan_prints_the_prior_optimum_per_budget(tmp_path):
+    raw = yaml.safe_load(TINY.read_text())
+    raw["grid"] = {"kind": "isoflop", "budgets": [2e10, 6e10], "sizes_per_budget": 4, "span": 6, "prior": {"a": 0.5, "k": 0.3}}
+    path = tmp_path / "centred.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = run_cli("sweep", "plan", str(path)).stdout
+    assert out.count("inside the sizes") == 2 and "prior N_opt" in out

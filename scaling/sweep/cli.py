@@ -41,7 +41,7 @@ def _load(path: str):
 def cmd_plan(args) -> int:
     from scaling.config import ConfigError
     from scaling.sweep.estimate import DeviceInfo, estimate
-    from scaling.sweep.spec import plan_sweep
+    from scaling.sweep.spec import budget_summary, plan_sweep
 
     spec = _load(args.sweep)
     try:
@@ -72,6 +72,14 @@ def cmd_plan(args) -> int:
     if g.kind == "isoflop":
         worst = max(abs(r.flops / r.budget - 1) for r in plan)
         print(f"budget check: every run's C within {100 * worst:.2f}% of its budget (limit 1%)")
+        for b in budget_summary(spec, plan):
+            where = ""
+            if "prior_N_opt" in b:
+                where = f"; prior N_opt {_human(b['prior_N_opt'])} {'inside' if b['prior_inside'] else 'OUTSIDE'} the sizes"
+            print(
+                f"budget {b['budget']:.3g}: {b['n_sizes']} sizes N {_human(b['N_min'])}-{_human(b['N_max'])}, "
+                f"{b['tokens_per_param_min']:.3g}-{b['tokens_per_param_max']:.3g} tokens per parameter{where}"
+            )
     repeated = [r for r in plan if r.epochs is not None and r.epochs > 1]
     if repeated:
         print(f"warning: {len(repeated)} runs repeat data (up to {max(r.epochs for r in repeated):.2f} epochs over their training split)", file=sys.stderr)

@@ -8,6 +8,12 @@ A sweep YAML has::
       kind: isoflop                # isoflop | explicit | tokens_per_param
       sizes: [1e4, 3e4, {d_model: 64, n_layers: 2, n_heads: 2}]   # target parameter counts or model dicts
       budgets: [1e12, 3e12]        # isoflop: compute budgets C (FLOPs); D = C / FLOPs-per-token(N)
+      # or, instead of sizes, an optimum-centred isoflop grid: at each budget 7 log-spaced sizes spanning 10x
+      # around the prior optimum N_opt(C) = k * C^a (chinchilla: a = 0.5, 20 tokens per parameter)
+      sizes_per_budget: 7
+      span: 10
+      center: prior
+      prior: chinchilla            # or {a: 0.5, k: 0.0913}
       tokens: [1e6, 4e6]           # explicit: token budgets D (every size x every D)
       ratios: [5, 20, 80]          # tokens_per_param: D = ratio x N
     seeds: [0]
@@ -41,6 +47,18 @@ class GridSpec:
     budgets: list = _f([], "isoflop: compute budgets in FLOPs.")
     tokens: list = _f([], "explicit: token budgets D.")
     ratios: list = _f([], "tokens_per_param: D = ratio x N (N per `params`).")
+    sizes_per_budget: int = _f(
+        0,
+        "isoflop: place this many log-spaced sizes around each budget's prior optimum instead of the same `sizes` "
+        "at every budget (0: use `sizes`).",
+    )
+    span: float = _f(10.0, "isoflop with sizes_per_budget: largest / smallest size at each budget, centred on N_opt in log N.")
+    center: Literal["prior"] = _f("prior", "isoflop with sizes_per_budget: where the sizes are centred (the prior optimum).")
+    prior: Any = _f(
+        "chinchilla",
+        "The prior optimum N_opt(C) = k * C^a that centres the sizes: a named law (chinchilla: Hoffmann et al. 2022, "
+        "a = 0.5 and 20 tokens per parameter at C = 6ND, i.e. k = 120^-0.5) or a mapping {a: ..., k: ...}.",
+    )
     params: Literal["active", "total"] = _f(
         "active",
         "Which parameter count N means for tokens_per_param grids and the learning-rate recipe: active (what a token "
@@ -94,6 +112,36 @@ class PlannedRun:
         }
 
 
+PRIORS = {  # named priors for N_opt(C) = k * C^a
+    "chinchilla": {"a": 0.5, "k": 120**-0.5},  # Hoffmann et al. 2022: N_opt ~ C^0.5, D_opt / N_opt ~ 20 at C = 6ND
+}
+
+
+def prior_law(grid: GridSpec) -> tuple[float, float]:
+    """(a, k) of the prior optimum N_opt(C) = k * C^a (validated)."""
+    p = grid.prior
+    if isinstance(p, str):
+        if p not in PRIORS:
+            raise ConfigError(f"grid.prior: {p!r} is not allowed; allowed values: {', '.join(PRIORS)} or a mapping {{a: ..., k: ...}}")
+        p = PRIORS[p]
+    if not isinstance(p, dict) or set(p) != {"a", "k"}:
+        raise ConfigError(f"grid.prior: expected a named prior ({', '.join(PRIORS)}) or a mapping {{a: ..., k: ...}}, got {grid.prior!r}")
+    a, k = _positive_numbers([p["a"], p["k"]], "grid.prior [a, k]")
+    return a, k
+
+
+def prior_optimum(grid: GridSpec, budget: float) -> float:
+    a, k = prior_law(grid)
+    return k * budget**a
+
+
+def centred_targets(grid: GridSpec, budget: float) -> list[float]:
+    """``sizes_per_budget`` target parameter counts, log-spaced over ``span`` and centred on the prior optimum."""
+    n_opt, m = prior_optimum(grid, budget), grid.sizes_per_budget
+    half = math.log(grid.span) / 2
+    return [n_opt * math.exp(-half + 2 * half * i / (m - 1)) for i in range(m)]
+
+
 def _positive_numbers(values: list, where: str) -> list[float]:
     out = []
     for i, v in enumerate(values):
@@ -121,8 +169,18 @@ def load_sweep(path: str | Path) -> SweepSpec:
 def parse_sweep(raw: dict) -> SweepSpec:
     spec = from_dict(SweepSpec, raw)
     g = spec.grid
-    if not g.sizes:
-        raise ConfigError("grid.sizes is empty: list at least one model size")
+    if g.sizes_per_budget:
+        if g.kind != "isoflop":
+            raise ConfigError(f"grid.sizes_per_budget is only used by grid.kind='isoflop', not {g.kind!r}")
+        if g.sizes:
+            raise ConfigError("grid.sizes and grid.sizes_per_budget: give one (explicit sizes, or sizes centred on a prior optimum)")
+        if g.sizes_per_budget < 3:
+            raise ConfigError(f"grid.sizes_per_budget must be >= 3 (a minimum needs a size on each side), got {g.sizes_per_budget}")
+        if not g.span > 1:
+            raise ConfigError(f"grid.span must be > 1 (largest / smallest size), got {g.span}")
+        prior_law(g)
+    elif not g.sizes:
+        raise ConfigError("grid.sizes is empty: list at least one model size (or grid.sizes_per_budget for an isoflop grid)")
     if g.kind == "isoflop":
         if not g.budgets:
             raise ConfigError("grid.budgets is empty: an isoflop grid needs compute budgets")
@@ -196,53 +254,46 @@ def plan_sweep(spec: SweepSpec, *, check_data: bool = False, n_devices: int | No
     g = spec.grid
     variants = spec.variants or {"default": {}}
     for vname, variant in variants.items():
-        for si, size in enumerate(g.sizes):
-            base = merge_dicts(merge_dicts(spec.base, variant), {"model": _size_dict(size, si)})
-            if g.kind == "isoflop":
-                points = [(float(C), None, None) for C in g.budgets]
-            elif g.kind == "explicit":
-                points = [(None, float(D), None) for D in g.tokens]
-            else:
-                points = [(None, None, float(r)) for r in g.ratios]
-            for budget, tokens, ratio in points:
-                for seed in spec.seeds:
-                    here = {"variant": vname, "size": si, "budget": budget, "seed": seed}
-                    what = "budget=%.3g" % budget if budget else ("D=%.3g" % tokens if tokens else "ratio=%g" % ratio)
-                    where = f"run (variant={vname}, size={si}, {what}, seed={seed})"
-                    raw = _apply_overrides(merge_dicts(base, {"train": {"seed": seed}}), spec.overrides, here)
-                    try:
-                        probe = load_config(base=raw, overrides=["train.tokens=1000000000000"])
-                    except ConfigError as e:
-                        raise ConfigError(f"{where}: {e}") from None
-                    counts = count_params(probe.model)
-                    n_basis = counts.active if g.params == "active" else counts.total
-                    fpt = flops_per_token(probe.model, probe.train.flops_attention)
-                    D = budget / fpt if budget else (tokens if tokens else ratio * n_basis)
-                    raw = spec.recipe.apply(raw, probe, n_params=n_basis, tokens=D, n_devices=n_devices)
-                    raw = _apply_overrides(raw, spec.overrides, here)
-                    tps = probe.model.seq_len * raw.get("train", {}).get("batch_size", probe.train.batch_size)
-                    steps = int(round(D / tps))
-                    if steps < 1:
-                        raise ConfigError(
-                            f"{where}: the budget is smaller than one step of this model "
-                            f"({tps} tokens x {fpt:.3g} FLOPs/token = {tps * fpt:.3g} FLOPs); raise the budget or shrink the batch"
-                        )
-                    raw = merge_dicts(raw, {"train": {"tokens": steps * tps}})
-                    try:
-                        cfg = load_config(base=raw)
-                    except ConfigError as e:
-                        raise ConfigError(f"{where}: {e}") from None
-                    run_id = config_hash(cfg.to_dict())
-                    cnt = count_params(cfg.model)
-                    fl = flops_per_token(cfg.model, cfg.train.flops_attention) * cfg.steps * cfg.tokens_per_step
-                    if budget and abs(fl / budget - 1) > BUDGET_TOLERANCE:
-                        raise ConfigError(
-                            f"{where}: C = {fl:.4g} is {100 * (fl / budget - 1):+.1f}% off its budget (whole steps of "
-                            f"{cfg.tokens_per_step} tokens); raise the budget or shrink the batch"
-                        )
-                    runs.append(
-                        PlannedRun(run_id, cfg, vname, si, budget, seed, cnt.total, cnt.active, cfg.steps * cfg.tokens_per_step, fl, cfg.steps)
+        for si, size, (budget, tokens, ratio) in _grid_points(spec, merge_dicts(spec.base, variant)):
+            base = merge_dicts(merge_dicts(spec.base, variant), {"model": size})
+            for seed in spec.seeds:
+                here = {"variant": vname, "size": si, "budget": budget, "seed": seed}
+                what = "budget=%.3g" % budget if budget else ("D=%.3g" % tokens if tokens else "ratio=%g" % ratio)
+                where = f"run (variant={vname}, size={si}, {what}, seed={seed})"
+                raw = _apply_overrides(merge_dicts(base, {"train": {"seed": seed}}), spec.overrides, here)
+                try:
+                    probe = load_config(base=raw, overrides=["train.tokens=1000000000000"])
+                except ConfigError as e:
+                    raise ConfigError(f"{where}: {e}") from None
+                counts = count_params(probe.model)
+                n_basis = counts.active if g.params == "active" else counts.total
+                fpt = flops_per_token(probe.model, probe.train.flops_attention)
+                D = budget / fpt if budget else (tokens if tokens else ratio * n_basis)
+                raw = spec.recipe.apply(raw, probe, n_params=n_basis, tokens=D, n_devices=n_devices)
+                raw = _apply_overrides(raw, spec.overrides, here)
+                tps = probe.model.seq_len * raw.get("train", {}).get("batch_size", probe.train.batch_size)
+                steps = int(round(D / tps))
+                if steps < 1:
+                    raise ConfigError(
+                        f"{where}: the budget is smaller than one step of this model "
+                        f"({tps} tokens x {fpt:.3g} FLOPs/token = {tps * fpt:.3g} FLOPs); raise the budget or shrink the batch"
                     )
+                raw = merge_dicts(raw, {"train": {"tokens": steps * tps}})
+                try:
+                    cfg = load_config(base=raw)
+                except ConfigError as e:
+                    raise ConfigError(f"{where}: {e}") from None
+                run_id = config_hash(cfg.to_dict())
+                cnt = count_params(cfg.model)
+                fl = flops_per_token(cfg.model, cfg.train.flops_attention) * cfg.steps * cfg.tokens_per_step
+                if budget and abs(fl / budget - 1) > BUDGET_TOLERANCE:
+                    raise ConfigError(
+                        f"{where}: C = {fl:.4g} is {100 * (fl / budget - 1):+.1f}% off its budget (whole steps of "
+                        f"{cfg.tokens_per_step} tokens); raise the budget or shrink the batch"
+                    )
+                runs.append(
+                    PlannedRun(run_id, cfg, vname, si, budget, seed, cnt.total, cnt.active, cfg.steps * cfg.tokens_per_step, fl, cfg.steps)
+                )
     seen: dict[str, PlannedRun] = {}
     for r in runs:
         if r.run_id in seen:
@@ -251,6 +302,47 @@ def plan_sweep(spec: SweepSpec, *, check_data: bool = False, n_devices: int | No
     if check_data:
         _count_epochs(runs)
     return runs
+
+
+def _grid_points(spec: SweepSpec, base: dict) -> list[tuple[int, dict, tuple]]:
+    """(size index, model-section dict, (budget, tokens, ratio)) for every grid point of one variant.
+
+    Explicit sizes cross every budget / token count / ratio. An optimum-centred isoflop grid has its own sizes at
+    each budget (index 0 = smallest there); targets that the size rule maps to the same model are kept once."""
+    g = spec.grid
+    if g.sizes_per_budget:
+        out = []
+        for C in g.budgets:
+            seen: list = []
+            for target in centred_targets(g, float(C)):
+                model = load_config(base=merge_dicts(base, {"model": {"target_params": target}}), overrides=["train.tokens=1000000000"]).model
+                if model not in seen:
+                    seen.append(model)
+                    out.append((len(seen) - 1, {"target_params": target}, (float(C), None, None)))
+        return out
+    if g.kind == "isoflop":
+        points = [(float(C), None, None) for C in g.budgets]
+    elif g.kind == "explicit":
+        points = [(None, float(D), None) for D in g.tokens]
+    else:
+        points = [(None, None, float(r)) for r in g.ratios]
+    return [(si, _size_dict(size, si), pt) for si, size in enumerate(g.sizes) for pt in points]
+
+
+def budget_summary(spec: SweepSpec, plan: list[PlannedRun]) -> list[dict]:
+    """Per IsoFLOP budget: its sizes' range, tokens-per-parameter range and, for a centred grid, where the prior
+    optimum falls (inside the sizes or not)."""
+    out = []
+    for C in sorted({r.budget for r in plan if r.budget}):
+        runs = [r for r in plan if r.budget == C]
+        ns = [r.n_params_active if spec.grid.params == "active" else r.n_params for r in runs]
+        tpp = [r.tokens / n for r, n in zip(runs, ns)]
+        row = {"budget": C, "n_sizes": len(set(ns)), "N_min": min(ns), "N_max": max(ns), "tokens_per_param_min": min(tpp), "tokens_per_param_max": max(tpp)}
+        if spec.grid.sizes_per_budget:
+            n_opt = prior_optimum(spec.grid, C)
+            row |= {"prior_N_opt": n_opt, "prior_inside": min(ns) < n_opt < max(ns)}
+        out.append(row)
+    return out
 
 
 def _count_epochs(runs: list[PlannedRun]) -> None:
