@@ -105,7 +105,8 @@ def cmd_run(args) -> int:
         with progress_bar(not args.no_progress) as progress:
             res = run_sweep(
                 spec, out, shard=args.shard, retry_failed=args.retry_failed, should_stop=stop, progress=progress,
-                sweep_yaml=Path(args.sweep).read_text(),
+                sweep_yaml=Path(args.sweep).read_text(), adaptive=args.adaptive, target_dex=args.target_dex,
+                max_added=args.max_added,
             )
     except (ConfigError, ValueError) as e:
         print(f"sweep error: {e}", file=sys.stderr)
@@ -177,6 +178,10 @@ def add_sweep_parser(sub) -> None:
     r.add_argument("--shard", help="static partition i/n: run only every n-th run starting at i")
     r.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed or diverged")
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--adaptive", action="store_true", help="isoflop: after each round, add sizes where a budget's minimum is not "
+                   "bracketed or its N_opt interval is wide (recorded in SWEEP_DIR/adaptive.json and events.jsonl)")
+    r.add_argument("--target-dex", type=float, default=None, help="--adaptive: width of each budget's 95%% N_opt interval to reach, in log10 N (default 0.1)")
+    r.add_argument("--max-added", type=int, default=None, help="--adaptive: at most this many added runs (default 3 per budget)")
     r.set_defaults(func=cmd_run)
 
     st = ss.add_parser("status", help="table of runs: completed / running / failed / pending, losses, progress")

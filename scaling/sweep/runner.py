@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from scaling.sweep.spec import PlannedRun, SweepSpec, plan_sweep, with_logging
+from scaling.sweep.spec import PlannedRun, SweepSpec, added_sizes, plan_sweep, with_logging
 from scaling.train.record import read_record
 
 HEARTBEAT_S = 5.0
@@ -159,16 +159,28 @@ def run_sweep(
     progress=None,
     sweep_yaml: str | None = None,
     on_run_end: Callable[[PlannedRun, dict | None], None] | None = None,
+    adaptive: bool = False,
+    target_dex: float | None = None,
+    max_added: int | None = None,
+    train_fn: Callable | None = None,
 ) -> SweepResult:
+    """Train every planned run not yet completed (see the module docstring); returns what this worker did.
+
+    ``adaptive``: an IsoFLOP sweep refines itself after each round of runs (``scaling.sweep.adaptive``): budgets
+    whose minimum is not bracketed or whose N_opt interval is wider than ``target_dex`` get one more size per
+    round, until none needs one or ``max_added`` runs were added (default 3 per budget). ``train_fn`` replaces
+    ``scaling.train.train`` (same signature; a test double trains nothing)."""
     from scaling.parallel import maybe_initialize_distributed
     from scaling.train import DivergedError, StopRequested, train
+
+    train_fn = train_fn or train
 
     maybe_initialize_distributed()  # a multi-host worker joins its job before any other JAX call
     import jax
 
     leader, multi = jax.process_index() == 0, jax.process_count() > 1
     sweep_dir = Path(sweep_dir)
-    plan = plan_sweep(spec, check_data=True)
+    plan = plan_sweep(spec, check_data=True, sweep_dir=sweep_dir)
     if leader:
         (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
         if sweep_yaml is not None:
@@ -188,6 +200,8 @@ def run_sweep(
         return status == "completed" or (status in ("failed", "diverged") and not retry_failed)
 
     candidates = iter([k for k in range(len(plan)) if k % n == i])
+    if adaptive and (spec.grid.kind != "isoflop" or multi or n > 1):
+        raise ValueError("--adaptive refines an isoflop grid from one worker process (no --shard, one host)")
 
     def next_claim() -> tuple[int, Claim | None]:
         """(plan index, claim) of the next run this worker should train; (-1, None) when there is none."""
@@ -213,6 +227,7 @@ def run_sweep(
             return k, claim
         return -1, None
 
+    rounds = 0
     while True:
         # One JAX job may span several processes (hosts): only process 0 claims; the others train what it chose.
         k, claim = next_claim() if leader else (-1, None)
@@ -220,6 +235,17 @@ def run_sweep(
             from jax.experimental import multihost_utils
 
             k = int(multihost_utils.broadcast_one_to_all(np.int32(k)))
+        if k < 0 and adaptive and not result.stopped:
+            new = _refine(spec, sweep_dir, plan, target_dex, max_added, rounds + 1, owner)
+            if new is not None:
+                rounds += 1
+                known = {r.run_id for r in plan}
+                plan = new
+                fresh = [k for k, r in enumerate(plan) if r.run_id not in known]
+                if overall is not None:
+                    progress.update(overall, total=len(plan))
+                candidates = iter(fresh)
+                continue
         if k < 0:
             break
         run = plan[k]
@@ -234,7 +260,7 @@ def run_sweep(
                 multihost_utils.sync_global_devices(f"start {run.run_id}")  # the reset is done before anyone reads
             final = None
             try:
-                final = train(with_logging(run, spec), run_dir, progress=progress, should_stop=should_stop, run_id=run.run_id)
+                final = train_fn(with_logging(run, spec), run_dir, progress=progress, should_stop=should_stop, run_id=run.run_id)
                 result.completed.append(run.run_id)
                 status = "completed"
             except StopRequested as e:
@@ -261,6 +287,43 @@ def run_sweep(
     return result
 
 
+def _refine(spec, sweep_dir: Path, plan: list[PlannedRun], target_dex, max_added, round_: int, owner: str):
+    """One adaptive round: the new plan when sizes were added, else None (nothing to add, the cap reached, or the
+    size rule has no new width where one was asked for)."""
+    from scaling.sweep import adaptive as ad
+
+    budgets = [float(b) for b in spec.grid.budgets]
+    cap = 3 * len(budgets) if max_added is None else max_added
+    already = len(added_sizes(sweep_dir))
+    df = collect(spec, sweep_dir, plan)
+    done = df[df["status"] == "completed"].assign(N=lambda d: d["N_active"] if spec.grid.params == "active" else d["N"])
+    from scaling.accounting import count_params
+    from scaling.sweep.spec import merge_dicts, resolve_model
+
+    base = merge_dicts(spec.base, next(iter(spec.variants.values()), {}))
+
+    def snap(target: float) -> float:
+        c = count_params(resolve_model(base, {"target_params": target}))
+        return c.active if spec.grid.params == "active" else c.total
+
+    adds = ad.propose(done, budgets, ad.TARGET_DEX if target_dex is None else target_dex, round_, snap)[: max(0, cap - already)]
+    if not adds:
+        return None
+    ad.record_additions(sweep_dir, adds)
+    new = plan_sweep(spec, check_data=True, sweep_dir=sweep_dir)
+    known = {r.run_id for r in plan}
+    added = [r for r in new if r.run_id not in known]
+    for a in adds:
+        match = [r.run_id for r in added if r.budget == a.budget]
+        _event(sweep_dir, event="added", round=round_, budget=a.budget, target_params=a.target_params, reason=a.reason,
+               run_id=match[0] if match else None, owner=owner)
+    if not added:  # every proposed size snapped to a model the budget already has
+        _event(sweep_dir, event="refine_stopped", round=round_, reason="the size rule has no new width where sizes were asked for", owner=owner)
+        return None
+    write_text_atomic(sweep_dir / "plan.csv", pd.DataFrame([r.row() for r in new]).to_csv(index=False))
+    return new
+
+
 def _reset_failed_run(run_dir: Path) -> None:
     """--retry-failed: start the run over (its checkpoints may hold the NaN state)."""
     import shutil
@@ -279,7 +342,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 def collect(spec: SweepSpec, sweep_dir: str | Path, plan: list[PlannedRun] | None = None) -> pd.DataFrame:
     """Gather every run's record into ``runs.csv`` (and ``runs.parquet`` when pyarrow is installed)."""
     sweep_dir = Path(sweep_dir)
-    plan = plan if plan is not None else plan_sweep(spec)
+    plan = plan if plan is not None else plan_sweep(spec, sweep_dir=sweep_dir)
     rows = []
     for run in plan:
         rec = read_record(sweep_dir / "runs" / run.run_id) or {}

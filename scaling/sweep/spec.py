@@ -237,7 +237,24 @@ def _apply_overrides(raw: dict, overrides: list, here: dict) -> dict:
     return raw
 
 
-def plan_sweep(spec: SweepSpec, *, check_data: bool = False, n_devices: int | None = None) -> list[PlannedRun]:
+ADDED_FILE = "adaptive.json"  # sizes an adaptive sweep added, per budget (scaling.sweep.adaptive)
+
+
+def added_sizes(sweep_dir: str | Path | None) -> list[dict]:
+    """The sizes an adaptive sweep added to its IsoFLOP budgets ([{budget, target_params, reason, round}])."""
+    if sweep_dir is None:
+        return []
+    import json
+
+    path = Path(sweep_dir) / ADDED_FILE
+    if not path.exists():
+        return []
+    return list(json.loads(path.read_text()).get("added", []))
+
+
+def plan_sweep(
+    spec: SweepSpec, *, check_data: bool = False, n_devices: int | None = None, sweep_dir: str | Path | None = None
+) -> list[PlannedRun]:
     """Every run of the sweep, resolved and validated; refuses runs that cannot train (with the reason).
 
     Per run: base, variant, size and seed are merged and the matching overrides applied *first* (an override may
@@ -245,7 +262,8 @@ def plan_sweep(spec: SweepSpec, *, check_data: bool = False, n_devices: int | No
     recipe sets lr, batch and warmup from N (``grid.params``: active or total) and D; the overrides are applied
     again so an explicit value wins over the recipe. Every IsoFLOP run's C is checked within 1% of its budget.
     ``check_data`` also counts epochs over each run's training split (tokenizing the corpus once, cached) and
-    refuses runs above ``data.max_epochs``."""
+    refuses runs above ``data.max_epochs``. ``sweep_dir``: also the sizes an adaptive run of the sweep added there
+    (``adaptive.json``), planned, hashed and resumable like the others."""
     if n_devices is None:
         import jax
 
@@ -254,7 +272,7 @@ def plan_sweep(spec: SweepSpec, *, check_data: bool = False, n_devices: int | No
     g = spec.grid
     variants = spec.variants or {"default": {}}
     for vname, variant in variants.items():
-        for si, size, (budget, tokens, ratio) in _grid_points(spec, merge_dicts(spec.base, variant)):
+        for si, size, (budget, tokens, ratio) in _grid_points(spec, merge_dicts(spec.base, variant), added_sizes(sweep_dir)):
             base = merge_dicts(merge_dicts(spec.base, variant), {"model": size})
             for seed in spec.seeds:
                 here = {"variant": vname, "size": si, "budget": budget, "seed": seed}
@@ -304,29 +322,48 @@ def plan_sweep(spec: SweepSpec, *, check_data: bool = False, n_devices: int | No
     return runs
 
 
-def _grid_points(spec: SweepSpec, base: dict) -> list[tuple[int, dict, tuple]]:
+def resolve_model(base: dict, size: dict):
+    """The model config a size (target parameters or a model-section dict) resolves to on top of ``base``."""
+    return load_config(base=merge_dicts(base, {"model": size}), overrides=["train.tokens=1000000000"]).model
+
+
+def _grid_points(spec: SweepSpec, base: dict, added: list[dict] = ()) -> list[tuple[int, dict, tuple]]:
     """(size index, model-section dict, (budget, tokens, ratio)) for every grid point of one variant.
 
     Explicit sizes cross every budget / token count / ratio. An optimum-centred isoflop grid has its own sizes at
-    each budget (index 0 = smallest there); targets that the size rule maps to the same model are kept once."""
+    each budget (index 0 = smallest there); targets that the size rule maps to the same model are kept once. Sizes
+    an adaptive sweep added come last at their budget (indices after the grid's own)."""
     g = spec.grid
+    out = []
     if g.sizes_per_budget:
-        out = []
         for C in g.budgets:
             seen: list = []
             for target in centred_targets(g, float(C)):
-                model = load_config(base=merge_dicts(base, {"model": {"target_params": target}}), overrides=["train.tokens=1000000000"]).model
+                model = resolve_model(base, {"target_params": target})
                 if model not in seen:
                     seen.append(model)
                     out.append((len(seen) - 1, {"target_params": target}, (float(C), None, None)))
-        return out
-    if g.kind == "isoflop":
-        points = [(float(C), None, None) for C in g.budgets]
-    elif g.kind == "explicit":
-        points = [(None, float(D), None) for D in g.tokens]
     else:
-        points = [(None, None, float(r)) for r in g.ratios]
-    return [(si, _size_dict(size, si), pt) for si, size in enumerate(g.sizes) for pt in points]
+        if g.kind == "isoflop":
+            points = [(float(C), None, None) for C in g.budgets]
+        elif g.kind == "explicit":
+            points = [(None, float(D), None) for D in g.tokens]
+        else:
+            points = [(None, None, float(r)) for r in g.ratios]
+        out = [(si, _size_dict(size, si), pt) for si, size in enumerate(g.sizes) for pt in points]
+    if added and g.kind == "isoflop":
+        for C in g.budgets:
+            here = [(si, size) for si, size, pt in out if pt[0] == float(C)]
+            seen = [resolve_model(base, size) for _, size in here]
+            k = max((si for si, _ in here), default=-1) + 1
+            for a in added:
+                if float(a["budget"]) == float(C):
+                    model = resolve_model(base, {"target_params": float(a["target_params"])})
+                    if model not in seen:
+                        seen.append(model)
+                        out.append((k, {"target_params": float(a["target_params"])}, (float(C), None, None)))
+                        k += 1
+    return out
 
 
 def budget_summary(spec: SweepSpec, plan: list[PlannedRun]) -> list[dict]:
