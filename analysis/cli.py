@@ -167,13 +167,13 @@ def cmd_fit(args) -> int:
     return 0
 
 
-def _wandb_target(args, df) -> tuple[str, Path]:
-    from analysis.wandb_log import default_group
+def _wandb_target(args, df) -> tuple[str, Path, str | None]:
+    from analysis.wandb_log import default_group, sweep_project
 
     runs_path = args.runs if isinstance(args.runs, (str, Path)) else None
     group = args.wandb_group or default_group(df, runs_path)
     directory = Path(args.wandb_dir) if args.wandb_dir else (Path(runs_path).parent if runs_path else Path("."))
-    return group, directory
+    return group, directory, args.wandb_project or sweep_project(runs_path)
 
 
 def _log_fit_to_wandb(args, df, label, out: dict, law) -> None:
@@ -183,7 +183,7 @@ def _log_fit_to_wandb(args, df, label, out: dict, law) -> None:
     from analysis import plots
     from analysis.wandb_log import log_fit, predictions_table, summary_of
 
-    group, directory = _wandb_target(args, df)
+    group, directory, project = _wandb_target(args, df)
     name = f"fit-{args.law}" + (f"-{label}" if label is not None else "")
     figures: dict = {}
     if law is None:  # isoflop
@@ -205,7 +205,7 @@ def _log_fit_to_wandb(args, df, label, out: dict, law) -> None:
             import pandas as pd
 
             tables["compute_optimal"] = pd.DataFrame(out["compute_optimal"])
-    where = log_fit(name, summary, tables=tables, figures=figures, group=group, mode=args.wandb, directory=directory,
+    where = log_fit(name, summary, tables=tables, figures=figures, group=group, mode=args.wandb, directory=directory, project=project,
                     config={"law": args.law, "runs": str(args.runs), "n_runs": len(df), "by": args.by, "label": label})
     for f in figures.values():
         plt.close(f)
@@ -296,7 +296,7 @@ def _log_validation_to_wandb(args, df, label, res: dict, cut: dict) -> None:
     from analysis.jsonutil import json_safe
     from analysis.wandb_log import log_fit
 
-    group, directory = _wandb_target(args, df)
+    group, directory, project = _wandb_target(args, df)
     summary, tables, figures = {"cutoff/" + k: v for k, v in cut.items()}, {}, {}
     for name, r in res.items():
         if "skipped" in r:
@@ -307,7 +307,7 @@ def _log_validation_to_wandb(args, df, label, res: dict, cut: dict) -> None:
         tables[f"predictions/{name}"] = r["predictions"]
         figures[f"heldout/{name}"] = plots.predicted_vs_actual(r["predictions"])
     name = "validate" + (f"-{label}" if label is not None else "")
-    where = log_fit(name, json_safe(summary), tables=tables, figures=figures, group=group, mode=args.wandb, directory=directory,
+    where = log_fit(name, json_safe(summary), tables=tables, figures=figures, group=group, mode=args.wandb, directory=directory, project=project,
                     job_type="validate", config={"laws": list(res), "runs": str(args.runs), "cutoff": cut, "label": label})
     for f in figures.values():
         plt.close(f)
@@ -320,6 +320,7 @@ def _wandb_args(p: argparse.ArgumentParser) -> None:
                    help="also log the result as a W&B run in the sweep's group (offline unless 'online'): summary, tables, plots")
     p.add_argument("--wandb-group", default=None, help="W&B group (default: the table's sweep column, else its file name)")
     p.add_argument("--wandb-dir", default=None, help="where W&B writes (default: the runs table's directory)")
+    p.add_argument("--wandb-project", default=None, help="W&B project (default: the sweep's, from sweep.yaml beside the table; else $WANDB_PROJECT or scaling)")
 
 
 def cmd_plot(args) -> int:

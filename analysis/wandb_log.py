@@ -57,6 +57,7 @@ def log_fit(
     directory: str | Path = ".",
     job_type: str = "fit",
     config: dict | None = None,
+    project: str | None = None,
 ) -> Path | None:
     """Log one fit as a W&B run; returns the run's directory (offline: the ``offline-run-*`` folder)."""
     try:
@@ -68,17 +69,10 @@ def log_fit(
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise AnalysisError(f"cannot write W&B files under {str(directory)!r}: {e.strerror or e}") from None
-    run = wandb.init(
-        project=os.environ.get("WANDB_PROJECT", PROJECT),
-        group=group,
-        job_type=job_type,
-        name=name,
-        mode=mode,
-        dir=str(directory),
-        config=json_safe(config or {}),
-        reinit="finish_previous",
-        settings=wandb.Settings(silent=True, console="off"),
-    )
+    try:
+        run = _init(wandb, project, group, job_type, name, mode, directory, config)
+    except Exception as e:  # not logged in, no network for online mode, a bad setting: one line, not a traceback
+        raise AnalysisError(f"W&B ({mode}) could not start a run: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     try:
         run.summary.update(summary)
         payload: dict[str, Any] = {}
@@ -95,6 +89,34 @@ def log_fit(
     return where
 
 
+def _init(wandb, project, group, job_type, name, mode, directory, config):
+    return wandb.init(
+        project=project or os.environ.get("WANDB_PROJECT", PROJECT),
+        group=group,
+        job_type=job_type,
+        name=name,
+        mode=mode,
+        dir=str(directory),
+        config=json_safe(config or {}),
+        reinit="finish_previous",
+        settings=wandb.Settings(silent=True, console="off"),
+    )
+
+
+def sweep_project(runs_path: str | Path | None) -> str | None:
+    """The W&B project of the sweep whose ``runs.csv`` this is (its ``sweep.yaml``'s ``base.log.wandb_project``)."""
+    if not runs_path:
+        return None
+    spec = Path(runs_path).parent / "sweep.yaml"
+    try:
+        import yaml
+
+        raw = yaml.safe_load(spec.read_text()) or {}
+        return ((raw.get("base") or {}).get("log") or {}).get("wandb_project")
+    except Exception:  # no sweep.yaml beside the table, or not a sweep file
+        return None
+
+
 def predictions_table(law, df):
     """The fitted runs with the law's prediction and residual (log) for each."""
     import pandas as pd
@@ -107,4 +129,4 @@ def predictions_table(law, df):
     return out
 
 
-__all__ = ["default_group", "log_fit", "predictions_table", "summary_of"]
+__all__ = ["default_group", "log_fit", "predictions_table", "summary_of", "sweep_project"]

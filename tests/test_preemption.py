@@ -98,12 +98,14 @@ def test_soak_preemption_signals_and_kills_leave_every_run_complete_and_identica
     n_delivered = sum(delivered.values())
     print(f"soak seed {SOAK_SEED}: {n_delivered} signals delivered {delivered}, worker exits {sorted(exits)}, {elapsed:.0f} s")
     assert all_done(), f"not every run completed within {DEADLINE_S} s: {[(k, r.get('status')) for k, r in _records(out).items()]}"
-    assert n_delivered == N_SIGNALS, "the sweep finished before every signal was delivered"
+    # the bound is on signals; a fast machine may finish the sweep before all are sent, but not before a few
+    assert n_delivered >= 3, "the sweep finished before the soak got going"
 
-    # every run completed exactly once, with the numbers of the uninterrupted sweep
+    # no run trained to completion twice (a kill between a run's completed record and its "end" event leaves no
+    # event, so at most once), every record completed, with the numbers of the uninterrupted sweep
     events = [json.loads(l) for l in (out / "events.jsonl").read_text().splitlines()]
     completed = [e["run_id"] for e in events if e["event"] == "end" and e["status"] == "completed"]
-    assert sorted(completed) == sorted(r.run_id for r in plan)
+    assert len(completed) == len(set(completed)) and set(completed) <= {r.run_id for r in plan}
     recs = _records(out)
     for rid, r in recs.items():
         assert r["params_digest"] == ref_recs[rid]["params_digest"], rid
@@ -128,8 +130,12 @@ def test_soak_preemption_signals_and_kills_leave_every_run_complete_and_identica
 
 
 def test_slurm_worker_forwards_the_preemption_signal_and_asks_for_a_requeue(tmp_path):
-    """What submitit calls on SIGUSR2 (``Worker.checkpoint``): the sweep process is stopped the same way (exit 75,
-    run preempted, claim released) and the same worker is handed back for the requeue; run again, it resumes."""
+    """What submitit does on SIGUSR2: its handler, on the main thread that is running the worker, calls
+    ``Worker.checkpoint``; the sweep process is stopped the same way (exit 75, run preempted, claim released) and
+    the same worker is handed back for the requeue; run again, it resumes. The signal is real and the handler
+    runs where submitit's does (a nested wait inside a blocked Popen.wait would hang until its grace time)."""
+    import pickle
+
     from submitit.helpers import DelayedSubmission
 
     from scaling.sweep.submit import Worker, worker_command
@@ -141,20 +147,31 @@ def test_slurm_worker_forwards_the_preemption_signal_and_asks_for_a_requeue(tmp_
     out = tmp_path / "out"
     cmd = worker_command(spec_path, out)
     worker = Worker()
-    rc: list[int] = []
-    thread = threading.Thread(target=lambda: rc.append(worker(cmd)))
-    thread.start()
-    deadline = time.time() + 120
-    while time.time() < deadline and not any((r.get("last_checkpoint_step") or 0) > 0 for r in _records(out).values()):
-        time.sleep(0.05)
-    delayed = worker.checkpoint(cmd)
-    thread.join(timeout=120)
-    assert rc == [75]
+    handled: dict = {}
+
+    def handler(signum, frame):  # submitit's SignalHandler.checkpoint_and_try_requeue, minus scontrol
+        t = time.monotonic()
+        handled["delayed"] = worker.checkpoint(cmd)
+        handled["seconds"] = time.monotonic() - t
+
+    def send_when_checkpointed():
+        deadline = time.time() + 120
+        while time.time() < deadline and not any((r.get("last_checkpoint_step") or 0) > 0 for r in _records(out).values()):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGUSR2)
+
+    old = signal.signal(signal.SIGUSR2, handler)
+    try:
+        threading.Thread(target=send_when_checkpointed, daemon=True).start()
+        rc = worker(cmd)
+    finally:
+        signal.signal(signal.SIGUSR2, old)
+    assert rc == 75
+    delayed = handled["delayed"]
     assert isinstance(delayed, DelayedSubmission) and isinstance(delayed.function, Worker) and delayed.args == (cmd,)
+    assert handled["seconds"] < 60  # the stop took one step and a checkpoint, not the 80 s grace time
     recs = _records(out)
     assert [r["status"] for r in recs.values()].count("preempted") == 1 and not list(out.glob("runs/*/claim.json"))
-    import pickle
-
     again = pickle.loads(pickle.dumps(delayed.function))  # what the requeued task unpickles
     assert again(*delayed.args) == 0
     recs = _records(out)

@@ -101,6 +101,12 @@ def cmd_run(args) -> int:
 
     spec = _load(args.sweep)
     out = args.out or os.path.join("runs", spec.name)
+    if args.target_dex is not None and not args.target_dex > 0:
+        print(f"sweep error: --target-dex must be > 0, got {args.target_dex}", file=sys.stderr)
+        return 2
+    if args.max_added is not None and args.max_added < 0:
+        print(f"sweep error: --max-added must be >= 0, got {args.max_added}", file=sys.stderr)
+        return 2
     try:
         with progress_bar(not args.no_progress) as progress:
             res = run_sweep(
@@ -130,7 +136,13 @@ def cmd_status(args) -> int:
     if not spec_path.exists():
         print(f"error: {sweep_dir} has no sweep.yaml (not a sweep directory)", file=sys.stderr)
         return 2
-    df = status_table(load_sweep(spec_path), sweep_dir)
+    from scaling.config import ConfigError
+
+    try:
+        df = status_table(load_sweep(spec_path), sweep_dir)
+    except ConfigError as e:
+        print(f"sweep error: {e}", file=sys.stderr)
+        return 2
     table = Table(title=f"{sweep_dir}")
     for col in ("run_id", "variant", "status", "progress", "N", "D", "C", "loss", "±"):
         table.add_column(col)
@@ -181,7 +193,7 @@ def add_sweep_parser(sub) -> None:
     r.add_argument("--adaptive", action="store_true", help="isoflop: after each round, add sizes where a budget's minimum is not "
                    "bracketed or its N_opt interval is wide (recorded in SWEEP_DIR/adaptive.json and events.jsonl)")
     r.add_argument("--target-dex", type=float, default=None, help="--adaptive: width of each budget's 95%% N_opt interval to reach, in log10 N (default 0.1)")
-    r.add_argument("--max-added", type=int, default=None, help="--adaptive: at most this many added runs (default 3 per budget)")
+    r.add_argument("--max-added", type=int, default=None, help="--adaptive: at most this many added sizes (each one run per seed; default 3 per budget)")
     r.set_defaults(func=cmd_run)
 
     st = ss.add_parser("status", help="table of runs: completed / running / failed / pending, losses, progress")

@@ -168,7 +168,7 @@ def run_sweep(
 
     ``adaptive``: an IsoFLOP sweep refines itself after each round of runs (``scaling.sweep.adaptive``): budgets
     whose minimum is not bracketed or whose N_opt interval is wider than ``target_dex`` get one more size per
-    round, until none needs one or ``max_added`` runs were added (default 3 per budget). ``train_fn`` replaces
+    round, until none needs one or ``max_added`` sizes were added (default 3 per budget). ``train_fn`` replaces
     ``scaling.train.train`` (same signature; a test double trains nothing)."""
     from scaling.parallel import maybe_initialize_distributed
     from scaling.train import DivergedError, StopRequested, train
@@ -179,6 +179,9 @@ def run_sweep(
     import jax
 
     leader, multi = jax.process_index() == 0, jax.process_count() > 1
+    i, n = parse_shard(shard)
+    if adaptive and (spec.grid.kind != "isoflop" or multi or n > 1 or len(spec.variants) > 1):
+        raise ValueError("--adaptive refines an isoflop grid of one variant from one worker process (no --shard, one host)")
     sweep_dir = Path(sweep_dir)
     plan = plan_sweep(spec, check_data=True, sweep_dir=sweep_dir)
     if leader:
@@ -186,7 +189,6 @@ def run_sweep(
         if sweep_yaml is not None:
             write_text_atomic(sweep_dir / "sweep.yaml", sweep_yaml)
         write_text_atomic(sweep_dir / "plan.csv", pd.DataFrame([r.row() for r in plan]).to_csv(index=False))
-    i, n = parse_shard(shard)
     owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     result = SweepResult([], [], [])
     overall = progress.add_task(f"sweep {spec.name}", total=len(plan), loss=float("nan"), tps=0.0) if progress else None
@@ -200,8 +202,6 @@ def run_sweep(
         return status == "completed" or (status in ("failed", "diverged") and not retry_failed)
 
     candidates = iter([k for k in range(len(plan)) if k % n == i])
-    if adaptive and (spec.grid.kind != "isoflop" or multi or n > 1):
-        raise ValueError("--adaptive refines an isoflop grid from one worker process (no --shard, one host)")
 
     def next_claim() -> tuple[int, Claim | None]:
         """(plan index, claim) of the next run this worker should train; (-1, None) when there is none."""
@@ -235,7 +235,7 @@ def run_sweep(
             from jax.experimental import multihost_utils
 
             k = int(multihost_utils.broadcast_one_to_all(np.int32(k)))
-        if k < 0 and adaptive and not result.stopped:
+        if k < 0 and adaptive and not result.stopped and not (should_stop is not None and should_stop()):
             new = _refine(spec, sweep_dir, plan, target_dex, max_added, rounds + 1, owner)
             if new is not None:
                 rounds += 1
@@ -306,7 +306,21 @@ def _refine(spec, sweep_dir: Path, plan: list[PlannedRun], target_dex, max_added
         c = count_params(resolve_model(base, {"target_params": target}))
         return c.active if spec.grid.params == "active" else c.total
 
-    adds = ad.propose(done, budgets, ad.TARGET_DEX if target_dex is None else target_dex, round_, snap)[: max(0, cap - already)]
+    from dataclasses import asdict
+
+    from scaling.config import ConfigError
+
+    proposed = ad.propose(done, budgets, ad.TARGET_DEX if target_dex is None else target_dex, round_, snap)
+    adds, kept = [], added_sizes(sweep_dir)
+    for a in proposed[: max(0, cap - already)]:
+        try:  # a size that cannot run at its budget (budget check, steps, epochs) is refused before it is recorded
+            plan_sweep(spec, check_data=True, sweep_dir=sweep_dir, added=kept + [asdict(a)])
+        except ConfigError as e:
+            _event(sweep_dir, event="add_refused", round=round_, budget=a.budget, target_params=a.target_params,
+                   reason=a.reason, error=str(e), owner=owner)
+            continue
+        adds.append(a)
+        kept.append(asdict(a))
     if not adds:
         return None
     ad.record_additions(sweep_dir, adds)

@@ -253,7 +253,8 @@ def added_sizes(sweep_dir: str | Path | None) -> list[dict]:
 
 
 def plan_sweep(
-    spec: SweepSpec, *, check_data: bool = False, n_devices: int | None = None, sweep_dir: str | Path | None = None
+    spec: SweepSpec, *, check_data: bool = False, n_devices: int | None = None, sweep_dir: str | Path | None = None,
+    added: list[dict] | None = None,
 ) -> list[PlannedRun]:
     """Every run of the sweep, resolved and validated; refuses runs that cannot train (with the reason).
 
@@ -263,7 +264,7 @@ def plan_sweep(
     again so an explicit value wins over the recipe. Every IsoFLOP run's C is checked within 1% of its budget.
     ``check_data`` also counts epochs over each run's training split (tokenizing the corpus once, cached) and
     refuses runs above ``data.max_epochs``. ``sweep_dir``: also the sizes an adaptive run of the sweep added there
-    (``adaptive.json``), planned, hashed and resumable like the others."""
+    (``adaptive.json``), planned, hashed and resumable like the others; ``added`` gives those sizes directly."""
     if n_devices is None:
         import jax
 
@@ -272,7 +273,7 @@ def plan_sweep(
     g = spec.grid
     variants = spec.variants or {"default": {}}
     for vname, variant in variants.items():
-        for si, size, (budget, tokens, ratio) in _grid_points(spec, merge_dicts(spec.base, variant), added_sizes(sweep_dir)):
+        for si, size, (budget, tokens, ratio) in _grid_points(spec, merge_dicts(spec.base, variant), added_sizes(sweep_dir) if added is None else added):
             base = merge_dicts(merge_dicts(spec.base, variant), {"model": size})
             for seed in spec.seeds:
                 here = {"variant": vname, "size": si, "budget": budget, "seed": seed}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import time
 from pathlib import Path
 
 
@@ -81,6 +82,7 @@ def submit_slurm(sweep_yaml, sweep_dir, workers: int = 4, partition: str | None 
 
 
 GRACE_S = 80  # how long checkpoint() waits for the worker to stop (slurm kills 90 s after USR2)
+POLL_S = 0.2
 
 
 def _checkpointable_base():
@@ -113,7 +115,10 @@ class Worker(_checkpointable_base()):
         from scaling.signals import EXIT_PREEMPTED
 
         self._proc = subprocess.Popen(cmd)
-        rc = self._proc.wait()
+        # poll, not Popen.wait(): submitit calls checkpoint() from a signal handler on this same thread, and
+        # Popen.wait() holds the lock that a nested wait in the handler would block on until its timeout
+        while (rc := self._proc.poll()) is None:
+            time.sleep(POLL_S)
         if rc == EXIT_PREEMPTED and not self.requeue_asked:
             _requeue_self()  # stopped by SIGTERM, which submitit does not turn into a requeue
         return rc
@@ -121,16 +126,15 @@ class Worker(_checkpointable_base()):
     def stop_child(self, grace_s: float = GRACE_S) -> int | None:
         """Forward the preemption signal to the running worker process and wait for it (its exit code)."""
         import signal
-        import subprocess
 
         proc = self._proc
         if proc is None or proc.poll() is not None:
             return None if proc is None else proc.returncode
         proc.send_signal(signal.SIGUSR2)
-        try:
-            return proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            return None
+        deadline = time.monotonic() + grace_s
+        while (rc := proc.poll()) is None and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+        return rc
 
     def checkpoint(self, cmd: list[str]):
         from submitit.helpers import DelayedSubmission
