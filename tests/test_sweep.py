@@ -185,6 +185,28 @@ def test_stale_claim_of_a_dead_worker_is_taken_over(tmp_path):
     assert Claim(path, "me2").try_acquire(stale_after=60)  # fresh heartbeat, but its process on this host is gone
 
 
+def test_a_taker_that_loses_the_race_puts_the_winners_claim_back(tmp_path, monkeypatch):
+    """Two workers judge the same dead claim stale; A takes it over first. B's rename then moves A's fresh claim:
+    B must see that what it moved is not what it judged stale, put it back and leave the run to A."""
+    import scaling.sweep.runner as runner
+
+    path = tmp_path / "claim.json"
+    path.write_text(json.dumps({"owner": "dead", "host": "elsewhere", "pid": 1, "heartbeat": time.time() - 3600}))
+    fresh = json.dumps({"owner": "A", "host": "elsewhere", "pid": 2, "heartbeat": time.time()})
+    real, calls = runner._read_text, []
+
+    def racing(p):
+        out = real(p)
+        calls.append(p)
+        if len(calls) == 1:  # A's takeover lands right after B looked at the stale claim
+            path.write_text(fresh)
+        return out
+
+    monkeypatch.setattr(runner, "_read_text", racing)
+    assert not runner.Claim(path, "B").try_acquire(stale_after=60)
+    assert json.loads(path.read_text())["owner"] == "A" and not list(tmp_path.glob(".claim.stale-*"))
+
+
 def test_shard_partitions_runs(tmp_path):
     from scaling.sweep.runner import parse_shard
 

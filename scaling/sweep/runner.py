@@ -11,7 +11,8 @@ Layout::
 
 Claims are created with O_CREAT | O_EXCL, so two workers never run the same run; the owner refreshes the
 heartbeat every few seconds, and a claim whose heartbeat is older than ``stale_after`` seconds (a dead worker) is
-taken over by renaming it away first (only one renamer can win).
+taken over by renaming it away first (only one renamer can win); a taker that finds it moved something other than
+the claim it judged stale (another taker's fresh claim) puts it back and leaves the run.
 """
 
 from __future__ import annotations
@@ -53,12 +54,22 @@ class Claim:
             except FileExistsError:
                 if not self._is_stale(stale_after):
                     return False
+                judged = _read_text(self.path)
                 stale = self.path.with_name(f".claim.stale-{uuid.uuid4().hex[:8]}")
                 try:  # take over a dead worker's claim: only one renamer wins, then it removes what it moved
                     os.rename(self.path, stale)
-                    stale.unlink(missing_ok=True)
                 except FileNotFoundError:
-                    pass
+                    continue
+                if _read_text(stale) != judged:
+                    # another worker took the stale claim over between our look and our rename: what we moved is
+                    # its fresh claim. Put it back (link: never over a newer one) and leave the run to it.
+                    try:
+                        os.link(stale, self.path)
+                    except FileExistsError:
+                        pass
+                    stale.unlink(missing_ok=True)
+                    return False
+                stale.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as f:
                 f.write(self._payload())
@@ -102,6 +113,13 @@ class Claim:
                 self.path.unlink()
         except (OSError, ValueError):
             pass
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
 
 
 def _pid_alive(pid: int) -> bool:
