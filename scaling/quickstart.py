@@ -282,7 +282,7 @@ def render_report(s: dict, runs, law, iso, record) -> str:
 
 def _iso_lines(iso) -> list[str]:
     iv = iso.intervals()
-    table = iso.minima.drop(columns=["coef"])
+    table = iso.minima.drop(columns=["coef", "curve_x", "curve_y"], errors="ignore")
     return [
         f"N_opt ∝ C^{iso.a:.3f} [{iv['a']['lo']:.3f}, {iv['a']['hi']:.3f}], D_opt ∝ C^{iso.b:.3f} [{iv['b']['lo']:.3f}, {iv['b']['hi']:.3f}]",
         "",

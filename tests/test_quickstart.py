@@ -36,3 +36,21 @@ def test_quickstart_tiny_end_to_end_and_resume(tmp_path, cache_dir):
     assert (out / "sweep" / "events.jsonl").read_text() == events
     assert json.loads((rep / "summary.json").read_text())["measured_eval_loss"] == summary["measured_eval_loss"]
     assert "held-out loss: predicted" in p.stdout + p2.stdout
+
+
+def test_report_renders_an_isoflop_result():
+    """The full-size quickstart reaches the IsoFLOP section of its report (the tiny one does not: its fit is not
+    well-posed): render it from a real IsoFLOP analysis of a synthetic ladder."""
+    import numpy as np
+
+    from analysis.isoflop import isoflop_analysis
+    from scaling.quickstart import _iso_lines
+
+    rows = []
+    for C in (1e18, 1e19, 1e20):
+        for N in np.geomspace(3e7, 3e9, 9):
+            D = C / (6 * N)
+            rows.append({"N": N, "D": D, "C": C, "budget": C, "loss": 1.69 + 406.4 * N**-0.34 + 410.7 * D**-0.28})
+    iso = isoflop_analysis(pd.DataFrame(rows), n_bootstrap=20, seed=0)
+    text = "\n".join(_iso_lines(iso))
+    assert f"N_opt ∝ C^{iso.a:.3f}" in text and "curve_x" not in text and "N_opt" in text.split("```")[1]
