@@ -189,7 +189,7 @@ def _log_fit_to_wandb(args, df, label, out: dict, law) -> None:
     if law is None:  # isoflop
         res = args._isoflop_result
         summary = summary_of(out)
-        tables = {"minima": res.minima.drop(columns=["curve_x", "curve_y", "coef"], errors="ignore")}
+        tables = {"minima": res.minima_table()}
         figures = {"isoflop": plots.isoflop_curves(df, res), "allocation": plots.optimal_allocation(res)}
     else:
         summary = summary_of(law.to_dict())

@@ -415,8 +415,12 @@ class IsoFLOPResult:
     def D_opt(self, C) -> np.ndarray:
         return 10 ** (self.b_intercept + self.b * np.log10(np.asarray(C, float)))
 
+    def minima_table(self) -> pd.DataFrame:
+        """The per-budget minima without the fitted curves (for tables, reports and JSON)."""
+        return self.minima.drop(columns=["curve_x", "curve_y", "coef"], errors="ignore")
+
     def to_dict(self) -> dict:
-        m = self.minima.drop(columns=["curve_x", "curve_y", "coef"], errors="ignore")
+        m = self.minima_table()
         return {
             "law": "isoflop",
             "method": self.method,

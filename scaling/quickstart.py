@@ -231,8 +231,7 @@ def _log_fits(report: Path, group: str, mode: str, law, iso, runs, summary: dict
             figures=images, group=group, mode=mode, directory=report, config={"law": "chinchilla", "n_runs": len(runs)})
     if iso is not None:
         images = {k: report / f"{k}.png" for k in ("isoflop", "allocation") if (report / f"{k}.png").exists()}
-        minima = iso.minima.drop(columns=["curve_x", "curve_y", "coef"], errors="ignore")
-        log_fit("fit-isoflop", summary_of(iso.to_dict()), tables={"minima": minima}, figures=images, group=group,
+        log_fit("fit-isoflop", summary_of(iso.to_dict()), tables={"minima": iso.minima_table()}, figures=images, group=group,
                 mode=mode, directory=report, config={"law": "isoflop", "n_runs": len(runs)})
 
 
@@ -282,7 +281,7 @@ def render_report(s: dict, runs, law, iso, record) -> str:
 
 def _iso_lines(iso) -> list[str]:
     iv = iso.intervals()
-    table = iso.minima.drop(columns=["coef", "curve_x", "curve_y"], errors="ignore")
+    table = iso.minima_table()
     return [
         f"N_opt ∝ C^{iso.a:.3f} [{iv['a']['lo']:.3f}, {iv['a']['hi']:.3f}], D_opt ∝ C^{iso.b:.3f} [{iv['b']['lo']:.3f}, {iv['b']['hi']:.3f}]",
         "",

@@ -116,14 +116,4 @@ def record_additions(sweep_dir: str | Path, adds: list[Addition]) -> None:
     write_json_atomic(path, {"added": old + [asdict(a) | {"time": time.time()} for a in adds]})
 
 
-def precision(df: pd.DataFrame, budgets: list[float]) -> dict:
-    """Per budget: bracketed or not, and the width in dex of N_opt's 95% interval (None when not bracketed)."""
-    out = {}
-    for C in budgets:
-        g = df[np.isclose(df["budget"].to_numpy(float), float(C), rtol=1e-9)]
-        st = budget_state(g) if g["N"].nunique() >= 2 else {"bracketed": False, "lo": None}
-        out[float(C)] = None if st["lo"] is None else st["hi"] - st["lo"]
-    return out
-
-
-__all__ = ["Addition", "TARGET_DEX", "budget_state", "precision", "propose", "record_additions"]
+__all__ = ["Addition", "TARGET_DEX", "budget_state", "propose", "record_additions"]

@@ -308,29 +308,27 @@ def run_sweep(
 def _refine(spec, sweep_dir: Path, plan: list[PlannedRun], target_dex, max_added, round_: int, owner: str):
     """One adaptive round: the new plan when sizes were added, else None (nothing to add, the cap reached, or the
     size rule has no new width where one was asked for)."""
+    from dataclasses import asdict
+
+    from scaling.accounting import count_params
+    from scaling.config import ConfigError
     from scaling.sweep import adaptive as ad
+    from scaling.sweep.spec import merge_dicts, resolve_model
 
     budgets = [float(b) for b in spec.grid.budgets]
     cap = 3 * len(budgets) if max_added is None else max_added
-    already = len(added_sizes(sweep_dir))
+    kept = added_sizes(sweep_dir)
     df = collect(spec, sweep_dir, plan)
     done = df[df["status"] == "completed"].assign(N=lambda d: d["N_active"] if spec.grid.params == "active" else d["N"])
-    from scaling.accounting import count_params
-    from scaling.sweep.spec import merge_dicts, resolve_model
-
     base = merge_dicts(spec.base, next(iter(spec.variants.values()), {}))
 
     def snap(target: float) -> float:
         c = count_params(resolve_model(base, {"target_params": target}))
         return c.active if spec.grid.params == "active" else c.total
 
-    from dataclasses import asdict
-
-    from scaling.config import ConfigError
-
     proposed = ad.propose(done, budgets, ad.TARGET_DEX if target_dex is None else target_dex, round_, snap)
-    adds, kept = [], added_sizes(sweep_dir)
-    for a in proposed[: max(0, cap - already)]:
+    adds = []
+    for a in proposed[: max(0, cap - len(kept))]:
         try:  # a size that cannot run at its budget (budget check, steps, epochs) is refused before it is recorded
             plan_sweep(spec, check_data=True, sweep_dir=sweep_dir, added=kept + [asdict(a)])
         except ConfigError as e:
