@@ -70,7 +70,8 @@ def load_runs(
 
     ``loss`` picks the loss column when the table has several (a ``runs.csv`` of a sweep has ``eval_loss`` and
     ``train_loss``; its ``loss`` column is the eval loss). ``status``: when the table has a ``status`` column,
-    keep only rows with this status (None keeps all)."""
+    keep only rows with this status (None keeps all). Rows with ``role`` = trunk (a WSD sweep's constant-lr
+    trunks) are always left out, noted."""
     df = _read(source)
     if len(df.columns) == 0:
         raise RunsError("the runs table has no columns")
@@ -87,6 +88,10 @@ def load_runs(
         if canon in df.columns and canon != name:
             df = df.drop(columns=[canon])
         df = df.rename(columns={name: canon})
+    if "role" in df.columns and (df["role"] == "trunk").any():
+        # a WSD sweep's trunks train at constant lr to feed their branches: not scaling points
+        notes.append(f"{int((df['role'] == 'trunk').sum())} WSD trunk runs left out (their branches are the points)")
+        df = df[df["role"] != "trunk"]
     if status is not None and "status" in df.columns:
         dropped = int((df["status"] != status).sum())
         df = df[df["status"] == status]

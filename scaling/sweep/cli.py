@@ -41,7 +41,7 @@ def _load(path: str):
 def cmd_plan(args) -> int:
     from scaling.config import ConfigError
     from scaling.sweep.estimate import DeviceInfo, estimate
-    from scaling.sweep.spec import budget_summary, plan_sweep
+    from scaling.sweep.spec import branch_savings, budget_summary, plan_sweep
 
     spec = _load(args.sweep)
     try:
@@ -51,26 +51,27 @@ def cmd_plan(args) -> int:
         return 2
     dev = DeviceInfo.current()
     table = Table(title=f"sweep {spec.name}: {len(plan)} runs on {dev.count}x {dev.kind}")
-    for col in ("run_id", "variant", "N", "N_active", "D", "C", "budget", "steps", "batch", "lr", "seed", "epochs", "memory", "est. time"):
-        table.add_column(col, justify="right" if col not in ("run_id", "variant") else "left")
+    for col in ("run_id", "variant", "role", "N", "N_active", "D", "C", "budget", "steps", "batch", "lr", "seed", "epochs", "memory", "est. time"):
+        table.add_column(col, justify="right" if col not in ("run_id", "variant", "role") else "left")
     problems = []
     total_C, total_t = 0.0, 0.0
     for r in plan:
         est = estimate(r.config, dev)
-        total_C += r.flops
+        est["time_s"] *= r.spent_flops / r.flops  # a branch trains only its cooldown
+        total_C += r.spent_flops
         total_t += est["time_s"]
         if est["memory_bytes"] > dev.memory_bytes:
             problems.append(f"run {r.run_id} needs ~{_human(est['memory_bytes'])}B of device memory; {dev.kind} has {_human(dev.memory_bytes)}B")
         table.add_row(
-            r.run_id, r.variant, _human(r.n_params), _human(r.n_params_active), _human(r.tokens), f"{r.flops:.3g}",
+            r.run_id, r.variant, r.role if r.role != "branch" else f"branch@{r.branch_step}", _human(r.n_params), _human(r.n_params_active), _human(r.tokens), f"{r.flops:.3g}",
             f"{r.budget:.3g}" if r.budget else "-", str(r.steps), str(r.config.train.batch_size), f"{r.config.train.lr:.2e}",
             str(r.seed), "-" if r.epochs is None else f"{r.epochs:.2f}", f"{_human(est['memory_bytes'])}B", _duration(est["time_s"]),
         )
     Console(width=200).print(table)
     g = spec.grid
     print(f"parameters basis for the recipe{' and tokens_per_param' if g.kind == 'tokens_per_param' else ''}: N_{g.params}")
-    if g.kind == "isoflop":
-        worst = max(abs(r.flops / r.budget - 1) for r in plan)
+    if g.kind == "isoflop" or (g.kind == "wsd_branches" and g.budgets):
+        worst = max(abs(r.flops / r.budget - 1) for r in plan if r.budget)
         print(f"budget check: every run's C within {100 * worst:.2f}% of its budget (limit 1%)")
         for b in budget_summary(spec, plan):
             where = ""
@@ -83,6 +84,12 @@ def cmd_plan(args) -> int:
     repeated = [r for r in plan if r.epochs is not None and r.epochs > 1]
     if repeated:
         print(f"warning: {len(repeated)} runs repeat data (up to {max(r.epochs for r in repeated):.2f} epochs over their training split)", file=sys.stderr)
+    saved = branch_savings(plan)
+    if saved:
+        print(
+            f"WSD branches: {saved['n_trunks']} trunks, {saved['n_branches']} branches; {saved['spent_flops']:.3e} FLOPs "
+            f"against {saved['separate_flops']:.3e} as separate runs ({100 * saved['saved_fraction']:.0f}% saved)"
+        )
     print(f"total compute {total_C:.3e} FLOPs; estimated time {_duration(total_t)} on this machine ({dev.basis})")
     if problems:
         for p in problems:

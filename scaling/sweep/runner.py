@@ -34,6 +34,7 @@ from scaling.sweep.spec import PlannedRun, SweepSpec, added_sizes, plan_sweep, w
 from scaling.train.record import read_record
 
 HEARTBEAT_S = 5.0
+BRANCH_WAIT_S = 1.0  # how often a worker waiting for a trunk's branch point looks again
 STALE_AFTER_S = 60.0
 TIMING_COLUMNS = ("tokens_per_sec", "step_time_s", "compile_time_s", "wall_time_s", "train_time_s")
 
@@ -219,31 +220,63 @@ def run_sweep(
         status = rec.get("status") if rec else None
         return status == "completed" or (status in ("failed", "diverged") and not retry_failed)
 
-    candidates = iter([k for k in range(len(plan)) if k % n == i])
+    pending = [k for k in range(len(plan)) if k % n == i]
+    index = {r.run_id: k for k, r in enumerate(plan)}
+
+    def try_claim(k: int) -> Claim | None:
+        run_dir = sweep_dir / "runs" / plan[k].run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        claim = Claim(run_dir / "claim.json", owner)
+        if not claim.try_acquire(stale_after):
+            return None
+        if done_or_given_up(read_record(run_dir)):  # finished by another worker between our check and our claim
+            claim.release()
+            return None
+        return claim
+
+    def branch_ready(run: PlannedRun) -> bool:
+        """A branch can start once its trunk has checkpointed the branch point (or has finished or given up: the
+        branch then reports what is missing)."""
+        trunk_dir = sweep_dir / "runs" / run.trunk_id
+        return (trunk_dir / "checkpoints" / str(run.branch_step)).is_dir() or done_or_given_up(read_record(trunk_dir))
 
     def next_claim() -> tuple[int, Claim | None]:
-        """(plan index, claim) of the next run this worker should train; (-1, None) when there is none."""
-        for k in candidates:
-            if should_stop is not None and should_stop():
-                result.stopped = True
-                result.stop_status = getattr(should_stop, "status", "stopped")
+        """(plan index, claim) of the next run this worker should train; (-1, None) when there is none. A branch
+        whose trunk has not reached its branch point waits for the worker training the trunk, or trains the trunk
+        here when nobody does (it may belong to another shard)."""
+        while True:
+            waiting = False
+            for k in list(pending):
+                if should_stop is not None and should_stop():
+                    result.stopped = True
+                    result.stop_status = getattr(should_stop, "status", "stopped")
+                    return -1, None
+                if k not in pending:
+                    continue
+                run = plan[k]
+                if done_or_given_up(read_record(sweep_dir / "runs" / run.run_id)):
+                    pending.remove(k)
+                    result.skipped.append(run.run_id)
+                    advance()
+                    continue
+                if run.role == "branch" and not branch_ready(run):
+                    t = index[run.trunk_id]
+                    claim = try_claim(t)
+                    if claim is not None:
+                        if t in pending:
+                            pending.remove(t)
+                        return t, claim
+                    waiting = True
+                    continue
+                claim = try_claim(k)
+                pending.remove(k)
+                if claim is None:
+                    result.skipped.append(run.run_id)
+                    continue
+                return k, claim
+            if not waiting:
                 return -1, None
-            run_dir = sweep_dir / "runs" / plan[k].run_id
-            if done_or_given_up(read_record(run_dir)):
-                result.skipped.append(plan[k].run_id)
-                advance()
-                continue
-            run_dir.mkdir(parents=True, exist_ok=True)
-            claim = Claim(run_dir / "claim.json", owner)
-            if not claim.try_acquire(stale_after):
-                result.skipped.append(plan[k].run_id)
-                continue
-            if done_or_given_up(read_record(run_dir)):  # finished by another worker between our check and our claim
-                claim.release()
-                result.skipped.append(plan[k].run_id)
-                continue
-            return k, claim
-        return -1, None
+            time.sleep(BRANCH_WAIT_S)
 
     rounds = 0
     while True:
@@ -262,7 +295,7 @@ def run_sweep(
                 fresh = [k for k, r in enumerate(plan) if r.run_id not in known]
                 if overall is not None:
                     progress.update(overall, total=len(plan))
-                candidates = iter(fresh)
+                pending = fresh
                 continue
         if k < 0:
             break
@@ -278,7 +311,7 @@ def run_sweep(
                 multihost_utils.sync_global_devices(f"start {run.run_id}")  # the reset is done before anyone reads
             final = None
             try:
-                final = train_fn(with_logging(run, spec), run_dir, progress=progress, should_stop=should_stop, run_id=run.run_id)
+                final = train_fn(with_logging(run, spec, sweep_dir), run_dir, progress=progress, should_stop=should_stop, run_id=run.run_id)
                 result.completed.append(run.run_id)
                 status = "completed"
             except StopRequested as e:
@@ -410,6 +443,12 @@ def collect(spec: SweepSpec, sweep_dir: str | Path, plan: list[PlannedRun] | Non
                 "lr": cfg.train.lr,
                 "batch_size": cfg.train.batch_size,
                 "steps": run.steps,
+                # wsd_branches: trunks (constant lr, not scaling points: analysis.load_runs leaves them out) and
+                # branches (trunk_id, the step they start from, and the compute they spent themselves)
+                "role": run.role,
+                "trunk_id": run.trunk_id,
+                "branch_step": run.branch_step,
+                "C_spent": run.spent_flops,
                 "flops_convention": rec.get("flops_convention"),
                 **{c: rec.get(c) for c in TIMING_COLUMNS},
                 "error": rec.get("error"),

@@ -16,6 +16,10 @@ A sweep YAML has::
       prior: chinchilla            # or {a: 0.5, k: 0.0913}
       tokens: [1e6, 4e6]           # explicit: token budgets D (every size x every D)
       ratios: [5, 20, 80]          # tokens_per_param: D = ratio x N
+      # wsd_branches (Hagele et al. 2024): one trunk per size at constant lr; a branch per budget (or token count)
+      # starts from the trunk's checkpoint and decays the lr over the last cooldown_fraction of its own steps
+      cooldown_fraction: 0.2
+      cooldown_shape: linear       # or 1-sqrt
     seeds: [0]
     variants: {dense: {}, moe: {model: {moe: {n_experts: 8, top_k: 2}}}}   # each variant x every grid point
     recipe: {lr_base: 3e-3, ...}   # hyper-parameters as functions of N (scaling.sweep.recipe)
@@ -42,15 +46,21 @@ from scaling.train.record import config_hash
 
 @dataclass(frozen=True)
 class GridSpec:
-    kind: Literal["isoflop", "explicit", "tokens_per_param"] = _f("isoflop", "Grid kind.")
+    kind: Literal["isoflop", "explicit", "tokens_per_param", "wsd_branches"] = _f(
+        "isoflop",
+        "Grid kind: isoflop (each size at each compute budget), explicit (each size at each token count), "
+        "tokens_per_param (D = ratio x N), or wsd_branches (each size trains one constant-lr trunk; each budget or "
+        "token count is a branch from the trunk's checkpoint that decays the lr over its last cooldown_fraction).",
+    )
     sizes: list = _f([], "Model sizes: numbers (target total parameters) or model-section dicts.")
-    budgets: list = _f([], "isoflop: compute budgets in FLOPs.")
-    tokens: list = _f([], "explicit: token budgets D.")
+    budgets: list = _f([], "isoflop and wsd_branches: compute budgets in FLOPs.")
+    tokens: list = _f([], "explicit and wsd_branches: token budgets D.")
     ratios: list = _f([], "tokens_per_param: D = ratio x N (N per `params`).")
     sizes_per_budget: int = _f(
         0,
         "isoflop: place this many log-spaced sizes around each budget's prior optimum instead of the same `sizes` "
-        "at every budget (0: use `sizes`).",
+        "at every budget (0: use `sizes`). wsd_branches: at each budget, branch only the this many `sizes` nearest "
+        "(in log N) the prior optimum, so trunks are shared between budgets.",
     )
     span: float = _f(10.0, "isoflop with sizes_per_budget: largest / smallest size at each budget, centred on N_opt in log N.")
     center: Literal["prior"] = _f("prior", "isoflop with sizes_per_budget: where the sizes are centred (the prior optimum).")
@@ -59,6 +69,8 @@ class GridSpec:
         "The prior optimum N_opt(C) = k * C^a that centres the sizes: a named law (chinchilla: Hoffmann et al. 2022, "
         "a = 0.5 and 20 tokens per parameter at C = 6ND, i.e. k = 120^-0.5) or a mapping {a: ..., k: ...}.",
     )
+    cooldown_fraction: float = _f(0.2, "wsd_branches: each branch decays the lr over this fraction of its own steps (Hagele et al. 2024 use 0.2).")
+    cooldown_shape: Literal["linear", "1-sqrt"] = _f("linear", "wsd_branches: shape of each branch's decay to train.min_lr_ratio x lr.")
     params: Literal["active", "total"] = _f(
         "active",
         "Which parameter count N means for tokens_per_param grids and the learning-rate recipe: active (what a token "
@@ -93,6 +105,14 @@ class PlannedRun:
     steps: int
     epochs: Optional[float] = None  # passes over the training split (None: endless source, or not checked)
     tags: dict = field(default_factory=dict)
+    role: str = "run"  # run | trunk (a wsd_branches trunk: constant lr, not a scaling point) | branch
+    trunk_id: Optional[str] = None  # branch: the trunk it starts from
+    branch_step: Optional[int] = None  # branch: the trunk step it starts from (its cooldown's first step)
+    cost_flops: Optional[float] = None  # compute this run spends itself (a branch: its cooldown only); None = flops
+
+    @property
+    def spent_flops(self) -> float:
+        return self.flops if self.cost_flops is None else self.cost_flops
 
     def row(self) -> dict:
         return {
@@ -109,6 +129,10 @@ class PlannedRun:
             "lr": self.config.train.lr,
             "seed": self.seed,
             "epochs": self.epochs,
+            "role": self.role,
+            "trunk_id": self.trunk_id,
+            "branch_step": self.branch_step,
+            "C_spent": self.spent_flops,
         }
 
 
@@ -169,9 +193,11 @@ def load_sweep(path: str | Path) -> SweepSpec:
 def parse_sweep(raw: dict) -> SweepSpec:
     spec = from_dict(SweepSpec, raw)
     g = spec.grid
-    if g.sizes_per_budget:
+    if g.kind == "wsd_branches":
+        _check_wsd_grid(spec)
+    elif g.sizes_per_budget:
         if g.kind != "isoflop":
-            raise ConfigError(f"grid.sizes_per_budget is only used by grid.kind='isoflop', not {g.kind!r}")
+            raise ConfigError(f"grid.sizes_per_budget is only used by grid.kind='isoflop' or 'wsd_branches', not {g.kind!r}")
         if g.sizes:
             raise ConfigError("grid.sizes and grid.sizes_per_budget: give one (explicit sizes, or sizes centred on a prior optimum)")
         if g.sizes_per_budget < 3:
@@ -189,12 +215,13 @@ def parse_sweep(raw: dict) -> SweepSpec:
         if not g.tokens:
             raise ConfigError("grid.tokens is empty: an explicit grid needs token budgets")
         _positive_numbers(g.tokens, "grid.tokens")
-    else:
+    elif g.kind == "tokens_per_param":
         if not g.ratios:
             raise ConfigError("grid.ratios is empty: a tokens_per_param grid needs ratios")
         _positive_numbers(g.ratios, "grid.ratios")
+    used = {"budgets": ("isoflop", "wsd_branches"), "tokens": ("explicit", "wsd_branches"), "ratios": ("tokens_per_param",)}
     for key, values in (("budgets", g.budgets), ("tokens", g.tokens), ("ratios", g.ratios)):
-        if values and g.kind != {"budgets": "isoflop", "tokens": "explicit", "ratios": "tokens_per_param"}[key]:
+        if values and g.kind not in used[key]:
             raise ConfigError(f"grid.{key} is not used by grid.kind={g.kind!r}")
     if not spec.seeds or not all(isinstance(s, int) for s in spec.seeds):
         raise ConfigError(f"seeds must be a non-empty list of integers, got {spec.seeds!r}")
@@ -214,6 +241,143 @@ def parse_sweep(raw: dict) -> SweepSpec:
         except ConfigError as e:
             raise ConfigError(f"{'variants.' + vname if vname else 'base'}: {e}") from None
     return spec
+
+
+def _check_wsd_grid(spec: SweepSpec) -> None:
+    g = spec.grid
+    if not g.sizes:
+        raise ConfigError("grid.sizes is empty: a wsd_branches grid needs the model sizes that train a trunk each")
+    if not (g.budgets or g.tokens):
+        raise ConfigError("grid.budgets and grid.tokens are empty: a wsd_branches grid needs branch points (compute budgets or token counts)")
+    _positive_numbers(g.budgets, "grid.budgets")
+    _positive_numbers(g.tokens, "grid.tokens")
+    if not 0 < g.cooldown_fraction < 1:
+        raise ConfigError(f"grid.cooldown_fraction must be in (0, 1) (the share of each branch's steps spent decaying), got {g.cooldown_fraction}")
+    if g.sizes_per_budget:
+        if not g.budgets:
+            raise ConfigError("grid.sizes_per_budget with wsd_branches picks sizes per compute budget: give grid.budgets")
+        if g.sizes_per_budget < 3:
+            raise ConfigError(f"grid.sizes_per_budget must be >= 3 (a minimum needs a size on each side), got {g.sizes_per_budget}")
+        prior_law(g)
+    for i, o in enumerate(spec.overrides):
+        if isinstance(o, dict) and "budget" in (o.get("match") or {}):
+            raise ConfigError(f"overrides[{i}].match: 'budget' cannot be matched in a wsd_branches grid (a size's branches share one trunk)")
+
+
+def _wsd_points(spec: SweepSpec, base: dict) -> list[tuple[int, dict, list[tuple[Optional[float], Optional[float]]]]]:
+    """(size index, model dict, [(budget, tokens), ...]) per size of a wsd_branches grid: every size gets every
+    token count; every budget goes to every size, or with ``sizes_per_budget`` to the sizes nearest its prior
+    optimum (in log N). Sizes no branch uses are left out."""
+    g = spec.grid
+    sizes = [_size_dict(s, i) for i, s in enumerate(g.sizes)]
+    points: list[list] = [[(None, float(D)) for D in g.tokens] for _ in sizes]
+    if g.budgets:
+        if g.sizes_per_budget:
+            ns = []
+            for s in sizes:
+                c = count_params(resolve_model(base, s))
+                ns.append(c.active if g.params == "active" else c.total)
+        for C in g.budgets:
+            C = float(C)
+            chosen = range(len(sizes))
+            if g.sizes_per_budget:
+                n_opt = prior_optimum(g, C)
+                chosen = sorted(range(len(sizes)), key=lambda j: abs(math.log(ns[j] / n_opt)))[: g.sizes_per_budget]
+            for j in chosen:
+                points[j].append((C, None))
+    return [(si, sizes[si], pts) for si, pts in enumerate(points) if pts]
+
+
+def _plan_wsd(spec: SweepSpec, n_devices: int) -> list[PlannedRun]:
+    """A wsd_branches grid: per variant, size and seed one trunk (constant lr after warmup, checkpoints kept at
+    every branch point) and one branch per budget / token count. The recipe sizes lr and batch once per trunk
+    (batch halving for its shortest branch), and the warmup is fixed in steps, so every branch's schedule equals
+    its trunk's up to the branch point: a branch ends exactly where a standalone WSD run of its schedule would."""
+    g = spec.grid
+    runs: list[PlannedRun] = []
+    for vname, variant in (spec.variants or {"default": {}}).items():
+        vbase = merge_dicts(spec.base, variant)
+        for si, size, pts in _wsd_points(spec, vbase):
+            for seed in spec.seeds:
+                here = {"variant": vname, "size": si, "budget": None, "seed": seed}
+                where = f"trunk (variant={vname}, size={si}, seed={seed})"
+                raw = _apply_overrides(merge_dicts(merge_dicts(vbase, {"model": size}), {"train": {"seed": seed}}), spec.overrides, here)
+                try:
+                    probe = load_config(base=raw, overrides=["train.tokens=1000000000000"])
+                except ConfigError as e:
+                    raise ConfigError(f"{where}: {e}") from None
+                counts = count_params(probe.model)
+                n_basis = counts.active if g.params == "active" else counts.total
+                fpt = flops_per_token(probe.model, probe.train.flops_attention)
+                wanted = sorted({(C / fpt if C else D, C) for C, D in pts}, key=lambda t: t[0])
+                raw = spec.recipe.apply(raw, probe, n_params=n_basis, tokens=wanted[0][0], n_devices=n_devices)
+                raw = _apply_overrides(raw, spec.overrides, here)
+                tps = probe.model.seq_len * raw.get("train", {}).get("batch_size", probe.train.batch_size)
+                steps_min = int(round(wanted[0][0] / tps))
+                train_raw = raw.get("train", {})
+                warmup = train_raw.get("warmup_steps")
+                if warmup is None:
+                    warmup = int(round(train_raw.get("warmup_fraction", probe.train.warmup_fraction) * steps_min))
+                branches = []
+                for D, C in wanted:
+                    steps = int(round(D / tps))
+                    decay = max(1, int(round(g.cooldown_fraction * steps)))
+                    start = steps - decay
+                    what = f"budget={C:.3g}" if C else f"D={D:.3g}"
+                    if start < max(1, warmup):
+                        raise ConfigError(
+                            f"branch (variant={vname}, size={si}, {what}, seed={seed}): its {steps} steps of {tps} tokens "
+                            f"would start the cooldown at step {start}, before the trunk's warmup of {warmup} steps ends; "
+                            "raise the budget, shrink the batch or lower grid.cooldown_fraction"
+                        )
+                    if (steps, C) not in [(b[0], b[3]) for b in branches]:
+                        branches.append((steps, decay, start, C))
+                keep = sorted({b[2] for b in branches})
+                trunk_raw = merge_dicts(raw, {"train": {"schedule": "constant", "warmup_steps": warmup, "tokens": keep[-1] * tps, "keep_steps": keep}})
+                try:
+                    trunk = load_config(base=trunk_raw)
+                except ConfigError as e:
+                    raise ConfigError(f"{where}: {e}") from None
+                trunk_id = config_hash(trunk.to_dict())
+                cnt = count_params(trunk.model)
+                fpt = flops_per_token(trunk.model, trunk.train.flops_attention)
+                t_fl = fpt * trunk.steps * trunk.tokens_per_step
+                runs.append(PlannedRun(trunk_id, trunk, vname, si, None, seed, cnt.total, cnt.active, trunk.steps * trunk.tokens_per_step,
+                                       t_fl, trunk.steps, role="trunk"))
+                for steps, decay, start, C in branches:
+                    b_raw = merge_dicts(raw, {"train": {
+                        "schedule": "wsd", "warmup_steps": warmup, "decay_steps": decay, "decay_shape": g.cooldown_shape,
+                        "tokens": steps * tps, "init_from": f"{BRANCH_PREFIX}{trunk_id}@{start}",
+                    }})
+                    what = f"budget={C:.3g}" if C else f"D={steps * tps:.3g}"
+                    try:
+                        cfg = load_config(base=b_raw)
+                    except ConfigError as e:
+                        raise ConfigError(f"branch (variant={vname}, size={si}, {what}, seed={seed}): {e}") from None
+                    fl = fpt * cfg.steps * cfg.tokens_per_step
+                    if C and abs(fl / C - 1) > BUDGET_TOLERANCE:
+                        raise ConfigError(
+                            f"branch (variant={vname}, size={si}, {what}, seed={seed}): C = {fl:.4g} is {100 * (fl / C - 1):+.1f}% off "
+                            f"its budget (whole steps of {cfg.tokens_per_step} tokens); raise the budget or shrink the batch"
+                        )
+                    runs.append(PlannedRun(config_hash(cfg.to_dict()), cfg, vname, si, C, seed, cnt.total, cnt.active,
+                                           cfg.steps * cfg.tokens_per_step, fl, cfg.steps, role="branch", trunk_id=trunk_id,
+                                           branch_step=start, cost_flops=fpt * decay * cfg.tokens_per_step))
+    return runs
+
+
+BRANCH_PREFIX = "runs/"  # a branch's train.init_from in the plan: runs/TRUNK_ID@STEP, relative to the sweep directory
+
+
+def branch_savings(plan: list[PlannedRun]) -> dict | None:
+    """Compute of a wsd_branches plan: as separate runs (every branch from scratch) and as trunks + cooldowns."""
+    branches = [r for r in plan if r.role == "branch"]
+    if not branches:
+        return None
+    separate = sum(r.flops for r in branches) + sum(r.flops for r in plan if r.role == "run")
+    spent = sum(r.spent_flops for r in plan)
+    return {"separate_flops": separate, "spent_flops": spent, "saved_fraction": 1 - spent / separate,
+            "n_trunks": sum(r.role == "trunk" for r in plan), "n_branches": len(branches)}
 
 
 def _size_dict(size: Any, i: int) -> dict:
@@ -271,7 +435,9 @@ def plan_sweep(
         n_devices = jax.device_count()
     runs: list[PlannedRun] = []
     g = spec.grid
-    variants = spec.variants or {"default": {}}
+    variants = {} if g.kind == "wsd_branches" else (spec.variants or {"default": {}})
+    if g.kind == "wsd_branches":
+        runs = _plan_wsd(spec, n_devices)
     for vname, variant in variants.items():
         for si, size, (budget, tokens, ratio) in _grid_points(spec, merge_dicts(spec.base, variant), added_sizes(sweep_dir) if added is None else added):
             base = merge_dicts(merge_dicts(spec.base, variant), {"model": size})
@@ -404,10 +570,15 @@ def _count_epochs(runs: list[PlannedRun]) -> None:
                 )
 
 
-def with_logging(run: PlannedRun, spec: SweepSpec) -> RunConfig:
-    """The run's config with W&B grouping (sweep name) and tags (N, D, C, variant); ids ignore these."""
+def with_logging(run: PlannedRun, spec: SweepSpec, sweep_dir: str | Path | None = None) -> RunConfig:
+    """The run's config with W&B grouping (sweep name) and tags (N, D, C, variant); ids ignore these. A branch's
+    ``init_from`` (``runs/TRUNK_ID@STEP``, relative to the sweep) is resolved against ``sweep_dir``."""
     from dataclasses import replace
 
-    tags = [f"N={run.n_params:.2g}", f"D={run.tokens:.2g}", f"C={run.flops:.2g}", run.variant, spec.grid.kind]
+    tags = [f"N={run.n_params:.2g}", f"D={run.tokens:.2g}", f"C={run.flops:.2g}", run.variant, spec.grid.kind] + ([run.role] if run.role != "run" else [])
     log = replace(run.config.log, wandb_group=spec.name, wandb_tags=tags, progress=False)
-    return replace(run.config, log=log, name=None)
+    cfg = replace(run.config, log=log, name=None)
+    init = cfg.train.init_from
+    if run.role == "branch" and sweep_dir is not None and init and init.startswith(BRANCH_PREFIX):
+        cfg = replace(cfg, train=replace(cfg.train, init_from=str(Path(sweep_dir).absolute() / init)))
+    return cfg

@@ -78,7 +78,15 @@ def restore_init_from(cfg: RunConfig, target: TrainState) -> tuple[TrainState, d
     ckdir = run_dir / "checkpoints"
     if not ckdir.exists():
         raise ConfigError(f"train.init_from={cfg.train.init_from!r}: {run_dir} has no checkpoints")
-    src = Checkpointer(ckdir, keep=1, read_only=True)
+    import logging
+
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # orbax warns that a read-only manager saves nothing: true, and what we want
+    try:
+        src = Checkpointer(ckdir, keep=1, read_only=True)
+    finally:
+        absl.setLevel(level)
     try:
         if step not in src.all_steps():
             raise ConfigError(
