@@ -39,6 +39,7 @@ _EXPORTS = {
     "llama3_isoflop_runs": ("analysis.runs", "llama3_isoflop_runs"),
     "load_runs": ("analysis.runs", "load_runs"),
     "bootstrap": ("analysis.uncertainty", "bootstrap"),
+    "seed_scatter": ("analysis.uncertainty", "seed_scatter"),
     "compare_laws": ("analysis.validate", "compare_laws"),
     "leave_largest_out": ("analysis.validate", "leave_largest_out"),
     "validate_extrapolation": ("analysis.validate", "validate_extrapolation"),

@@ -277,21 +277,24 @@ class Law(ABC):
         return out
 
     def predict_interval(
-        self, df: pd.DataFrame | None = None, level: float = 0.95, include_noise: bool = False, **cols: Any
+        self, df: pd.DataFrame | None = None, level: float = 0.95, include_noise: bool = False,
+        noise_scale: float | None = None, **cols: Any
     ) -> pd.DataFrame:
         """Point prediction with a bootstrap percentile interval (lo, hi) and standard error (se).
 
         By default the interval is for the law's expected loss (parameter uncertainty). ``include_noise=True``
         makes it a prediction interval for one new run: each bootstrap prediction is also multiplied by
-        exp(eps), eps ~ N(0, resid_scale^2), the run-to-run scatter of the fit's log residuals."""
+        exp(eps), eps ~ N(0, resid_scale^2), the run-to-run scatter of the fit's log residuals. ``noise_scale``
+        gives that scatter instead (e.g. measured on repeated seeds, ``analysis.seed_scatter``)."""
         import pandas as pd
 
         point = self.predict(df, **cols)
         out = pd.DataFrame({"loss": point})
         if self.bootstrap_samples is not None:
             s = self.predict_samples(df, **cols)
-            if include_noise and self.resid_scale:
-                s = s * np.exp(self.resid_scale * np.random.default_rng(0).standard_normal(s.shape))
+            scale = noise_scale if noise_scale is not None else (self.resid_scale if include_noise else None)
+            if scale:
+                s = s * np.exp(scale * np.random.default_rng(0).standard_normal(s.shape))
             q = (1 - level) / 2
             with np.errstate(all="ignore"):
                 out["lo"], out["hi"] = np.nanquantile(s, q, axis=0), np.nanquantile(s, 1 - q, axis=0)

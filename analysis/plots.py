@@ -26,7 +26,11 @@ def loss_vs_compute(df: pd.DataFrame, law: Law | None = None, target_C: float | 
     sc = ax.scatter(df["C"], df["loss"], c=np.log10(df["N"]), cmap="viridis", s=18, alpha=0.8)
     fig.colorbar(sc, ax=ax, label="log10 N")
     fr = compute_frontier(df)
-    ax.plot(fr["C"], fr["loss"], "k--", lw=1, label="frontier (lower envelope)")
+    # start at the best run of the smallest budget (not at whichever run of that budget sorts first), so the
+    # envelope does not drop vertically there
+    fr = fr[fr["loss"] <= df.loc[df["C"] <= df["C"].min() * 1.1, "loss"].min()]
+    # the lower envelope: the best loss reached with at most C (a step function, drawn from the first run on)
+    ax.step(fr["C"], fr["loss"], "k--", where="post", lw=1, label="frontier (lower envelope)")
     if isinstance(law, ChinchillaLaw):
         cmax = max(df["C"].max(), target_C or 0)
         Cs = np.logspace(np.log10(df["C"].min()), np.log10(cmax) + 0.1, 100)
@@ -40,6 +44,43 @@ def loss_vs_compute(df: pd.DataFrame, law: Law | None = None, target_C: float | 
         ax.scatter(heldout["C"], heldout["loss"], marker="*", s=160, c="red", edgecolor="k", label="held-out run", zorder=5)
     ax.set(xscale="log", xlabel="training FLOPs C", ylabel="loss", title="Loss vs compute")
     ax.legend(fontsize=8)
+    return fig
+
+
+def extrapolation(df: pd.DataFrame, law, C_target: float, predicted: dict, measured: dict | None = None, other: dict | None = None):
+    """The GPT-4 figure: loss against compute normalised so the held-out run is 1. The small runs, the
+    compute-optimal frontier (IsoFLOP minima) with the fitted power law and its band carried out to the target,
+    the prediction's interval made before the run, and the measured point.
+
+    ``predicted``: {loss, lo, hi}; ``measured``: {loss, stderr}; ``other``: a second prediction {loss, lo, hi,
+    label} drawn beside the first (e.g. the Chinchilla law's)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    x = df["C"].to_numpy(float) / C_target
+    ax.scatter(x, df["loss"], s=9, c="0.65", label="sweep runs", zorder=2)
+    m = getattr(law, "minima", None)
+    if m is not None and len(m):
+        ax.scatter(m["budget"] / C_target, m["loss_opt"], marker="D", c="C0", edgecolor="k", s=34, zorder=4, label="compute-optimal (IsoFLOP minima)")
+        lo_c = float(m["budget"].min())
+    else:
+        lo_c = float(df["C"].min())
+    if law is not None and law.inputs == ("C",):
+        Cs = np.logspace(np.log10(lo_c) - 0.1, np.log10(C_target) + 0.15, 120)
+        pred = law.predict_interval(C=Cs)
+        ax.plot(Cs / C_target, pred["loss"], "C0-", lw=1.5, label=f"fit: {law.form}")
+        if "lo" in pred:
+            ax.fill_between(Cs / C_target, pred["lo"], pred["hi"], color="C0", alpha=0.15, lw=0, label="95% band (fit)")
+    p = predicted
+    ax.errorbar([1.0], [p["loss"]], yerr=[[p["loss"] - p["lo"]], [p["hi"] - p["loss"]]], fmt="o", mfc="white", mec="C3", ecolor="C3",
+                capsize=4, ms=7, zorder=5, label="prediction (95%, made before the run)")
+    if other:
+        ax.errorbar([1.12], [other["loss"]], yerr=[[other["loss"] - other["lo"]], [other["hi"] - other["loss"]]], fmt="s", mfc="white",
+                    mec="C2", ecolor="C2", capsize=3, ms=5, zorder=5, label=other.get("label", "other prediction"))
+    if measured:
+        ax.errorbar([1.0], [measured["loss"]], yerr=[[2 * measured.get("stderr", 0.0)]], fmt="*", c="C3", mec="k", ms=15, zorder=6,
+                    label="held-out run, measured")
+    ax.set(xscale="log", xlabel="compute (held-out run = 1)", ylabel="eval loss (nats / token)",
+           title="Predicting the held-out run from runs with up to %.0fx less compute" % (C_target / float(df["C"].max())))
+    ax.legend(fontsize=7.5, loc="upper right")
     return fig
 
 

@@ -61,3 +61,21 @@ def bootstrap(
         law.notes.append(f"{int(failed.sum())} of {n} bootstrap resamples could not be fitted and are left out")
     law.notes += law.interval_notes(level)
     return law
+
+
+def seed_scatter(df: pd.DataFrame, keys: tuple[str, ...] = ("N", "budget"), seed: str = "seed") -> dict:
+    """Run-to-run scatter measured on repeated seeds: the pooled standard deviation of log loss over the seeds of
+    every point (``keys``) trained with more than one, sigma = sqrt(sum_i (n_i - 1) s_i^2 / sum_i (n_i - 1)).
+
+    Returns ``{"sigma": ..., "dof": ..., "n_points": ..., "points": [...]}``; sigma is a relative scatter (of the
+    loss itself, to first order), None when no point has two seeds."""
+    points, ss, dof = [], 0.0, 0
+    for key, g in df.groupby(list(keys)):
+        if g[seed].nunique() < 2:
+            continue
+        y = np.log(g["loss"].to_numpy(float))
+        n = len(y)
+        ss += float(((y - y.mean()) ** 2).sum())
+        dof += n - 1
+        points.append({**dict(zip(keys, np.atleast_1d(key))), "n_seeds": n, "sd": float(y.std(ddof=1))})
+    return {"sigma": float(np.sqrt(ss / dof)) if dof else None, "dof": dof, "n_points": len(points), "points": points}

@@ -1,14 +1,20 @@
 """``scaling quickstart``: the end-to-end job on the embedded default data.
 
-1. Train a small IsoFLOP sweep of dense models (3 budgets x 3 sizes, N spanning > 10x) on the Python
-   standard-library code corpus (byte-level), resumably.
-2. Fit the Chinchilla law (with bootstrap intervals) and the IsoFLOP exponents on it.
-3. Choose a held-out run at 10x the largest budget, at the compute-optimal size the IsoFLOP fit predicts, and
-   *predict* its loss with an interval before training it (written to ``prediction.json`` first).
-4. Train the held-out run and report predicted vs measured in ``report/report.md`` with the runs table, the fits
-   as JSON and the plots.
+1. Train an IsoFLOP sweep of dense models on the Python standard-library code corpus (byte-level) as WSD
+   branches (Hagele et al. 2024): one constant-lr trunk per size, and at every compute budget a branch that
+   decays the lr over its last 20%, for the sizes nearest that budget's expected optimum (sizes <= 1.6x apart).
+   A few points are repeated with two more seeds to measure the run-to-run scatter. Two worker processes share
+   the sweep (both cores).
+2. Fit the compute frontier L_opt(C) = E + A C^-gamma to the IsoFLOP minima (the GPT-4 method: the headline),
+   the Chinchilla law, and the IsoFLOP exponents, with bootstrap intervals.
+3. Choose a held-out run at 10x the largest budget at the compute-optimal size the IsoFLOP fit predicts, and
+   *predict* its loss with a 95% interval (fit uncertainty and the measured seed scatter) before training it
+   (written to ``prediction.json`` first).
+4. Train the held-out run and report predicted vs measured in ``report/report.md``: the extrapolation figure,
+   the runs table, the fits as JSON and the plots.
 
-Rerunning the same command reuses completed runs and resumes interrupted ones.
+``--seed`` changes the data order and the initialisation of every run. Rerunning the same command reuses
+completed runs and resumes interrupted ones.
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -25,96 +34,215 @@ from pathlib import Path
 from scaling.config import ConfigError
 
 
+def _m(d: int, L: int, H: int) -> dict:
+    return {"d_model": d, "n_layers": L, "n_heads": H}
+
+
 @dataclass(frozen=True)
 class QuickstartSize:
     budgets: tuple[float, ...]
-    sizes: tuple[dict, ...]
+    ladder: tuple[dict, ...]  # model shapes <= 1.6x apart in N; the held-out run picks from these too
+    sizes_per_budget: int
+    prior: dict  # N_opt(C) = k C^a: where each budget's sizes are centred (measured on this corpus)
     batch_size: int
     seq_len: int
     bootstrap: int
-    eval_tokens: int = 2**18
+    eval_fraction: float  # share of the corpus held out: every run is scored on all of it
+    noise_budgets: int = 2  # the smallest budgets' ...
+    noise_sizes: int = 3  # ... sizes nearest the optimum are repeated with ...
+    noise_seeds: int = 2  # ... this many more seeds
     heldout_factor: float = 10.0
+    workers: int = 2
+    eval_tokens: int | None = None  # None: the whole eval split
 
 
 FULL = QuickstartSize(
-    budgets=(1.5e11, 5e11, 1.5e12),
-    sizes=(
-        {"d_model": 16, "n_layers": 1, "n_heads": 1},
-        {"d_model": 32, "n_layers": 1, "n_heads": 2},
-        {"d_model": 64, "n_layers": 1, "n_heads": 2},
-        {"d_model": 96, "n_layers": 2, "n_heads": 3},
-    ),
+    budgets=(6.25e10, 1.25e11, 2.5e11, 5e11, 1e12),
+    # One shape family (two layers) from 14k to 461k parameters: a one-layer model cannot compose attention heads
+    # (no induction heads) and scales on another law, so a ladder that changes depth mid-way bends the frontier.
+    ladder=tuple(_m(d, 2, h) for d, h in ((16, 1), (20, 1), (24, 1), (32, 2), (40, 2), (48, 3), (56, 2), (64, 2),
+                                          (80, 5), (96, 3), (112, 7), (128, 4))),
+    sizes_per_budget=7,
+    prior={"a": 0.52, "k": 0.061},  # 25k parameters at 6.25e10 FLOPs, C^0.52 (pilot sweeps of this corpus)
     batch_size=16,
     seq_len=64,
-    bootstrap=300,
+    bootstrap=1000,
+    eval_fraction=0.04,
 )
 TINY = QuickstartSize(
-    budgets=(1e10, 3e10, 1e11),
-    sizes=(
-        {"d_model": 16, "n_layers": 1, "n_heads": 1},
-        {"d_model": 32, "n_layers": 1, "n_heads": 2},
-        {"d_model": 64, "n_layers": 2, "n_heads": 2},
-    ),
+    budgets=(1e10, 2e10, 4e10, 8e10),
+    ladder=(_m(16, 1, 1), _m(20, 1, 1), _m(24, 1, 1), _m(32, 1, 2), _m(40, 1, 2), _m(48, 1, 3), _m(64, 1, 2)),
+    sizes_per_budget=4,
+    prior={"a": 0.52, "k": 0.094},  # batch 8 x 32 tokens moves the optimum up: 15k parameters at 1e10 FLOPs
     batch_size=8,
     seq_len=32,
     bootstrap=100,
+    eval_fraction=0.02,
+    noise_budgets=1,
+    noise_sizes=3,
+    noise_seeds=1,
     eval_tokens=2**15,
 )
+NOISE_SEED_STEP = 1000  # the repeat seeds of quickstart --seed s are s + 1000, s + 2000, ...
 
 
-def sweep_dict(size: QuickstartSize, data: str, wandb: str) -> dict:
+def _base(size: QuickstartSize, data: str, wandb: str, seed: int, eval_tokens: int) -> dict:
     return {
-        "name": "quickstart",
-        "base": {
-            "data": {"source": data},
-            "model": {"seq_len": size.seq_len, "vocab_size": 256},
-            # one evaluation at the end, on a fixed held-out set: low noise where it matters, little time spent
-            "train": {"batch_size": size.batch_size, "log_every": 20, "eval_tokens": size.eval_tokens, "eval_every": 10**9},
-            "log": {"wandb": wandb},
-        },
-        "grid": {"kind": "isoflop", "budgets": list(size.budgets), "sizes": list(size.sizes)},
-        "seeds": [0],
-        "recipe": {"lr_base": 1e-2, "lr_ref_params": 3e4, "lr_exponent": -0.25, "min_steps": 200, "min_batch_size": 2},
+        "data": {"source": data, "eval_fraction": size.eval_fraction},
+        "model": {"seq_len": size.seq_len, "vocab_size": 256},
+        # one evaluation at the end, on the same fixed held-out set for every run
+        "train": {"batch_size": size.batch_size, "log_every": 20, "eval_tokens": eval_tokens, "eval_every": 10**9,
+                  "eval_batch_size": 256, "seed": seed},
+        "log": {"wandb": wandb},
     }
 
 
-def run_quickstart(out: str | Path, tiny: bool = False, data: str = "stdlib", wandb: str = "offline", progress: bool = True, should_stop=None) -> dict:
-    import pandas as pd
+RECIPE = {"lr_base": 1e-2, "lr_ref_params": 3e4, "lr_exponent": -0.25, "min_steps": 200, "min_batch_size": 2}
 
-    from analysis import bootstrap, isoflop_analysis, load_runs, plots
-    from analysis.laws import ChinchillaLaw
-    from scaling.accounting import count_params, flops_per_token
+
+def sweep_dict(size: QuickstartSize, data: str, wandb: str, seed: int = 0, eval_tokens: int = 2**18) -> dict:
+    return {
+        "name": "quickstart",
+        "base": _base(size, data, wandb, seed, eval_tokens),
+        "grid": {"kind": "wsd_branches", "sizes": list(size.ladder), "budgets": list(size.budgets),
+                 "sizes_per_budget": size.sizes_per_budget, "prior": dict(size.prior), "cooldown_fraction": 0.2,
+                 "trunk_eval_tokens": 16 * size.seq_len * 16},
+        "seeds": [seed],
+        "recipe": dict(RECIPE),
+    }
+
+
+def noise_dict(size: QuickstartSize, data: str, wandb: str, seed: int = 0, eval_tokens: int = 2**18) -> dict:
+    """The repeat-seed sweep: the smallest budgets' sizes nearest the optimum, with more seeds."""
+    raw = sweep_dict(size, data, wandb, seed, eval_tokens)
+    raw["name"] = "quickstart-noise"
+    raw["grid"] = {**raw["grid"], "budgets": list(size.budgets[: size.noise_budgets]), "sizes_per_budget": size.noise_sizes}
+    raw["seeds"] = [seed + NOISE_SEED_STEP * (i + 1) for i in range(size.noise_seeds)]
+    return raw
+
+
+def _eval_tokens(size: QuickstartSize, data: str) -> int:
+    """Every run is scored on the whole eval split (``size.eval_tokens`` caps it): the same windows for all."""
+    if size.eval_tokens is not None:
+        return size.eval_tokens
     from scaling.config import load_config
-    from scaling.model.presets import config_for_params
+    from scaling.data import build_dataset
+
+    cfg = load_config(base={"data": {"source": data, "eval_fraction": size.eval_fraction}, "model": {"seq_len": size.seq_len, "vocab_size": 256}})
+    _, avail = build_dataset(cfg.data, cfg.model).eval_windows(1, size.seq_len)
+    return int(avail) * size.seq_len if avail else 2**20
+
+
+def _run_sweeps(sweeps: list[tuple[dict, Path]], size: QuickstartSize, progress: bool, should_stop) -> None:
+    """Train the sweeps with ``size.workers`` processes: this one (with the progress bar) and helpers started
+    with ``scaling sweep run`` on the same directories (runs are claimed, so none is trained twice)."""
+    import yaml
+
     from scaling.sweep.runner import run_sweep
     from scaling.sweep.spec import parse_sweep
+    from scaling.ui import progress_bar
+
+    specs = [parse_sweep(raw) for raw, _ in sweeps]  # both validated before anything trains
+    for raw, d in sweeps:
+        d.mkdir(parents=True, exist_ok=True)
+        (d.parent / f"{d.name}.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    helpers = []
+    script = "import sys; from scaling.cli import main; " + "; ".join(
+        f"main(['sweep', 'run', {str(d.parent / (d.name + '.yaml'))!r}, '--out', {str(d)!r}, '--no-progress'])" for _, d in sweeps
+    )
+    env = dict(os.environ)
+    for w in range(size.workers - 1):
+        log = open(sweeps[0][1].parent / f"worker{w + 1}.log", "a")
+        helpers.append(subprocess.Popen([sys.executable, "-c", script], stdout=log, stderr=subprocess.STDOUT, env=env))
+    try:
+        for spec, (raw, d) in zip(specs, sweeps):
+            with progress_bar(progress) as bar:
+                res = run_sweep(spec, d, progress=bar, should_stop=should_stop, sweep_yaml=yaml.safe_dump(raw, sort_keys=False))
+            if res.stopped:
+                raise KeyboardInterrupt("stopped; rerun to resume")
+        for h in helpers:
+            h.wait()
+    finally:
+        for h in helpers:  # stopped: the helpers checkpoint and exit too (SIGTERM = preempted, resumable)
+            if h.poll() is None:
+                h.send_signal(signal.SIGTERM)
+                try:
+                    h.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    h.kill()
+    for raw, d in sweeps:  # a helper may have finished runs after this process collected: collect again
+        from scaling.sweep.runner import collect
+
+        collect(parse_sweep(raw), d)
+
+
+def _check_manifest(out: Path, manifest: dict) -> None:
+    path = out / "quickstart.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != manifest:
+            diff = ", ".join(f"{k} {old.get(k)!r} -> {manifest.get(k)!r}" for k in sorted(set(old) | set(manifest)) if old.get(k) != manifest.get(k))
+            raise ConfigError(f"{out} holds a quickstart run with other settings ({diff}); pass another --out")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(manifest, indent=1))
+
+
+def run_quickstart(
+    out: str | Path, tiny: bool = False, data: str = "stdlib", wandb: str = "offline", progress: bool = True, should_stop=None,
+    seed: int = 0,
+) -> dict:
+    import numpy as np
+    import pandas as pd
+
+    from analysis import bootstrap, isoflop_analysis, load_runs, plots, seed_scatter
+    from analysis.errors import FitError
+    from analysis.laws import ChinchillaLaw, FrontierLaw
+    from scaling.accounting import count_params, flops_per_token
+    from scaling.config import load_config
+    from scaling.model.config import ModelConfig
+    from scaling.sweep.recipe import Recipe
     from scaling.train import train
     from scaling.train.record import config_hash, write_json_atomic
     from scaling.ui import progress_bar
 
     t_start = time.perf_counter()
     out = Path(out)
+    size = TINY if tiny else FULL
+    _check_manifest(out, {"tiny": tiny, "data": data, "seed": seed})
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
-    size = TINY if tiny else FULL
-    raw = sweep_dict(size, data, wandb)
-    spec = parse_sweep(raw)
+    eval_tokens = _eval_tokens(size, data)
+    raw, noise_raw = sweep_dict(size, data, wandb, seed, eval_tokens), noise_dict(size, data, wandb, seed, eval_tokens)
     say = print
 
-    say(f"[1/4] IsoFLOP sweep: {len(size.budgets)} budgets x {len(size.sizes)} sizes on data={data!r} -> {out}/sweep")
-    import yaml
-
-    with progress_bar(progress) as bar:
-        res = run_sweep(spec, out / "sweep", progress=bar, should_stop=should_stop, sweep_yaml=yaml.safe_dump(raw))
-    if res.stopped:
-        raise KeyboardInterrupt("stopped; rerun to resume")
+    say(
+        f"[1/4] IsoFLOP sweep as WSD branches: {len(size.budgets)} budgets x {size.sizes_per_budget} sizes (of {len(size.ladder)}), "
+        f"plus {size.noise_seeds} repeat seeds at {size.noise_budgets * size.noise_sizes} points, on data={data!r}, seed {seed}, "
+        f"{size.workers} workers -> {out}/sweep"
+    )
+    _run_sweeps([(raw, out / "sweep"), (noise_raw, out / "noise")], size, progress, should_stop)
     runs = load_runs(out / "sweep" / "runs.csv")
+    noise = load_runs(out / "noise" / "runs.csv")
     runs.to_csv(report / "runs.csv", index=False)
+    noise.to_csv(report / "noise_runs.csv", index=False)
 
-    say(f"[2/4] fitting the Chinchilla law ({size.bootstrap} bootstrap resamples) and the IsoFLOP exponents")
+    say(f"[2/4] fitting the compute frontier, the Chinchilla law ({size.bootstrap} bootstrap resamples each) and the IsoFLOP exponents")
+    keys = ("d_model", "n_layers", "budget")
+    repeats = pd.concat([runs.merge(noise[list(keys)].drop_duplicates(), on=list(keys)), noise], ignore_index=True)
+    scatter = seed_scatter(repeats, keys=keys)
+    sigma = scatter["sigma"]
     law = ChinchillaLaw().fit(runs)
     bootstrap(law, runs, n=size.bootstrap, seed=0)
     law.save(report / "fit_chinchilla.json")
+    try:
+        frontier = FrontierLaw().fit(runs)
+        bootstrap(frontier, runs, n=size.bootstrap, seed=0)
+        frontier.save(report / "fit_frontier.json")
+    except FitError as e:  # fewer bracketed budgets than the law has parameters: the Chinchilla law is the headline
+        frontier = None
+        (report / "fit_frontier.json").write_text(json.dumps({"law": "frontier", "error": str(e)}, indent=1))
+        say(f"      frontier law not fitted on this sweep: {e}")
     C_target = size.heldout_factor * max(size.budgets)
     try:
         iso = isoflop_analysis(runs, n_bootstrap=1000, seed=0)
@@ -124,36 +252,32 @@ def run_quickstart(out: str | Path, tiny: bool = False, data: str = "stdlib", wa
         (report / "fit_isoflop.json").write_text(json.dumps({"law": "isoflop", "error": str(e)}, indent=1))
         say(f"      IsoFLOP analysis not possible on this sweep: {e}")
     # The held-out size: the IsoFLOP optimum where that fit is well-posed (every minimum inside the trained sizes,
-    # a plausible exponent), else the Chinchilla law's optimum.
+    # a plausible exponent), else the Chinchilla law's optimum; then the ladder shape nearest it (in log N).
     if iso is not None and len(iso.minima) == len(size.budgets) and iso.minima["bracketed"].all() and 0.2 <= iso.a <= 0.9:
         N_star, size_from = float(iso.N_opt(C_target)), "IsoFLOP fit N_opt(C)"
     else:
         N_star = float(law.compute_optimal([C_target]).iloc[0]["N_opt"])
         size_from = "Chinchilla-law N_opt(C)" + (" (the IsoFLOP fit is not well-posed on this sweep)" if iso is not None else "")
-    n_lo, n_hi = float(runs["N"].min()), float(runs["N"].max())
+    shapes = [ModelConfig(**m, seq_len=size.seq_len, vocab_size=256) for m in size.ladder]
     if not (math.isfinite(N_star) and N_star > 0):
-        size_from += f" = {N_star} (not usable), replaced by the geometric mean of the sizes"
-        N_star = math.sqrt(n_lo * n_hi)
-    elif not n_lo <= N_star <= 4 * n_hi:
-        size_from += f" = {N_star:.3g}, clamped to [{n_lo:.3g}, {4 * n_hi:.3g}]"
-        N_star = min(max(N_star, n_lo), 4 * n_hi)
-
-    # Held-out run: 10x the largest budget at the predicted optimal size, snapped to a width on the rule.
-    held_model = config_for_params(N_star, vocab_size=256, seq_len=size.seq_len)
+        size_from += f" = {N_star} (not usable), replaced by the largest swept size"
+        N_star = float(runs["N"].max())
+    held_model = min(shapes, key=lambda m: abs(math.log(count_params(m).total / N_star)))
     model = {k: getattr(held_model, k) for k in ("d_model", "n_layers", "n_heads", "seq_len", "vocab_size")}
+
+    # Held-out run: a standalone WSD run (warmup, constant lr, the last 20% decayed) of C_target FLOPs.
     tokens_per_step = size.batch_size * size.seq_len
     steps = max(1, round(C_target / flops_per_token(held_model) / tokens_per_step))
-    import jax
-
-    held_base = {**raw["base"], "model": model, "train": {**raw["base"]["train"], "tokens": steps * tokens_per_step}}
-    held_raw = spec.recipe.apply(
-        held_base, load_config(base=held_base), count_params(held_model).total, steps * tokens_per_step, jax.device_count()
-    )
+    held_base = raw["base"] | {"model": model, "train": {**raw["base"]["train"], "tokens": steps * tokens_per_step,
+                                                           "schedule": "wsd", "decay_fraction": 0.2}}
+    held_raw = Recipe(**RECIPE).apply(held_base, load_config(base=held_base), count_params(held_model).total, steps * tokens_per_step, 1)
     held_cfg = load_config(base=held_raw)
     N_h, D_h = count_params(held_cfg.model).total, held_cfg.steps * held_cfg.tokens_per_step
     C_h = flops_per_token(held_cfg.model) * D_h
-    pred = law.predict_interval(N=N_h, D=D_h, include_noise=True).iloc[0]
+    cp = law.predict_interval(N=N_h, D=D_h, noise_scale=sigma).iloc[0]
+    fp = frontier.predict_interval(C=[C_h], noise_scale=sigma).iloc[0] if frontier is not None else cp
     prediction = {
+        "seed": seed,
         "C_target": C_target,
         "N_target": N_star,
         "size_from": size_from,
@@ -161,55 +285,83 @@ def run_quickstart(out: str | Path, tiny: bool = False, data: str = "stdlib", wa
         "D": D_h,
         "C": C_h,
         "model": model,
-        "predicted_loss": float(pred["loss"]),
-        "predicted_lo": float(pred["lo"]),
-        "predicted_hi": float(pred["hi"]),
-        "interval": "95% prediction interval: bootstrap over sweep runs plus the fit's run-to-run scatter",
+        "headline": "frontier" if frontier is not None else "chinchilla",
+        "predicted_loss": float(fp["loss"]),
+        "predicted_lo": float(fp["lo"]),
+        "predicted_hi": float(fp["hi"]),
+        "chinchilla": {"loss": float(cp["loss"]), "lo": float(cp["lo"]), "hi": float(cp["hi"])},
+        "seed_scatter": scatter,
+        "interval": "95% prediction interval for one run: the fit's bootstrap (runs resampled within each budget) times "
+                    "exp(N(0, sigma^2)), sigma the run-to-run scatter measured on repeated seeds",
     }
     pred_path = report / "prediction.json"
     if not pred_path.exists():  # the prediction is written before the held-out run trains, and kept
-        write_json_atomic(pred_path, prediction)
+        write_json_atomic(pred_path, _clean(prediction))
     prediction = json.loads(pred_path.read_text())
     say(
         f"[3/4] held-out run: N={N_h:,} D={D_h:,} C={C_h:.3g} ({C_h / max(size.budgets):.1f}x the largest budget); "
-        f"predicted loss {prediction['predicted_loss']:.4f} [{prediction['predicted_lo']:.4f}, {prediction['predicted_hi']:.4f}]"
+        f"predicted loss {prediction['predicted_loss']:.4f} [{prediction['predicted_lo']:.4f}, {prediction['predicted_hi']:.4f}] (frontier law)"
     )
     run_id = config_hash(held_cfg.to_dict())
     with progress_bar(progress) as bar:
         record = train(held_cfg, out / "heldout" / run_id, progress=bar, should_stop=should_stop, run_id=run_id)
-    measured = record["final_eval_loss"]
+    measured, stderr = record["final_eval_loss"], record["final_eval_loss_stderr"]
     heldout_row = pd.DataFrame([{"N": N_h, "D": D_h, "C": record["flops"], "loss": measured}])
 
     say("[4/4] writing the report")
-    pred_table = heldout_row.assign(predicted=prediction["predicted_loss"], lo=prediction["predicted_lo"], hi=prediction["predicted_hi"])
+    p = prediction
+    plots.save(plots.extrapolation(runs, frontier, C_h, {"loss": p["predicted_loss"], "lo": p["predicted_lo"], "hi": p["predicted_hi"]},
+                                   {"loss": measured, "stderr": stderr}, {**p["chinchilla"], "label": "Chinchilla law (95%)"}),
+               report / "extrapolation.png")
     plots.save(plots.loss_vs_compute(runs, law, target_C=C_h, heldout=heldout_row), report / "loss_vs_compute.png")
     if iso is not None:
         plots.save(plots.isoflop_curves(runs, iso), report / "isoflop.png")
         plots.save(plots.optimal_allocation(iso, law, C_range=(min(size.budgets) / 3, C_target * 3)), report / "allocation.png")
     plots.save(plots.law_contours(law, runs), report / "contours.png")
-    plots.save(plots.predicted_vs_actual(pred_table), report / "heldout.png")
+
+    def err(pred: float) -> float:
+        return (pred - measured) / measured
+
+    spent = pd.concat([pd.read_csv(out / d / "runs.csv") for d in ("sweep", "noise")])
     summary = {
+        "seed": seed,
         "prediction": prediction,
         "measured_eval_loss": measured,
-        "measured_eval_loss_stderr": record["final_eval_loss_stderr"],
-        "abs_error": prediction["predicted_loss"] - measured,
-        "rel_error": (prediction["predicted_loss"] - measured) / measured,
-        "inside_interval": prediction["predicted_lo"] <= measured <= prediction["predicted_hi"],
+        "measured_eval_loss_stderr": stderr,
+        "measured_eval_loss_rel_stderr": stderr / measured,
+        "eval_tokens": record.get("eval_tokens"),
+        "abs_error": p["predicted_loss"] - measured,
+        "rel_error": err(p["predicted_loss"]),
+        "inside_interval": p["predicted_lo"] <= measured <= p["predicted_hi"],
+        "interval_half_width_rel": (p["predicted_hi"] - p["predicted_lo"]) / 2 / p["predicted_loss"],
+        "chinchilla_rel_error": err(p["chinchilla"]["loss"]),
+        "chinchilla_inside_interval": p["chinchilla"]["lo"] <= measured <= p["chinchilla"]["hi"],
+        "frontier": frontier.params if frontier is not None else None,
+        "frontier_intervals": frontier.intervals() if frontier is not None else None,
         "chinchilla": law.params,
         "chinchilla_intervals": law.intervals(),
         "isoflop": {"a": iso.a, "b": iso.b, "intervals": iso.intervals()} if iso is not None else None,
         "n_sweep_runs": len(runs),
+        "n_noise_runs": len(noise),
+        "sweep_flops_spent": float(spent["C_spent"].sum()),
+        "sweep_flops_as_separate_runs": float(spent.loc[spent["role"] != "trunk", "C"].sum()),
         "wall_time_s": time.perf_counter() - t_start,
         "heldout_run_dir": str(out / "heldout" / run_id),
     }
+    times = out / "wall_times.json"  # one entry per invocation (a resumed quickstart has several)
+    hist = json.loads(times.read_text()) if times.exists() else []
+    hist.append(summary["wall_time_s"])
+    times.write_text(json.dumps(hist))
+    summary["wall_time_s_invocations"] = hist
     write_json_atomic(report / "summary.json", _clean(summary))
-    (report / "report.md").write_text(render_report(summary, runs, law, iso, record))
+    (report / "report.md").write_text(render_report(summary, runs, law, frontier, iso, record))
     if wandb != "disabled":
-        _log_fits(report, spec.name, wandb, law, iso, runs, summary)
+        _log_fits(report, "quickstart", wandb, law, iso, runs, summary)
     say(
-        f"held-out loss: predicted {prediction['predicted_loss']:.4f} [{prediction['predicted_lo']:.4f}, {prediction['predicted_hi']:.4f}], "
-        f"measured {measured:.4f} ± {record['final_eval_loss_stderr']:.4f} "
-        f"({100 * summary['rel_error']:+.2f}%, {'inside' if summary['inside_interval'] else 'outside'} the interval)\n"
+        f"held-out loss: predicted {p['predicted_loss']:.4f} [{p['predicted_lo']:.4f}, {p['predicted_hi']:.4f}] (frontier law), "
+        f"measured {measured:.4f} ± {stderr:.4f} "
+        f"({100 * summary['rel_error']:+.2f}%, {'inside' if summary['inside_interval'] else 'outside'} the interval; "
+        f"Chinchilla law {p['chinchilla']['loss']:.4f}, {100 * summary['chinchilla_rel_error']:+.2f}%)\n"
         f"report: {report / 'report.md'}"
     )
     return summary
@@ -226,7 +378,7 @@ def _log_fits(report: Path, group: str, mode: str, law, iso, runs, summary: dict
         "heldout/measured": summary["measured_eval_loss"], "heldout/rel_error": summary["rel_error"],
         "heldout/N": p["N"], "heldout/D": p["D"], "heldout/C": p["C"],
     }
-    images = {k: report / f"{k}.png" for k in ("loss_vs_compute", "contours", "heldout") if (report / f"{k}.png").exists()}
+    images = {k: report / f"{k}.png" for k in ("extrapolation", "loss_vs_compute", "contours") if (report / f"{k}.png").exists()}
     log_fit("fit-chinchilla", {**summary_of(law.to_dict()), **held}, tables={"predictions": predictions_table(law, runs)},
             figures=images, group=group, mode=mode, directory=report, config={"law": "chinchilla", "n_runs": len(runs)})
     if iso is not None:
@@ -235,34 +387,54 @@ def _log_fits(report: Path, group: str, mode: str, law, iso, runs, summary: dict
                 mode=mode, directory=report, config={"law": "isoflop", "n_runs": len(runs)})
 
 
-def render_report(s: dict, runs, law, iso, record) -> str:
+def render_report(s: dict, runs, law, frontier, iso, record) -> str:
     p = s["prediction"]
-    iv = law.intervals()
+    iv, fv = law.intervals(), (frontier.intervals() if frontier is not None else {})
+    sc = p["seed_scatter"]
+    ch = p["chinchilla"]
+    walls = s.get("wall_time_s_invocations") or [s["wall_time_s"]]
+    wall = f"{sum(walls) / 60:.1f} min" + (f" over {len(walls)} invocations" if len(walls) > 1 else "")
     lines = [
         "# Scaling quickstart report",
         "",
-        f"Sweep: {s['n_sweep_runs']} dense runs (IsoFLOP grid) on `{record['data'].get('source', record['data'].get('kind'))}` data; "
-        f"loss = held-out eval loss (nats/token). Wall time {s['wall_time_s'] / 60:.1f} min.",
+        f"Seed {s['seed']}. Sweep: {s['n_sweep_runs']} dense runs (WSD branches of an IsoFLOP grid) and {s['n_noise_runs']} repeat-seed "
+        f"runs on `{record['data'].get('source', record['data'].get('kind'))}` data; loss = eval loss (nats/token) on the same "
+        f"{record.get('eval_tokens') or 0:,} held-out tokens for every run. Sweep compute {s['sweep_flops_spent']:.3g} FLOPs "
+        f"({s['sweep_flops_as_separate_runs']:.3g} as separate runs). Wall time {wall}.",
         "",
         "## Held-out extrapolation",
         "",
-        "| | N | D | C | loss |",
-        "|---|---|---|---|---|",
-        f"| predicted (before training) | {p['N']:,} | {p['D']:,} | {p['C']:.3g} | {p['predicted_loss']:.4f} [{p['predicted_lo']:.4f}, {p['predicted_hi']:.4f}] |",
-        f"| measured | | | {record['flops']:.3g} | {s['measured_eval_loss']:.4f} ± {s['measured_eval_loss_stderr']:.4f} |",
+        "![extrapolation](extrapolation.png)",
         "",
-        f"Error {s['abs_error']:+.4f} ({100 * s['rel_error']:+.2f}%); the measurement is "
-        f"**{'inside' if s['inside_interval'] else 'outside'}** the 95% interval.",
+        "| | N | D | C | loss | error |",
+        "|---|---|---|---|---|---|",
+        f"| **predicted, {p.get('headline', 'frontier')} law** (before training) | {p['N']:,} | {p['D']:,} | {p['C']:.3g} | {p['predicted_loss']:.4f} "
+        f"[{p['predicted_lo']:.4f}, {p['predicted_hi']:.4f}] | {100 * s['rel_error']:+.2f}% |",
+        f"| predicted, Chinchilla law | | | | {ch['loss']:.4f} [{ch['lo']:.4f}, {ch['hi']:.4f}] | {100 * s['chinchilla_rel_error']:+.2f}% |",
+        f"| measured | | | {record['flops']:.3g} | {s['measured_eval_loss']:.4f} ± {s['measured_eval_loss_stderr']:.4f} "
+        f"({100 * s['measured_eval_loss_rel_stderr']:.2f}%) | |",
         "",
-        "![held-out](heldout.png) ![loss vs compute](loss_vs_compute.png)",
+        f"The measurement is **{'inside' if s['inside_interval'] else 'outside'}** the frontier law's 95% interval "
+        f"(half-width {100 * s['interval_half_width_rel']:.1f}%). The interval combines the fit's bootstrap with the "
+        + (f"run-to-run scatter measured on repeated seeds: {100 * sc['sigma']:.2f}% ({sc['n_points']} points, {sc['dof']} degrees of freedom)."
+           if sc.get("sigma") else "fit alone (no repeated seeds finished).")
+        + " The headline is the frontier law (the GPT-4 method): it is fitted where the held-out run lies, on the"
+        " compute-optimal losses, and needs no model of how loss falls off the optimum; the Chinchilla law is shown beside it.",
+        "",
+        "## Compute frontier  L_opt(C) = E + A C^-gamma (IsoFLOP minima)",
+        "",
+        "| param | value | 95% interval |",
+        "|---|---|---|",
+        *([f"| {k} | {v:.4g} | [{fv[k]['lo']:.4g}, {fv[k]['hi']:.4g}] |" for k, v in frontier.params.items() if k in fv]
+          if frontier is not None else ["Not fitted on this sweep (fewer bracketed budgets than its 3 parameters): the headline is the Chinchilla law."]),
         "",
         "## Chinchilla law  L = E + A/N^α + B/D^β",
         "",
         "| param | value | 95% interval |",
         "|---|---|---|",
-        *[f"| {k} | {v:.4g} | [{iv[k]['lo']:.4g}, {iv[k]['hi']:.4g}] |" for k, v in law.params.items()],
+        *[f"| {k} | {v:.4g} | [{iv[k]['lo']:.4g}, {iv[k]['hi']:.4g}] |" for k, v in law.params.items() if k in iv],
         "",
-        "![contours](contours.png)",
+        "![contours](contours.png) ![loss vs compute](loss_vs_compute.png)",
         "",
         "## IsoFLOP analysis",
         "",
@@ -272,8 +444,9 @@ def render_report(s: dict, runs, law, iso, record) -> str:
         "",
         "## Runs",
         "",
-        "`runs.csv` holds every run (N, D, C, loss, ...). Tiny models on a small corpus: the fitted constants describe",
-        "this setup, not large language models; what carries over is the method and the extrapolation check.",
+        "`runs.csv` holds every branch (N, D, C, loss, trunk_id, ...), `noise_runs.csv` the repeat seeds. Tiny models on a",
+        "small corpus: the fitted constants describe this setup, not large language models; what carries over is the",
+        "method and the extrapolation check.",
         "",
     ]
     return "\n".join(lines)
@@ -305,7 +478,8 @@ def cmd_quickstart(args) -> int:
 
     stop = StopFlag().install()
     try:
-        run_quickstart(args.out, tiny=args.tiny, data=args.data, wandb=args.wandb, progress=not args.no_progress, should_stop=stop)
+        out = args.out or ("quickstart_out" + (f"_seed{args.seed}" if args.seed else "") + ("_tiny" if args.tiny else ""))
+        run_quickstart(out, tiny=args.tiny, data=args.data, wandb=args.wandb, progress=not args.no_progress, should_stop=stop, seed=args.seed)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
@@ -318,11 +492,12 @@ def cmd_quickstart(args) -> int:
 def add_quickstart_parser(sub) -> None:
     q = sub.add_parser(
         "quickstart",
-        help="train a small IsoFLOP sweep, fit it, predict a 10x larger held-out run, train it, report",
+        help="train an IsoFLOP sweep of WSD branches, fit the compute frontier, predict a 10x larger held-out run, train it, report",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    q.add_argument("--out", default="quickstart_out", help="output directory (rerun to resume)")
+    q.add_argument("--out", default=None, help="output directory (rerun to resume; default quickstart_out[_seedN][_tiny])")
+    q.add_argument("--seed", type=int, default=0, help="seed of every run's data order and initialisation (default 0)")
     q.add_argument("--tiny", action="store_true", help="reduced size (a few minutes; what CI runs)")
     q.add_argument("--data", default="stdlib", help="'stdlib' (default), 'synthetic' or a path to a corpus")
     q.add_argument("--wandb", choices=["offline", "online", "disabled"], default="offline")

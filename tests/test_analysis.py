@@ -275,3 +275,22 @@ def test_fits_round_trip_through_json(tmp_path, epoch_fit):
     t = ChinchillaLaw(tie_exponents=True).fit(df)
     t2 = Law.from_dict(json.loads(json.dumps(t.to_dict())))
     assert t2.tie_exponents and t2.params == t.params
+
+
+def test_seed_scatter_is_the_pooled_sd_of_log_loss_over_repeated_points():
+    import numpy as np
+    import pandas as pd
+
+    from analysis import seed_scatter
+
+    rng = np.random.default_rng(0)
+    sigma, rows = 0.01, []
+    for N in (1e4, 2e4, 4e4):
+        for s in range(50):
+            rows.append({"N": N, "budget": 1e12, "seed": s, "loss": 2.0 * np.exp(sigma * rng.standard_normal())})
+    rows.append({"N": 8e4, "budget": 1e12, "seed": 0, "loss": 1.5})  # one seed: no information, left out
+    out = seed_scatter(pd.DataFrame(rows))
+    assert out["dof"] == 3 * 49 and out["n_points"] == 3
+    # the pooled sd of 147 residual dof estimates sigma within 4 standard errors, sigma / sqrt(2 dof) each
+    assert abs(out["sigma"] - sigma) < 4 * sigma / np.sqrt(2 * out["dof"])
+    assert seed_scatter(pd.DataFrame(rows[-1:]))["sigma"] is None

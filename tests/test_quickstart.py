@@ -13,22 +13,32 @@ def test_quickstart_tiny_end_to_end_and_resume(tmp_path, cache_dir):
     out = tmp_path / "qs"
     p = run_cli("quickstart", "--tiny", "--out", str(out), "--no-progress", "--wandb", "disabled", timeout=900)
     rep = out / "report"
-    for f in ("report.md", "runs.csv", "fit_chinchilla.json", "fit_isoflop.json", "prediction.json", "summary.json",
-              "loss_vs_compute.png", "contours.png", "heldout.png"):
+    for f in ("report.md", "runs.csv", "noise_runs.csv", "fit_chinchilla.json", "fit_frontier.json", "fit_isoflop.json",
+              "prediction.json", "summary.json", "extrapolation.png", "loss_vs_compute.png", "contours.png"):
         assert (rep / f).exists(), f
     iso = json.loads((rep / "fit_isoflop.json").read_text())
     assert ("a" in iso and (rep / "isoflop.png").exists()) or "error" in iso  # tiny sweeps can be too noisy for it
     runs = pd.read_csv(rep / "runs.csv")
-    assert len(runs) == 9 and runs["N"].max() / runs["N"].min() > 10
+    # WSD branches: 4 budgets x the 4 ladder sizes nearest each budget's prior optimum, each from its size's trunk
+    assert len(runs) == 16 and (runs["role"] == "branch").all() and runs["trunk_id"].notna().all()
+    assert runs.groupby("budget")["N"].nunique().eq(4).all() and runs["N"].max() / runs["N"].min() > 3
+    sweep = pd.read_csv(out / "sweep" / "runs.csv")
+    assert set(sweep.loc[sweep["role"] == "trunk", "run_id"]) == set(runs["trunk_id"])
+    assert sweep["C_spent"].sum() < runs["C"].sum()  # branches cost less than separate runs
+    noise = pd.read_csv(rep / "noise_runs.csv")
+    assert len(noise) == 3 and set(noise["seed"]) == {1000}
     summary = json.loads((rep / "summary.json").read_text())
     pred = json.loads((rep / "prediction.json").read_text())
     assert pred["C"] / runs["C"].max() == pytest.approx(10, rel=0.05)
     assert pred["predicted_lo"] < pred["predicted_loss"] < pred["predicted_hi"]
+    assert pred["seed_scatter"]["dof"] == 3 and pred["seed_scatter"]["sigma"] > 0  # 3 points x 2 seeds
     assert summary["measured_eval_loss"] > 0 and summary["rel_error"] == pytest.approx(
         (pred["predicted_loss"] - summary["measured_eval_loss"]) / summary["measured_eval_loss"])
-    assert "predicted (before training)" in (rep / "report.md").read_text()
+    text = (rep / "report.md").read_text()
+    assert "(before training)" in text and "Chinchilla law" in text
     # the prediction was written before the held-out run trained
     held = json.loads((out / "heldout").glob("*/record.json").__next__().read_text())
+    assert held["config"]["train"]["schedule"] == "wsd"
     assert (rep / "prediction.json").stat().st_mtime <= pd.Timestamp(held["started_at"]).timestamp() + 1
     # rerunning reuses every completed run
     events = (out / "sweep" / "events.jsonl").read_text()
@@ -36,6 +46,9 @@ def test_quickstart_tiny_end_to_end_and_resume(tmp_path, cache_dir):
     assert (out / "sweep" / "events.jsonl").read_text() == events
     assert json.loads((rep / "summary.json").read_text())["measured_eval_loss"] == summary["measured_eval_loss"]
     assert "held-out loss: predicted" in p.stdout + p2.stdout
+    # another seed into the same directory is refused (its prediction would be mixed with this one's)
+    p3 = run_cli("quickstart", "--tiny", "--seed", "1", "--out", str(out), "--no-progress", "--wandb", "disabled", check=False)
+    assert p3.returncode == 2 and "seed 0 -> 1" in p3.stderr and "pass another --out" in p3.stderr
 
 
 def test_report_renders_an_isoflop_result():

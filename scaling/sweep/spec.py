@@ -71,6 +71,7 @@ class GridSpec:
     )
     cooldown_fraction: float = _f(0.2, "wsd_branches: each branch decays the lr over this fraction of its own steps (Hagele et al. 2024 use 0.2).")
     cooldown_shape: Literal["linear", "1-sqrt"] = _f("linear", "wsd_branches: shape of each branch's decay to train.min_lr_ratio x lr.")
+    trunk_eval_tokens: Optional[int] = _f(None, "wsd_branches: held-out tokens of a trunk's evaluations (null: train.eval_tokens); a trunk at constant lr is not a scaling point, so a small set saves time.")
     params: Literal["active", "total"] = _f(
         "active",
         "Which parameter count N means for tokens_per_param grids and the learning-rate recipe: active (what a token "
@@ -334,6 +335,8 @@ def _plan_wsd(spec: SweepSpec, n_devices: int) -> list[PlannedRun]:
                         branches.append((steps, decay, start, C))
                 keep = sorted({b[2] for b in branches})
                 trunk_raw = merge_dicts(raw, {"train": {"schedule": "constant", "warmup_steps": warmup, "tokens": keep[-1] * tps, "keep_steps": keep}})
+                if g.trunk_eval_tokens:
+                    trunk_raw["train"]["eval_tokens"] = int(g.trunk_eval_tokens)
                 try:
                     trunk = load_config(base=trunk_raw)
                 except ConfigError as e:
