@@ -133,6 +133,19 @@ def _eval_tokens(size: QuickstartSize, data: str) -> int:
     return int(avail) * size.seq_len if avail else 2**20
 
 
+HELPER_PRELUDE = """\
+import os, signal, threading, time
+from scaling.cli import main
+parent = os.getppid()
+def _orphaned():
+    while os.getppid() == parent:
+        time.sleep(2)
+    os.kill(os.getpid(), signal.SIGTERM)
+threading.Thread(target=_orphaned, daemon=True).start()
+rc = 0
+"""
+
+
 def _run_sweeps(sweeps: list[tuple[dict, Path]], size: QuickstartSize, progress: bool, should_stop) -> None:
     """Train the sweeps with ``size.workers`` processes: this one (with the progress bar) and helpers started
     with ``scaling sweep run`` on the same directories (runs are claimed, so none is trained twice)."""
@@ -147,8 +160,10 @@ def _run_sweeps(sweeps: list[tuple[dict, Path]], size: QuickstartSize, progress:
         d.mkdir(parents=True, exist_ok=True)
         (d.parent / f"{d.name}.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     helpers = []
-    script = "import sys; from scaling.cli import main; " + "; ".join(
-        f"main(['sweep', 'run', {str(d.parent / (d.name + '.yaml'))!r}, '--out', {str(d)!r}, '--no-progress'])" for _, d in sweeps
+    # A helper stops (SIGTERM to itself: checkpointed, resumable) when this process dies, and runs the next sweep
+    # only when the previous one finished.
+    script = HELPER_PRELUDE + "".join(
+        f"rc = rc or main(['sweep', 'run', {str(d.parent / (d.name + '.yaml'))!r}, '--out', {str(d)!r}, '--no-progress'])\n" for _, d in sweeps
     )
     env = dict(os.environ)
     for w in range(size.workers - 1):
