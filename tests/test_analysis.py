@@ -294,3 +294,24 @@ def test_seed_scatter_is_the_pooled_sd_of_log_loss_over_repeated_points():
     # the pooled sd of 147 residual dof estimates sigma within 4 standard errors, sigma / sqrt(2 dof) each
     assert abs(out["sigma"] - sigma) < 4 * sigma / np.sqrt(2 * out["dof"])
     assert seed_scatter(pd.DataFrame(rows[-1:]))["sigma"] is None
+
+
+def test_noise_scale_widens_the_prediction_interval_by_the_given_scatter():
+    """A law fitted to exact data has a bootstrap spread near zero, so the interval with noise_scale = s is the
+    lognormal's: [exp(-1.96 s), exp(1.96 s)] x the prediction, within the Monte-Carlo error of the quantiles
+    (n = 400 resamples: a 2.5% quantile of a normal is known to ~0.12 sd, i.e. 0.12 s here)."""
+    import numpy as np
+    import pandas as pd
+
+    from analysis import bootstrap
+    from analysis.laws import PowerLaw
+
+    C = np.geomspace(1e18, 1e21, 12)
+    df = pd.DataFrame({"C": C, "N": C, "D": C, "loss": 1.7 + 30.0 * C**-0.07})
+    law = bootstrap(PowerLaw(x="C").fit(df), df, n=400, seed=0)
+    s = 0.03
+    base = law.predict_interval(C=[1e22]).iloc[0]
+    assert (base["hi"] - base["lo"]) / base["loss"] < 1e-3  # exact data: no parameter uncertainty to speak of
+    out = law.predict_interval(C=[1e22], noise_scale=s).iloc[0]
+    assert np.log(out["hi"] / out["loss"]) == pytest.approx(1.96 * s, abs=0.15 * s + 1e-3)
+    assert np.log(out["loss"] / out["lo"]) == pytest.approx(1.96 * s, abs=0.15 * s + 1e-3)
