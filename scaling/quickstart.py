@@ -377,7 +377,7 @@ def run_quickstart(
     write_json_atomic(report / "summary.json", _clean(summary))
     (report / "report.md").write_text(render_report(summary, runs, law, frontier, iso, record))
     if wandb != "disabled":
-        _log_fits(report, "quickstart", wandb, law, iso, runs, summary)
+        _log_fits(report, "quickstart", wandb, law, frontier, iso, runs, summary)
     say(
         f"held-out loss: predicted {p['predicted_loss']:.4f} [{p['predicted_lo']:.4f}, {p['predicted_hi']:.4f}] (frontier law), "
         f"measured {measured:.4f} ± {stderr:.4f} "
@@ -388,20 +388,28 @@ def run_quickstart(
     return summary
 
 
-def _log_fits(report: Path, group: str, mode: str, law, iso, runs, summary: dict) -> None:
-    """The fits as W&B runs in the sweep's group (beside its training runs): parameters, intervals, the held-out
-    prediction and measurement in the summary, per-run predictions as a Table, the report's plots as images."""
+def _log_fits(report: Path, group: str, mode: str, law, frontier, iso, runs, summary: dict) -> None:
+    """The fits as W&B runs in the sweep's group (beside its training runs): parameters, intervals, each law's
+    held-out prediction and the measurement in the summary, per-run predictions or the minima as Tables, the
+    report's plots as images."""
     from analysis.wandb_log import log_fit, predictions_table, summary_of
 
     p = summary["prediction"]
-    held = {
-        "heldout/predicted": p["predicted_loss"], "heldout/lo": p["predicted_lo"], "heldout/hi": p["predicted_hi"],
-        "heldout/measured": summary["measured_eval_loss"], "heldout/rel_error": summary["rel_error"],
-        "heldout/N": p["N"], "heldout/D": p["D"], "heldout/C": p["C"],
-    }
-    images = {k: report / f"{k}.png" for k in ("extrapolation", "loss_vs_compute", "contours") if (report / f"{k}.png").exists()}
-    log_fit("fit-chinchilla", {**summary_of(law.to_dict()), **held}, tables={"predictions": predictions_table(law, runs)},
+    measured = {"heldout/measured": summary["measured_eval_loss"], "heldout/N": p["N"], "heldout/D": p["D"], "heldout/C": p["C"]}
+
+    def held(loss: float, lo: float, hi: float) -> dict:
+        m = summary["measured_eval_loss"]
+        return {"heldout/predicted": loss, "heldout/lo": lo, "heldout/hi": hi, "heldout/rel_error": (loss - m) / m, **measured}
+
+    c = p["chinchilla"]
+    images = {k: report / f"{k}.png" for k in ("loss_vs_compute", "contours") if (report / f"{k}.png").exists()}
+    log_fit("fit-chinchilla", {**summary_of(law.to_dict()), **held(c["loss"], c["lo"], c["hi"])}, tables={"predictions": predictions_table(law, runs)},
             figures=images, group=group, mode=mode, directory=report, config={"law": "chinchilla", "n_runs": len(runs)})
+    if frontier is not None:
+        images = {k: report / f"{k}.png" for k in ("extrapolation",) if (report / f"{k}.png").exists()}
+        log_fit("fit-frontier", {**summary_of(frontier.to_dict()), **held(p["predicted_loss"], p["predicted_lo"], p["predicted_hi"])},
+                tables={"minima": frontier.minima}, figures=images, group=group, mode=mode, directory=report,
+                config={"law": "frontier", "n_runs": len(runs), "headline": p.get("headline") == "frontier"})
     if iso is not None:
         images = {k: report / f"{k}.png" for k in ("isoflop", "allocation") if (report / f"{k}.png").exists()}
         log_fit("fit-isoflop", summary_of(iso.to_dict()), tables={"minima": iso.minima_table()}, figures=images, group=group,
