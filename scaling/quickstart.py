@@ -155,7 +155,7 @@ def _run_sweeps(sweeps: list[tuple[dict, Path]], size: QuickstartSize, progress:
     with ``scaling sweep run`` on the same directories (runs are claimed, so none is trained twice)."""
     import yaml
 
-    from scaling.sweep.runner import run_sweep
+    from scaling.sweep.runner import collect, run_sweep
     from scaling.sweep.spec import parse_sweep
     from scaling.ui import progress_bar
 
@@ -189,10 +189,8 @@ def _run_sweeps(sweeps: list[tuple[dict, Path]], size: QuickstartSize, progress:
                     h.wait(timeout=120)
                 except subprocess.TimeoutExpired:
                     h.kill()
-    for raw, d in sweeps:  # a helper may have finished runs after this process collected: collect again
-        from scaling.sweep.runner import collect
-
-        collect(parse_sweep(raw), d)
+    for spec, (_, d) in zip(specs, sweeps):  # a helper may have finished runs after this process collected
+        collect(spec, d)
 
 
 def _check_manifest(out: Path, manifest: dict) -> None:

@@ -46,3 +46,15 @@ def run_cli(*args, env=None, timeout=600, check=True):
     if check and p.returncode != 0:
         raise AssertionError(f"scaling {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     return p
+
+
+def run_workers(sweep_yaml, out, n=2, timeout=600) -> list[dict]:
+    """``n`` concurrent ``scaling sweep run`` processes on one sweep directory (each must exit 0); the events."""
+    import json
+
+    cmd = [sys.executable, "-m", "scaling", "sweep", "run", str(sweep_yaml), "--out", str(out), "--no-progress"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    for p in procs:
+        p.wait(timeout=timeout)
+        assert p.returncode == 0, p.stderr.read()
+    return [json.loads(line) for line in (Path(out) / "events.jsonl").read_text().splitlines()]

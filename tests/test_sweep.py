@@ -16,7 +16,7 @@ from scaling.config import ConfigError
 from scaling.sweep.runner import run_sweep
 from scaling.sweep.spec import load_sweep, parse_sweep, plan_sweep
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, run_cli, run_workers
 
 TINY = ROOT / "sweeps" / "tiny_isoflop.yaml"
 DETERMINISTIC = ["run_id", "status", "N", "N_active", "D", "C", "budget", "loss", "eval_loss_stderr", "train_loss", "steps"]
@@ -158,12 +158,7 @@ def test_failed_and_diverged_runs_are_recorded_and_the_sweep_goes_on(tmp_path, m
 def test_two_workers_never_run_the_same_run(tmp_path):
     spec = tiny_sweep(tmp_path)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "scaling", "sweep", "run", str(spec), "--out", str(out), "--no-progress"]
-    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    for p in procs:
-        p.wait(timeout=600)
-        assert p.returncode == 0, p.stderr.read()
-    events = [json.loads(l) for l in (out / "events.jsonl").read_text().splitlines()]
+    events = run_workers(spec, out, 2)
     starts = [e["run_id"] for e in events if e["event"] == "start"]
     assert sorted(starts) == sorted(set(starts)) and len(starts) == 6
     assert len({e["owner"] for e in events}) == 2  # both workers took part

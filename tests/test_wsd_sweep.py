@@ -5,8 +5,6 @@ trunk's schedule is WSD's stable phase and the data order depends only on the st
 where one uninterrupted WSD run of its schedule ends (same program on the same numbers: bit-identical here)."""
 
 import json
-import subprocess
-import sys
 from dataclasses import replace
 
 import pandas as pd
@@ -17,7 +15,7 @@ from scaling.sweep.runner import run_sweep
 from scaling.sweep.spec import branch_savings, parse_sweep, plan_sweep
 from scaling.train import train
 
-from .conftest import ROOT, run_cli
+from .conftest import run_cli, run_workers
 
 SIZES = [{"d_model": 16, "n_layers": 1, "n_heads": 1}, {"d_model": 32, "n_layers": 1, "n_heads": 2}]
 
@@ -161,12 +159,7 @@ def test_a_lost_branch_retrains_alone_and_two_workers_share_trunks(wsd_sweep, tm
     p = tmp_path / "wsd.yaml"
     p.write_text(yaml.safe_dump(wsd_raw()))
     out2 = tmp_path / "out2"
-    cmd = [sys.executable, "-m", "scaling", "sweep", "run", str(p), "--out", str(out2), "--no-progress"]
-    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    for pr in procs:
-        pr.wait(timeout=600)
-        assert pr.returncode == 0, pr.stderr.read()
-    events = [json.loads(line) for line in (out2 / "events.jsonl").read_text().splitlines()]
+    events = run_workers(p, out2, 2)
     starts = [e["run_id"] for e in events if e["event"] == "start"]
     assert sorted(starts) == sorted({r.run_id for r in plan}) and len({e["owner"] for e in events}) == 2
     a = pd.read_csv(out / "runs.csv").set_index("run_id")["loss"]

@@ -251,8 +251,6 @@ def run_sweep(
                     result.stopped = True
                     result.stop_status = getattr(should_stop, "status", "stopped")
                     return -1, None
-                if k not in pending:
-                    continue
                 run = plan[k]
                 if done_or_given_up(read_record(sweep_dir / "runs" / run.run_id)):
                     pending.remove(k)

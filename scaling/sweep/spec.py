@@ -244,6 +244,43 @@ def parse_sweep(raw: dict) -> SweepSpec:
     return spec
 
 
+def _plan_grid(spec: SweepSpec, n_devices: int, added: list[dict]) -> list[PlannedRun]:
+    """An isoflop / explicit / tokens_per_param grid: one run per variant x grid point x seed (see plan_sweep)."""
+    runs: list[PlannedRun] = []
+    for vname, variant in (spec.variants or {"default": {}}).items():
+        for si, size, (budget, tokens, ratio) in _grid_points(spec, merge_dicts(spec.base, variant), added):
+            base = merge_dicts(merge_dicts(spec.base, variant), {"model": size})
+            for seed in spec.seeds:
+                here = {"variant": vname, "size": si, "budget": budget, "seed": seed}
+                what = "budget=%.3g" % budget if budget else ("D=%.3g" % tokens if tokens else "ratio=%g" % ratio)
+                where = f"run (variant={vname}, size={si}, {what}, seed={seed})"
+                raw = _apply_overrides(merge_dicts(base, {"train": {"seed": seed}}), spec.overrides, here)
+                probe, n_basis, fpt = _probe(spec, raw, where)
+                D = budget / fpt if budget else (tokens if tokens else ratio * n_basis)
+                raw = spec.recipe.apply(raw, probe, n_params=n_basis, tokens=D, n_devices=n_devices)
+                raw = _apply_overrides(raw, spec.overrides, here)
+                tps = probe.model.seq_len * raw.get("train", {}).get("batch_size", probe.train.batch_size)
+                steps = int(round(D / tps))
+                if steps < 1:
+                    raise ConfigError(
+                        f"{where}: the budget is smaller than one step of this model "
+                        f"({tps} tokens x {fpt:.3g} FLOPs/token = {tps * fpt:.3g} FLOPs); raise the budget or shrink the batch"
+                    )
+                raw = merge_dicts(raw, {"train": {"tokens": steps * tps}})
+                try:
+                    cfg = load_config(base=raw)
+                except ConfigError as e:
+                    raise ConfigError(f"{where}: {e}") from None
+                run_id = config_hash(cfg.to_dict())
+                cnt = count_params(cfg.model)
+                fl = flops_per_token(cfg.model, cfg.train.flops_attention) * cfg.steps * cfg.tokens_per_step
+                _check_budget(where, fl, budget, cfg.tokens_per_step)
+                runs.append(
+                    PlannedRun(run_id, cfg, vname, si, budget, seed, cnt.total, cnt.active, cfg.steps * cfg.tokens_per_step, fl, cfg.steps)
+                )
+    return runs
+
+
 def _check_wsd_grid(spec: SweepSpec) -> None:
     g = spec.grid
     if not g.sizes:
@@ -289,6 +326,26 @@ def _wsd_points(spec: SweepSpec, base: dict) -> list[tuple[int, dict, list[tuple
     return [(si, sizes[si], pts) for si, pts in enumerate(points) if pts]
 
 
+def _probe(spec: SweepSpec, raw: dict, where: str) -> tuple[RunConfig, float, float]:
+    """(the run config before its budget is known, N on the grid's parameter basis, FLOPs per token)."""
+    try:
+        probe = load_config(base=raw, overrides=["train.tokens=1000000000000"])
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    counts = count_params(probe.model)
+    n_basis = counts.active if spec.grid.params == "active" else counts.total
+    return probe, n_basis, flops_per_token(probe.model, probe.train.flops_attention)
+
+
+def _check_budget(where: str, flops: float, budget: float | None, tokens_per_step: int) -> None:
+    """An IsoFLOP run's C must be within BUDGET_TOLERANCE of its budget."""
+    if budget and abs(flops / budget - 1) > BUDGET_TOLERANCE:
+        raise ConfigError(
+            f"{where}: C = {flops:.4g} is {100 * (flops / budget - 1):+.1f}% off its budget (whole steps of "
+            f"{tokens_per_step} tokens); raise the budget or shrink the batch"
+        )
+
+
 def _plan_wsd(spec: SweepSpec, n_devices: int) -> list[PlannedRun]:
     """A wsd_branches grid: per variant, size and seed one trunk (constant lr after warmup, checkpoints kept at
     every branch point) and one branch per budget / token count. The recipe sizes lr and batch once per trunk
@@ -303,13 +360,7 @@ def _plan_wsd(spec: SweepSpec, n_devices: int) -> list[PlannedRun]:
                 here = {"variant": vname, "size": si, "budget": None, "seed": seed}
                 where = f"trunk (variant={vname}, size={si}, seed={seed})"
                 raw = _apply_overrides(merge_dicts(merge_dicts(vbase, {"model": size}), {"train": {"seed": seed}}), spec.overrides, here)
-                try:
-                    probe = load_config(base=raw, overrides=["train.tokens=1000000000000"])
-                except ConfigError as e:
-                    raise ConfigError(f"{where}: {e}") from None
-                counts = count_params(probe.model)
-                n_basis = counts.active if g.params == "active" else counts.total
-                fpt = flops_per_token(probe.model, probe.train.flops_attention)
+                probe, n_basis, fpt = _probe(spec, raw, where)
                 wanted = sorted({(C / fpt if C else D, C) for C, D in pts}, key=lambda t: t[0])
                 raw = spec.recipe.apply(raw, probe, n_params=n_basis, tokens=wanted[0][0], n_devices=n_devices)
                 raw = _apply_overrides(raw, spec.overrides, here)
@@ -352,17 +403,13 @@ def _plan_wsd(spec: SweepSpec, n_devices: int) -> list[PlannedRun]:
                         "schedule": "wsd", "warmup_steps": warmup, "decay_steps": decay, "decay_shape": g.cooldown_shape,
                         "tokens": steps * tps, "init_from": f"{BRANCH_PREFIX}{trunk_id}@{start}",
                     }})
-                    what = f"budget={C:.3g}" if C else f"D={steps * tps:.3g}"
+                    b_where = f"branch (variant={vname}, size={si}, {f'budget={C:.3g}' if C else f'D={steps * tps:.3g}'}, seed={seed})"
                     try:
                         cfg = load_config(base=b_raw)
                     except ConfigError as e:
-                        raise ConfigError(f"branch (variant={vname}, size={si}, {what}, seed={seed}): {e}") from None
+                        raise ConfigError(f"{b_where}: {e}") from None
                     fl = fpt * cfg.steps * cfg.tokens_per_step
-                    if C and abs(fl / C - 1) > BUDGET_TOLERANCE:
-                        raise ConfigError(
-                            f"branch (variant={vname}, size={si}, {what}, seed={seed}): C = {fl:.4g} is {100 * (fl / C - 1):+.1f}% off "
-                            f"its budget (whole steps of {cfg.tokens_per_step} tokens); raise the budget or shrink the batch"
-                        )
+                    _check_budget(b_where, fl, C, cfg.tokens_per_step)
                     runs.append(PlannedRun(config_hash(cfg.to_dict()), cfg, vname, si, C, seed, cnt.total, cnt.active,
                                            cfg.steps * cfg.tokens_per_step, fl, cfg.steps, role="branch", trunk_id=trunk_id,
                                            branch_step=start, cost_flops=fpt * decay * cfg.tokens_per_step))
@@ -436,52 +483,10 @@ def plan_sweep(
         import jax
 
         n_devices = jax.device_count()
-    runs: list[PlannedRun] = []
-    g = spec.grid
-    variants = {} if g.kind == "wsd_branches" else (spec.variants or {"default": {}})
-    if g.kind == "wsd_branches":
+    if spec.grid.kind == "wsd_branches":
         runs = _plan_wsd(spec, n_devices)
-    for vname, variant in variants.items():
-        for si, size, (budget, tokens, ratio) in _grid_points(spec, merge_dicts(spec.base, variant), added_sizes(sweep_dir) if added is None else added):
-            base = merge_dicts(merge_dicts(spec.base, variant), {"model": size})
-            for seed in spec.seeds:
-                here = {"variant": vname, "size": si, "budget": budget, "seed": seed}
-                what = "budget=%.3g" % budget if budget else ("D=%.3g" % tokens if tokens else "ratio=%g" % ratio)
-                where = f"run (variant={vname}, size={si}, {what}, seed={seed})"
-                raw = _apply_overrides(merge_dicts(base, {"train": {"seed": seed}}), spec.overrides, here)
-                try:
-                    probe = load_config(base=raw, overrides=["train.tokens=1000000000000"])
-                except ConfigError as e:
-                    raise ConfigError(f"{where}: {e}") from None
-                counts = count_params(probe.model)
-                n_basis = counts.active if g.params == "active" else counts.total
-                fpt = flops_per_token(probe.model, probe.train.flops_attention)
-                D = budget / fpt if budget else (tokens if tokens else ratio * n_basis)
-                raw = spec.recipe.apply(raw, probe, n_params=n_basis, tokens=D, n_devices=n_devices)
-                raw = _apply_overrides(raw, spec.overrides, here)
-                tps = probe.model.seq_len * raw.get("train", {}).get("batch_size", probe.train.batch_size)
-                steps = int(round(D / tps))
-                if steps < 1:
-                    raise ConfigError(
-                        f"{where}: the budget is smaller than one step of this model "
-                        f"({tps} tokens x {fpt:.3g} FLOPs/token = {tps * fpt:.3g} FLOPs); raise the budget or shrink the batch"
-                    )
-                raw = merge_dicts(raw, {"train": {"tokens": steps * tps}})
-                try:
-                    cfg = load_config(base=raw)
-                except ConfigError as e:
-                    raise ConfigError(f"{where}: {e}") from None
-                run_id = config_hash(cfg.to_dict())
-                cnt = count_params(cfg.model)
-                fl = flops_per_token(cfg.model, cfg.train.flops_attention) * cfg.steps * cfg.tokens_per_step
-                if budget and abs(fl / budget - 1) > BUDGET_TOLERANCE:
-                    raise ConfigError(
-                        f"{where}: C = {fl:.4g} is {100 * (fl / budget - 1):+.1f}% off its budget (whole steps of "
-                        f"{cfg.tokens_per_step} tokens); raise the budget or shrink the batch"
-                    )
-                runs.append(
-                    PlannedRun(run_id, cfg, vname, si, budget, seed, cnt.total, cnt.active, cfg.steps * cfg.tokens_per_step, fl, cfg.steps)
-                )
+    else:
+        runs = _plan_grid(spec, n_devices, added_sizes(sweep_dir) if added is None else added)
     seen: dict[str, PlannedRun] = {}
     for r in runs:
         if r.run_id in seen:
