@@ -16,7 +16,7 @@ from scaling.config import TrainConfig, load_config
 from scaling.data import build_dataset
 from scaling.parallel import Parallel
 from scaling.train import train
-from scaling.train.optim import make_schedule
+from scaling.train.optim import lr_table, make_schedule
 from scaling.train.state import build, init_state
 from scaling.train.step import make_train_step
 
@@ -44,9 +44,10 @@ def _steps(cfg, n: int):
     ds = build_dataset(cfg.data, cfg.model)
     step = make_train_step(graphdef, cfg, par, shardings)
     B, L = cfg.train.batch_size, cfg.model.seq_len
+    lrs = lr_table(cfg.train, cfg.steps, cfg.train.lr)  # the learning rate enters each step, as in the train loop
     out = []
     for s in range(n):
-        state, res = step(state, par.put_batch(ds.train_batch(s, B, L, cfg.data_seed), (B, L + 1)), jnp.float32(cfg.train.lr))
+        state, res = step(state, par.put_batch(ds.train_batch(s, B, L, cfg.data_seed), (B, L + 1)), lrs[s])
         out.append({k: float(v) for k, v in res["metrics"].items()})
     return state, out
 

@@ -42,6 +42,7 @@ from scaling.parallel import InFlight, Parallel, enable_compilation_cache, maybe
 from scaling.train import record as rec
 from scaling.train.checkpoint import Checkpointer
 from scaling.train.logger import MetricsLogger
+from scaling.train.optim import lr_table
 from scaling.train.state import TrainState, build, init_state, restore_init_from, restore_state
 from scaling.train.step import make_eval_step, make_train_step
 
@@ -340,7 +341,7 @@ def train(
         step_fn = make_train_step(graphdef, cfg, par, shardings)
         eval_fn = make_eval_step(graphdef, par.replicated)
         rows = par.local_rows(B)
-        peak_lr = jnp.asarray(cfg.train.lr, jnp.float32)
+        lrs = lr_table(cfg.train, steps, cfg.train.lr)  # the schedule, step by step: not compiled into the step
 
         def get_batch(step: int) -> jax.Array:
             return par.put_batch(pre.ds.train_batch(step, B, L, cfg.data_seed, rows), (B, L + 1))
@@ -351,7 +352,7 @@ def train(
 
         t0 = time.perf_counter()
         with par.activation_rules():
-            compiled = step_fn.lower(state, get_batch(start), peak_lr).compile()
+            compiled = step_fn.lower(state, get_batch(start), lrs[min(start, steps - 1)]).compile()
         compile_time = time.perf_counter() - t0
 
         eval_every = cfg.train.eval_every or steps  # 0: only the final evaluation
@@ -389,7 +390,7 @@ def train(
         for step in range(start, steps):
             t_step = time.perf_counter()
             batch = get_batch(step)
-            state, out = compiled(state, batch, peak_lr)
+            state, out = compiled(state, batch, lrs[step])
             pending.append((step, out))
             in_flight.add(out["metrics"]["loss"])
             done = step + 1

@@ -1,10 +1,11 @@
 """Optimizer: AdamW with global-norm clipping; learning rate = peak lr x schedule(step), linear warmup then cosine,
 warmup-stable-decay (WSD) or constant.
 
-The peak learning rate is an *array* that enters the train step (not a Python float closed over at compile time),
-so one compiled step serves runs that differ only in lr, and a stack of models can carry one lr each. The
-schedules are optax's own (the same arithmetic as ``optax.warmup_cosine_decay_schedule`` & co.), built per call
-from that array; the update is optax's AdamW chain with the lr applied last, exactly as ``optax.adamw`` does.
+The learning rate is an *array* that enters the train step each step (not a Python float or a schedule closed over
+at compile time), so one compiled step serves runs that differ in lr, schedule or length, and a stack of models can
+carry one lr each. ``lr_table`` evaluates the schedule for every step of a run once, before training; the schedules
+are optax's own (the same arithmetic as ``optax.warmup_cosine_decay_schedule`` & co.). The update is optax's AdamW
+chain with the lr applied last, exactly as ``optax.adamw`` does.
 """
 
 from __future__ import annotations
@@ -51,6 +52,15 @@ def make_schedule(cfg: TrainConfig, steps: int) -> Callable[[jax.Array, jax.Arra
         return optax.join_schedules([ramp, optax.constant_schedule(peak), tail], [warmup, warmup + stable])(step)
 
     return schedule
+
+
+def lr_table(cfg: TrainConfig, steps: int, peak: float) -> "np.ndarray":
+    """The learning rate of every step 0 .. steps - 1 (float32), from ``make_schedule`` evaluated on the device."""
+    import numpy as np
+
+    schedule = make_schedule(cfg, steps)
+    table = jax.jit(jax.vmap(schedule, in_axes=(0, None)))(jnp.arange(steps), jnp.asarray(peak, jnp.float32))
+    return np.asarray(jax.device_get(table), np.float32)
 
 
 def decay_steps_of(cfg: TrainConfig, steps: int) -> int:

@@ -16,7 +16,7 @@ from flax import nnx
 
 from scaling.config import RunConfig
 from scaling.model.moe import update_router_biases
-from scaling.train.optim import apply_lr, make_optimizer, make_schedule
+from scaling.train.optim import apply_lr, make_optimizer
 from scaling.train.state import TrainState
 
 
@@ -45,16 +45,18 @@ def make_loss_fn(graphdef: nnx.GraphDef, cfg: RunConfig) -> Callable:
 
 
 def train_step_fn(graphdef: nnx.GraphDef, cfg: RunConfig) -> Callable:
-    """``step(state, tokens_BL1, peak_lr) -> (state, {"metrics", "aux"})``, not yet jitted (so it can be vmapped
-    over a stack of models). ``peak_lr`` is an array: runs that differ only in learning rate share the program."""
+    """``step(state, tokens_BL1, lr) -> (state, {"metrics", "aux"})``, not yet jitted (so it can be vmapped
+    over a stack of models). ``lr`` is this step's learning rate, an array from the run's schedule
+    (``scaling.train.optim.lr_table``): nothing in the program depends on the lr, the schedule or the run's length,
+    so runs of one model shape and optimizer (a WSD trunk and its branches, runs at other budgets or learning rates)
+    share one compiled program, and the persistent compilation cache serves it to every later run."""
     loss_fn = make_loss_fn(graphdef, cfg)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     tx = make_optimizer(cfg.train)
-    schedule = make_schedule(cfg.train, cfg.steps)
     A = cfg.train.grad_accum
     bias_rate = cfg.model.moe.bias_update_rate if cfg.model.moe is not None and cfg.model.moe.bias_balancing else None
 
-    def step(state: TrainState, tokens_BL1, peak_lr):
+    def step(state: TrainState, tokens_BL1, lr):
         params, rest = state.params, state.rest
         if A == 1:
             (_, (metrics, aux)), grads = grad_fn(params, rest, tokens_BL1)
@@ -71,7 +73,6 @@ def train_step_fn(graphdef: nnx.GraphDef, cfg: RunConfig) -> Callable:
             grads, (metrics, aux) = jax.lax.scan(body, zeros, micro_ABL1)
             grads = jax.tree.map(lambda g: g / A, grads)
             metrics, aux = jax.tree.map(lambda x: jnp.mean(x, axis=0), (metrics, aux))
-        lr = schedule(state.step, peak_lr)
         metrics["grad_norm"] = optax.global_norm(grads)
         metrics["lr"] = lr
         updates, opt = tx.update(grads, state.opt, params)
