@@ -222,10 +222,10 @@ def cmd_predict(args) -> int:
     from analysis.laws import Law
 
     law = Law.load(args.fit)
-    cols = {k: v for k, v in (("N", args.N), ("D", args.D), ("C", args.C)) if v is not None}
+    cols = {k: v for k, v in (("N", args.N), ("D", args.D), ("C", args.C), ("E", args.E), ("G", args.G)) if v is not None}
     lens = {len(v) for v in cols.values()}
     if len(lens) > 1 and not lens <= {1, max(lens)}:
-        raise AnalysisError("--N, --D and --C must give the same number of values (or one)")
+        raise AnalysisError("--N, --D, --C, --E and --G must give the same number of values (or one)")
     pred = law.predict_interval(include_noise=args.single_run, **cols)
     n = len(pred)
     used = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in cols.items() if k in law.inputs}
@@ -237,6 +237,16 @@ def cmd_predict(args) -> int:
         for r in rows
     )
     _emit({"law": law.name, "predictions": rows}, args.json, text)
+    return 0
+
+
+def cmd_moe_report(args) -> int:
+    from analysis.moe_report import write_report
+
+    out = write_report(args.study, balance_dir=args.balance, out=args.out, n_bootstrap=args.bootstrap, seed=args.seed)
+    where = Path(args.out) if args.out else (Path(args.study) if Path(args.study).is_dir() else Path(args.study).parent) / "moe_report"
+    print((where / "report.md").read_text())
+    print(f"written to {where} in {out['report_time_s']:.1f}s")
     return 0
 
 
@@ -418,6 +428,8 @@ def add_analysis_parsers(sub) -> None:
     p.add_argument("--N", type=float, nargs="+", help="parameters")
     p.add_argument("--D", type=float, nargs="+", help="tokens")
     p.add_argument("--C", type=float, nargs="+", help="FLOPs (power and frontier laws)")
+    p.add_argument("--E", type=float, nargs="+", help="experts (moe-clark; 1 = dense)")
+    p.add_argument("--G", type=float, nargs="+", help="granularity (moe-krajewski)")
     p.add_argument("--single-run", action="store_true", help="interval for one new run (adds the fit's run-to-run scatter)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_guard(cmd_predict))
@@ -436,6 +448,16 @@ def add_analysis_parsers(sub) -> None:
     v.add_argument("--json", action="store_true")
     _wandb_args(v)
     v.set_defaults(func=_guard(cmd_validate))
+
+    mr = _one_line_errors(sub.add_parser(
+        "moe-report", help="dense vs MoE: multipliers, MoE laws, a held-out check, expert balance",
+        description="Read a dense-vs-MoE sweep (e.g. sweeps/moe_study_cpu.yaml) and write report.md, fits and plots."))
+    mr.add_argument("study", help="the sweep directory (or its runs.csv)")
+    mr.add_argument("--balance", metavar="SWEEP_DIR", default=None, help="a sweep of MoE runs whose expert load to report (e.g. sweeps/moe_balance_cpu.yaml)")
+    mr.add_argument("--out", default=None, help="output directory (default STUDY/moe_report)")
+    mr.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for every interval")
+    mr.add_argument("--seed", type=int, default=0)
+    mr.set_defaults(func=_guard(cmd_moe_report))
 
     pl = _one_line_errors(sub.add_parser("plot", help="write a plot (PNG/SVG by suffix)"))
     pl.add_argument("kind", choices=["compute", "isoflop", "allocation", "contours", "frontier", "heldout"])

@@ -195,3 +195,62 @@ def law_contours(law: Law, df: pd.DataFrame | None = None, N_range=None, D_range
         ax.scatter(df["N"], df["D"], s=8, c="k", alpha=0.6)
     ax.set(xscale="log", yscale="log", xlim=N_range, ylim=D_range, xlabel="N", ylabel="D", title=f"{law.name} law over (N, D)")
     return fig
+
+
+def moe_multiplier(table: pd.DataFrame, x: str = "n_experts", label: str = "variant", ylabel: str = "effective parameter multiplier N_eff / N_active"):
+    """Multiplier (with its interval, columns lo / hi when present) against ``x`` (n_experts, or budget), one
+    line per ``label`` value when there are several points per label."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name, g in table.groupby(label, sort=False):
+        g = g.sort_values(x)
+        yerr = None
+        if {"lo", "hi"} <= set(g.columns):
+            yerr = np.vstack([g["multiplier"] - g["lo"], g["hi"] - g["multiplier"]]).clip(min=0)
+        ax.errorbar(g[x], g["multiplier"], yerr=yerr, marker="o", capsize=3, lw=1.2, label=str(name))
+    ax.axhline(1.0, color="k", lw=0.8, ls=":")
+    ax.set(xscale="log", xlabel=x if x != "budget" else "compute budget C (FLOPs)", ylabel=ylabel)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def loss_by_variant(df: pd.DataFrame, minima: pd.DataFrame | None = None):
+    """Every run's loss against C, one colour per variant, with each variant's IsoFLOP minima joined."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (v, g) in enumerate(df.groupby("variant", sort=False)):
+        c = f"C{i}"
+        ax.scatter(g["C"], g["loss"], s=10, color=c, alpha=0.5)
+        if minima is not None and v in set(minima["variant"]):
+            m = minima[minima["variant"] == v].sort_values("budget")
+            ax.plot(m["budget"], m["loss_opt"], "-o", color=c, ms=4, label=f"{v} (IsoFLOP minima)")
+    ax.set(xscale="log", xlabel="training FLOPs C", ylabel="loss", title="Dense and MoE runs")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def expert_load_heatmap(stats: dict, title: str = ""):
+    """Per-layer heatmaps of each expert's share of routed tokens over training (``analysis.moe.expert_load``),
+    in units of the uniform share 1 / n_experts (1 = balanced)."""
+    load = stats["load"]
+    T, L, E = load.shape
+    fig, axes = plt.subplots(L, 1, figsize=(8, 1.6 + 1.4 * L), squeeze=False, sharex=True)
+    steps = stats["steps"]
+    for layer in range(L):
+        ax = axes[layer, 0]
+        im = ax.imshow((load[:, layer, :] * E).T, aspect="auto", origin="lower", cmap="magma", vmin=0, vmax=max(2.0, float((load * E).max())),
+                       extent=(steps[0], steps[-1], -0.5, E - 0.5), interpolation="nearest")
+        ax.set(ylabel=f"layer {layer}\nexpert")
+        fig.colorbar(im, ax=ax, label="load x n_experts")
+    axes[-1, 0].set(xlabel="step")
+    axes[0, 0].set_title(title)
+    return fig
+
+
+def max_load_over_training(runs: dict[str, dict]):
+    """max / mean expert load (mean over layers) against step, one line per run."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, s in runs.items():
+        ax.plot(s["steps"], s["max_load_ratio"].mean(axis=1), lw=1.2, label=name)
+    ax.axhline(1.0, color="k", lw=0.8, ls=":")
+    ax.set(xlabel="step", ylabel="max / mean expert load (mean over layers)", title="Expert balance over training")
+    ax.legend(fontsize=8)
+    return fig

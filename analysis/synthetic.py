@@ -43,3 +43,58 @@ def chinchilla_law_runs(params: dict, n: int = 200, sigma: float = 0.01, seed: i
     D = 10 ** rng.uniform(*logD, n)
     L = (params["E"] + params["A"] / N ** params["alpha"] + params["B"] / D ** params["beta"]) * np.exp(sigma * rng.standard_normal(n))
     return pd.DataFrame({"N": N, "D": D, "C": 6 * N * D, "loss": L})
+
+
+def clark_runs(params: dict, experts=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), logN=(7.0, 9.5), n_sizes: int = 6,
+               sigma: float = 0.005, seed: int = 0) -> pd.DataFrame:
+    """Runs on a grid of (N, E) with loss from Clark et al.'s routed law (keys a, b, c, d, E_start, E_max; base-10
+    logs) times exp(sigma * z)."""
+    rng = np.random.default_rng(seed)
+    q2 = 1.0 / params["E_max"]
+    q1 = 1.0 / (params["E_start"] - 1.0) - q2
+    rows = []
+    for N in 10 ** np.linspace(*logN, n_sizes):
+        for E in experts:
+            u = -np.log10(1.0 / (E - 1.0 + 1.0 / q1) + q2)
+            n = np.log10(N)
+            l10 = params["a"] * n + params["b"] * u + params["c"] * n * u + params["d"]
+            rows.append({"N": N, "E": float(E), "loss": 10**l10 * np.exp(sigma * rng.standard_normal())})
+    return pd.DataFrame(rows)
+
+
+def krajewski_runs(params: dict, granularities=(1, 2, 4, 8, 16), logN=(7.0, 9.5), logD=(9.0, 11.5), n: int = 6,
+                   sigma: float = 0.005, seed: int = 0) -> pd.DataFrame:
+    """Runs on a grid of (N, D, G) with loss c + (g/G^gamma + a)/N^alpha + b/D^beta (Krajewski et al. 2024) times
+    exp(sigma * z)."""
+    rng = np.random.default_rng(seed)
+    p = params
+    rows = []
+    for G in granularities:
+        for N in 10 ** np.linspace(*logN, n):
+            for D in 10 ** np.linspace(*logD, n - 1):
+                L = p["c"] + (p["g"] / G ** p["gamma"] + p["a"]) / N ** p["alpha"] + p["b"] / D ** p["beta"]
+                rows.append({"N": N, "D": D, "G": float(G), "loss": L * np.exp(sigma * rng.standard_normal())})
+    return pd.DataFrame(rows)
+
+
+def moe_study_runs(dense: dict, multipliers: dict, budgets=(1e17, 4e17, 1.6e18), sizes_per_budget: int = 7,
+                   sigma: float = 0.0, seed: int = 0) -> pd.DataFrame:
+    """A dense-vs-MoE IsoFLOP study shaped like a sweep's runs.csv: for each variant (``multipliers``: name ->
+    (n_experts, top_k, granularity, m); dense is added with m = 1) and budget, log-spaced active sizes around the
+    dense optimum, loss from the dense Chinchilla law ``dense`` at the effective size m x N_active, times
+    exp(sigma * z). C = 6 N_active D."""
+    rng = np.random.default_rng(seed)
+    al, be, A, B, E = (dense[k] for k in ("alpha", "beta", "A", "B", "E"))
+    G = (al * A / (be * B)) ** (1 / (al + be))
+    rows = []
+    variants = {"dense": (None, None, None, 1.0), **multipliers}
+    for v, (ne, k, gr, m) in variants.items():
+        for C in budgets:
+            n_opt = G * (C / 6) ** (be / (al + be))
+            for N in n_opt * 10 ** np.linspace(-0.6, 0.6, sizes_per_budget):
+                D = C / (6 * N)
+                L = (E + A / (m * N) ** al + B / D**be) * np.exp(sigma * rng.standard_normal())
+                total = N if ne is None else N * (1 + 0.5 * (ne / (gr or 1) - 1))
+                rows.append({"variant": v, "N": total, "N_active": N, "D": D, "C": C, "budget": C, "loss": L,
+                             "n_experts": ne, "top_k": k, "granularity": gr, "status": "completed", "role": "branch"})
+    return pd.DataFrame(rows)
