@@ -787,7 +787,12 @@ class ClarkLaw(Law):
         return {**super().config(), "saturating": self.saturating}
 
     def prepare(self, df):
-        return moe_inputs(df, ("E",))
+        out = moe_inputs(df, ("E",))
+        if "D" in df.columns and df["D"].nunique() > 1:
+            out.attrs["prepare_notes"] = out.attrs["prepare_notes"] + [
+                f"the runs span {df['D'].nunique()} token counts ({df['D'].min():.3g}-{df['D'].max():.3g}); the moe-clark law "
+                "describes one training length (select one D with --query)"]
+        return out
 
     def check_table(self, df):
         super().check_table(df)

@@ -70,31 +70,34 @@ def effective_params(dense_law: ChinchillaLaw, moe: pd.DataFrame, level: float =
         q = (1 - level) / 2
         out["multiplier_lo"] = np.quantile(s, q, axis=0)
         out["multiplier_hi"] = np.quantile(s, 1 - q, axis=0)
-        out.attrs["multiplier_samples"] = s
+        out.attrs["multiplier_samples"] = s  # (n_boot, runs), columns in the order of multiplier_index
+        out.attrs["multiplier_index"] = list(out.index)
     return out
 
 
-def _geo_mean(x: np.ndarray, axis=-1) -> np.ndarray:
-    with np.errstate(all="ignore"):
-        return np.exp(np.mean(np.log(x), axis=axis))
+def _median(x: np.ndarray, axis=-1) -> np.ndarray:
+    """Median over runs: robust to the runs whose N_eff is infinite or huge under a resampled dense law (a loss
+    near the dense law's floor E + B/D^beta makes N_eff arbitrarily sensitive), which a mean is not."""
+    return np.median(x, axis=axis)
 
 
 def multiplier_table(eff: pd.DataFrame, by: tuple[str, ...] = ("variant",), level: float = 0.95) -> pd.DataFrame:
-    """Geometric-mean multiplier per group (e.g. variant, or variant and budget), with the percentile interval of
-    the same mean under the dense law's bootstrap samples (when ``effective_params`` had them)."""
+    """Median multiplier over each group's runs (e.g. per variant, or per variant and budget), with the percentile
+    interval of the same median under the dense law's bootstrap samples (when ``effective_params`` had them)."""
     samples = eff.attrs.get("multiplier_samples")
+    cols = pd.Index(eff.attrs.get("multiplier_index", list(eff.index)))  # a filtered table keeps the full samples
     rows = []
     for key, g in eff.groupby(list(by), dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
-        idx = eff.index.get_indexer(g.index)
+        idx = cols.get_indexer(g.index)
         row = dict(zip(by, key))
         first = g.iloc[0]
         for c in ("n_experts", "top_k", "granularity"):
             if c in g.columns:
                 row[c] = first[c]
-        row.update(n_runs=len(g), multiplier=float(_geo_mean(g["multiplier"].to_numpy(float))))
+        row.update(n_runs=len(g), multiplier=float(_median(g["multiplier"].to_numpy(float))))
         if samples is not None:
-            m = _geo_mean(samples[:, idx], axis=1)
+            m = _median(samples[:, idx], axis=1)
             q = (1 - level) / 2
             row["lo"], row["hi"] = float(np.quantile(m, q)), float(np.quantile(m, 1 - q))
         rows.append(row)
@@ -142,7 +145,7 @@ def heldout_check(df: pd.DataFrame, cut: float, n_bootstrap: int = 200, seed: in
         fit_v = eff[eff["variant"] == v]
         if fit_v.empty:
             continue
-        m = float(_geo_mean(fit_v["multiplier"].to_numpy(float)))
+        m = float(_median(fit_v["multiplier"].to_numpy(float)))
         Ne, D = m * test["N"].to_numpy(float), test["D"].to_numpy(float)
         pred = law.predict(N=Ne, D=D)
         out = test[["variant", "N", "D", "C", "loss"] + [c for c in ("budget", "n_experts") if c in test.columns]].copy()
@@ -151,7 +154,7 @@ def heldout_check(df: pd.DataFrame, cut: float, n_bootstrap: int = 200, seed: in
         if ok is not None:
             # each bootstrap law with its own multiplier (refitted on the same MoE runs), then its prediction
             thb = law.full_theta(law.bootstrap_samples[ok])
-            mb = _geo_mean(_n_eff(thb, fit_v["D"].to_numpy(float), fit_v["loss"].to_numpy(float)) / fit_v["N"].to_numpy(float)[None], axis=1)
+            mb = _median(_n_eff(thb, fit_v["D"].to_numpy(float), fit_v["loss"].to_numpy(float)) / fit_v["N"].to_numpy(float)[None], axis=1)
             a, b, e, al, be = (thb[:, i : i + 1] for i in range(5))
             with np.errstate(all="ignore"):
                 Lb = np.exp(e) + np.exp(a) / (mb[:, None] * test["N"].to_numpy(float)[None]) ** al + np.exp(b) / D[None] ** be

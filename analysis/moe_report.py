@@ -121,7 +121,7 @@ def write_report(study_dir: str | Path, balance_dir: str | Path | None = None, o
     md += ["## Effective parameters", "",
            f"Dense law on {len(dense)} dense runs: L = {p['E']:.3f} + {p['A']:.4g}/N^{p['alpha']:.3f} + {p['B']:.4g}/D^{p['beta']:.3f} "
            f"({n_bootstrap} bootstrap resamples). For each MoE run, N_eff is the dense size with the same loss at the same D; "
-           "the multiplier N_eff / N_active is averaged geometrically (95% interval from the dense law's bootstrap).", "",
+           "the multiplier N_eff / N_active is the median over the variant's runs (95% interval: the same median under the dense law's bootstrap).", "",
            _md(by_v), "", "Per budget:", "", _md(by_vb), ""]
     fam = by_v[by_v["granularity"] == 2] if "granularity" in by_v else by_v
     if len(fam) >= 2:

@@ -99,6 +99,14 @@ def test_effective_params_recover_the_multipliers_a_study_was_drawn_with():
     assert len(ho) == 3 * 7 and (ho["budget"] == 1.6e18).all()
     assert ho["error"].abs().max() < 0.02, ho[["variant", "error"]]
     assert ((ho["loss"] >= ho["lo"] * 0.99) & (ho["loss"] <= ho["hi"] * 1.01)).mean() > 0.8
+    # intervals of a table filtered to one budget use that budget's own bootstrap columns (the point lies inside)
+    from analysis.uncertainty import bootstrap as boot
+
+    d, m = moe.split_dense(noisy)
+    eff = moe.effective_params(boot(ChinchillaLaw().fit(d), d, n=100, seed=0), m)
+    for C in (1e17, 1.6e18):
+        t = moe.multiplier_table(eff[eff["budget"] == C], ("variant", "budget"))
+        assert ((t["lo"] <= t["multiplier"]) & (t["multiplier"] <= t["hi"])).all(), t
 
 
 def test_expert_load_and_balance_summary_from_metrics(tmp_path):
