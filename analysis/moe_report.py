@@ -8,8 +8,8 @@ What it computes (every number from the runs; nothing assumed):
    multiplier N_eff / N_active per variant and per variant x budget (``analysis.moe``).
 3. The compute multiplier: the compute a compute-optimal dense model needs (dense frontier law) to reach each
    variant's minimum, over the budget.
-4. ``moe-clark`` on the runs at one shared token count (dense + the top-k = 2, d_ff/2-expert family, E = 1, 4, 8,
-   16), bilinear and saturating; ``moe-krajewski`` on the runs sharing one expansion rate with >= 3 granularities.
+4. ``moe-clark`` on the runs at one shared token count (dense + the MoE variants that differ only in expert count,
+   ``expert_family``), bilinear and saturating; ``moe-krajewski`` on the runs sharing one expansion rate with >= 3 granularities.
 5. A held-out check: everything above fitted on the runs with C <= the second-largest budget, the largest
    budget's MoE losses predicted, the errors reported.
 6. With ``balance_dir``: the expert balance of every run there (max / mean load, dropped fraction) and per-layer
@@ -73,6 +73,16 @@ def variant_minima(runs: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def expert_family(runs: pd.DataFrame) -> tuple[float | None, float | None]:
+    """(top_k, granularity) of the MoE variants that differ only in expert count: the pair with the most distinct
+    n_experts values (the family the expert-count plot and the moe-clark fit use, beside the dense runs)."""
+    m = runs[runs["n_experts"] >= 2]
+    if m.empty:
+        return None, None
+    counts = m.groupby(["top_k", "granularity"])["n_experts"].nunique()
+    return counts.idxmax()
+
+
 def write_report(study_dir: str | Path, balance_dir: str | Path | None = None, out: str | Path | None = None,
                  n_bootstrap: int = 200, seed: int = 0) -> dict:
     t0 = time.perf_counter()
@@ -123,7 +133,8 @@ def write_report(study_dir: str | Path, balance_dir: str | Path | None = None, o
            f"({n_bootstrap} bootstrap resamples). For each MoE run, N_eff is the dense size with the same loss at the same D; "
            "the multiplier N_eff / N_active is the median over the variant's runs (95% interval: the same median under the dense law's bootstrap).", "",
            _md(by_v), "", "Per budget:", "", _md(by_vb), ""]
-    fam = by_v[by_v["granularity"] == 2] if "granularity" in by_v else by_v
+    k_fam, g_fam = expert_family(runs)
+    fam = by_v[(by_v["top_k"] == k_fam) & (by_v["granularity"] == g_fam)] if k_fam is not None else by_v
     if len(fam) >= 2:
         plots.save(plots.moe_multiplier(fam, x="n_experts"), out / "multiplier_vs_experts.png")
     plots.save(plots.moe_multiplier(by_vb, x="budget"), out / "multiplier_vs_compute.png")
@@ -145,7 +156,7 @@ def write_report(study_dir: str | Path, balance_dir: str | Path | None = None, o
     # 4. the published MoE laws
     md += ["## MoE laws", ""]
     fixed = runs[runs["budget"].isna()]
-    clark_rows = fixed[(fixed["n_experts"].isna()) | ((fixed["granularity"] == 2) & (fixed["top_k"] == 2))]
+    clark_rows = fixed[(fixed["n_experts"].isna()) | ((fixed["granularity"] == g_fam) & (fixed["top_k"] == k_fam))]
     for name in ("moe-clark-bilinear", "moe-clark"):
         try:
             if clark_rows["D"].nunique() > 1:
