@@ -66,6 +66,17 @@ def test_record_schema_and_flops(tmp_path):
     assert on_disk["flops"] == on_disk["flops_per_token"] * on_disk["tokens"]
     assert "causal" in on_disk["flops_convention"]
     assert rec["final_eval_loss_stderr"] > 0
+    # the attention kernel is read from the compiled step: XLA's own ops on a CPU
+    assert on_disk["attention_requested"] == "auto" and on_disk["attention_kernel"] == "xla"
+
+
+def test_cudnn_attention_is_refused_off_a_gpu_in_one_line(tmp_path):
+    import jax
+
+    if jax.default_backend() == "gpu":
+        pytest.skip("on a GPU, cudnn attention is allowed")
+    p = run_cli("train", "--out", str(tmp_path / "r"), *sum((["--set", o] for o in tiny_overrides(**{"model.attention": "cudnn"})), []), check=False)
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "needs a GPU" in p.stderr, p.stderr
 
 
 def test_wandb_offline_run_holds_the_logged_metrics(tmp_path):

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from scaling.configbase import ConfigError
 from scaling.model.axes import logical
 from scaling.model.config import ModelConfig
 
@@ -59,6 +60,17 @@ def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[jax.Array, j
     return jnp.sin(angles_LR), jnp.cos(angles_LR)
 
 
+def attention_implementation(cfg: ModelConfig) -> str | None:
+    """The ``implementation`` argument of jax.nn.dot_product_attention for ``model.attention`` on this backend."""
+    if cfg.attention == "cudnn":
+        if jax.default_backend() != "gpu":
+            raise ConfigError(f"model.attention=cudnn needs a GPU; this backend is {jax.default_backend()} (use xla or auto)")
+        if compute_dtype(cfg) == jnp.float32:
+            raise ConfigError("model.attention=cudnn needs bfloat16 compute (model.dtype auto or bfloat16 on a GPU), not float32")
+        return "cudnn"
+    return "xla"
+
+
 def apply_rope(x_BLNH: jax.Array, sin_LR: jax.Array, cos_LR: jax.Array) -> jax.Array:
     """Rotate the two halves of each head's vector by position-dependent angles (the "rotate half" layout)."""
     x1, x2 = jnp.split(x_BLNH.astype(jnp.float32), 2, axis=-1)
@@ -77,6 +89,7 @@ class Attention(nnx.Module):
         self.wo_NHD = normal(rngs, "NHD", (N, H, D), out_std)
         self.q_norm = RMSNorm(H, "H") if cfg.qk_norm else None
         self.k_norm = RMSNorm(H, "H") if cfg.qk_norm else None
+        self.implementation = attention_implementation(cfg)
 
     def __call__(self, x_BLD: jax.Array, sin_LR: jax.Array, cos_LR: jax.Array) -> jax.Array:
         dt = x_BLD.dtype
@@ -90,7 +103,7 @@ class Attention(nnx.Module):
         q_BLNH, k_BLGH = apply_rope(q_BLNH, sin_LR, cos_LR), apply_rope(k_BLGH, sin_LR, cos_LR)
         # jax.nn.dot_product_attention broadcasts the G key/value heads over the N query heads (grouped-query
         # attention) and computes the softmax in float32.
-        o_BLNH = jax.nn.dot_product_attention(q_BLNH, k_BLGH, v_BLGH, is_causal=True)
+        o_BLNH = jax.nn.dot_product_attention(q_BLNH, k_BLGH, v_BLGH, is_causal=True, implementation=self.implementation)
         return jnp.einsum("blhk,hkd->bld", o_BLNH, self.wo_NHD[...].astype(dt))
 
 

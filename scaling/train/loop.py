@@ -354,6 +354,8 @@ def train(
         with par.activation_rules():
             compiled = step_fn.lower(state, get_batch(start), lrs[min(start, steps - 1)]).compile()
         compile_time = time.perf_counter() - t0
+        # which attention kernel XLA really compiled (a cuDNN fused-attention custom call, or XLA's own ops)
+        write_record(attention_kernel="cudnn" if "__cudnn$fmha" in compiled.as_text() else "xla", attention_requested=cfg.model.attention)
 
         eval_every = cfg.train.eval_every or steps  # 0: only the final evaluation
         ckpt_every = _every(cfg.train.checkpoint_every, steps)

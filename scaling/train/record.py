@@ -51,9 +51,23 @@ def read_record(run_dir: str | Path) -> dict | None:
     return json.loads(p.read_text())
 
 
+# Fields added after runs were recorded: hashed only when set away from their default, so the ids of earlier runs
+# (and of every run that leaves the field alone) do not change.
+HASHED_WHEN_SET = {("model", "attention"): "auto"}
+
+
+def _drop_unset(d: dict) -> dict:
+    out = dict(d)
+    for (section, key), default in HASHED_WHEN_SET.items():
+        if isinstance(out.get(section), dict) and out[section].get(key, default) == default:
+            out[section] = {k: v for k, v in out[section].items() if k != key}
+    return out
+
+
 def config_hash(config_dict: dict) -> str:
     """A stable id for a resolved run config (logging and the device mesh excluded: they do not change the run)."""
     relevant = {k: v for k, v in config_dict.items() if k not in ("log", "name", "parallel")}
+    relevant = _drop_unset(relevant)
     blob = json.dumps(relevant, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -69,7 +83,7 @@ RESUME_NEUTRAL = {
 
 def training_config(config_dict: dict) -> dict:
     """The part of a resolved config that determines the trained parameters (compared before resuming)."""
-    out = {k: v for k, v in config_dict.items() if k not in ("log", "name", "parallel")}
+    out = _drop_unset({k: v for k, v in config_dict.items() if k not in ("log", "name", "parallel")})
     for section, names in RESUME_NEUTRAL.items():
         if section in out:
             out[section] = {k: v for k, v in out[section].items() if k not in names}
