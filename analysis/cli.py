@@ -244,7 +244,7 @@ def cmd_moe_report(args) -> int:
     from analysis.moe_report import write_report
 
     out = write_report(args.study, balance_dir=args.balance, out=args.out, n_bootstrap=args.bootstrap, seed=args.seed)
-    where = Path(args.out) if args.out else (Path(args.study) if Path(args.study).is_dir() else Path(args.study).parent) / "moe_report"
+    where = Path(out["out"])
     print((where / "report.md").read_text())
     print(f"written to {where} in {out['report_time_s']:.1f}s")
     return 0

@@ -92,6 +92,7 @@ class Law(ABC):
         self.resid_scale: float | None = None  # robust std of the log residuals (1.4826 MAD)
         self.search: dict = {}
         self.notes: list[str] = []
+        self._prepare_notes: list[str] = []  # what ``prepare`` derived for the last fit_data call
 
     # -- to implement -----------------------------------------------------------------------------------------
     @abstractmethod
@@ -150,6 +151,7 @@ class Law(ABC):
     def fit_data(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(X, log loss) the objective is summed over; checks the table first."""
         df = self.prepare(df)
+        self._prepare_notes = list(df.attrs.get("prepare_notes", []))
         self.check_table(df)
         return self._X(df), np.log(df["loss"].to_numpy(float))
 
@@ -215,7 +217,7 @@ class Law(ABC):
             "starts_within_1e-4_of_optimum": int(np.sum(res.fun <= best_f * (1 + 1e-4) + 1e-300)),
             "batch_time_s": t1 - t0,
         }
-        self.notes = list(df.attrs.get("notes", [])) + [n for n in self.prepare(df).attrs.get("prepare_notes", [])]
+        self.notes = list(df.attrs.get("notes", [])) + self._prepare_notes
         self.notes += self.bound_notes()
         self.bootstrap_samples = None
         self._after_fit(df)

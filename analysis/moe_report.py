@@ -238,6 +238,7 @@ def write_report(study_dir: str | Path, balance_dir: str | Path | None = None, o
             md += ["## Expert balance", "", f"Runs in `{bdir}` ({', '.join(dirs)}); end = mean over the last 10% of logged steps.", "",
                    _md(bal), ""]
             summary["balance"] = json_safe(bal.to_dict(orient="records"))
+    summary["out"] = str(out)
     summary["report_time_s"] = time.perf_counter() - t0
     (out / "report.md").write_text("\n".join(md) + "\n")
     (out / "summary.json").write_text(json.dumps(json_safe(summary), indent=1))

@@ -59,8 +59,8 @@ class ModelConfig:
         "auto",
         "Attention kernel, passed to jax.nn.dot_product_attention(implementation=...): xla (every backend), cudnn "
         "(cuDNN flash attention; GPU only, bfloat16/float16 compute). auto: xla on every backend for now, as JAX's "
-        "own default (cuDNN is opt-in until it is measured on a GPU here). The kernel the compiled step really uses "
-        "is read from its HLO and recorded in record.json (attention_kernel).",
+        "own default (cuDNN is opt-in until it is measured on a GPU here). The kernel is passed explicitly (JAX runs it "
+        "or raises) and recorded in record.json (attention_kernel).",
     )
 
     @property

@@ -60,7 +60,7 @@ def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[jax.Array, j
     return jnp.sin(angles_LR), jnp.cos(angles_LR)
 
 
-def attention_implementation(cfg: ModelConfig) -> str | None:
+def attention_implementation(cfg: ModelConfig) -> str:
     """The ``implementation`` argument of jax.nn.dot_product_attention for ``model.attention`` on this backend."""
     if cfg.attention == "cudnn":
         if jax.default_backend() != "gpu":

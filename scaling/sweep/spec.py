@@ -237,10 +237,7 @@ def parse_sweep(raw: dict) -> SweepSpec:
             raise ConfigError(f"overrides[{i}].match: unknown key {sorted(bad)[0]!r}; allowed: variant, size, budget, seed")
     # Validate base (and each variant) as run configs now, so errors name the field.
     for vname, variant in (spec.variants or {"": {}}).items():
-        try:
-            load_config(base=merge_dicts(spec.base, variant), overrides=["train.tokens=1000000000"])
-        except ConfigError as e:
-            raise ConfigError(f"{'variants.' + vname if vname else 'base'}: {e}") from None
+        _load("variants." + vname if vname else "base", merge_dicts(spec.base, variant), ["train.tokens=1000000000"])
     return spec
 
 
@@ -267,10 +264,7 @@ def _plan_grid(spec: SweepSpec, n_devices: int, added: list[dict]) -> list[Plann
                         f"({tps} tokens x {fpt:.3g} FLOPs/token = {tps * fpt:.3g} FLOPs); raise the budget or shrink the batch"
                     )
                 raw = merge_dicts(raw, {"train": {"tokens": steps * tps}})
-                try:
-                    cfg = load_config(base=raw)
-                except ConfigError as e:
-                    raise ConfigError(f"{where}: {e}") from None
+                cfg = _load(where, raw)
                 run_id = config_hash(cfg.to_dict())
                 cnt = count_params(cfg.model)
                 fl = flops_per_token(cfg.model, cfg.train.flops_attention) * cfg.steps * cfg.tokens_per_step
@@ -326,12 +320,17 @@ def _wsd_points(spec: SweepSpec, base: dict) -> list[tuple[int, dict, list[tuple
     return [(si, sizes[si], pts) for si, pts in enumerate(points) if pts]
 
 
-def _probe(spec: SweepSpec, raw: dict, where: str) -> tuple[RunConfig, float, float]:
-    """(the run config before its budget is known, N on the grid's parameter basis, FLOPs per token)."""
+def _load(where: str, raw: dict, overrides: list[str] | None = None) -> RunConfig:
+    """``load_config`` of one planned run; a bad config names the run (``where``) before the field."""
     try:
-        probe = load_config(base=raw, overrides=["train.tokens=1000000000000"])
+        return load_config(base=raw, overrides=overrides)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+def _probe(spec: SweepSpec, raw: dict, where: str) -> tuple[RunConfig, float, float]:
+    """(the run config before its budget is known, N on the grid's parameter basis, FLOPs per token)."""
+    probe = _load(where, raw, ["train.tokens=1000000000000"])
     counts = count_params(probe.model)
     n_basis = counts.active if spec.grid.params == "active" else counts.total
     return probe, n_basis, flops_per_token(probe.model, probe.train.flops_attention)
@@ -388,10 +387,7 @@ def _plan_wsd(spec: SweepSpec, n_devices: int) -> list[PlannedRun]:
                 trunk_raw = merge_dicts(raw, {"train": {"schedule": "constant", "warmup_steps": warmup, "tokens": keep[-1] * tps, "keep_steps": keep}})
                 if g.trunk_eval_tokens:
                     trunk_raw["train"]["eval_tokens"] = int(g.trunk_eval_tokens)
-                try:
-                    trunk = load_config(base=trunk_raw)
-                except ConfigError as e:
-                    raise ConfigError(f"{where}: {e}") from None
+                trunk = _load(where, trunk_raw)
                 trunk_id = config_hash(trunk.to_dict())
                 cnt = count_params(trunk.model)
                 fpt = flops_per_token(trunk.model, trunk.train.flops_attention)
@@ -404,10 +400,7 @@ def _plan_wsd(spec: SweepSpec, n_devices: int) -> list[PlannedRun]:
                         "tokens": steps * tps, "init_from": f"{BRANCH_PREFIX}{trunk_id}@{start}",
                     }})
                     b_where = f"branch (variant={vname}, size={si}, {f'budget={C:.3g}' if C else f'D={steps * tps:.3g}'}, seed={seed})"
-                    try:
-                        cfg = load_config(base=b_raw)
-                    except ConfigError as e:
-                        raise ConfigError(f"{b_where}: {e}") from None
+                    cfg = _load(b_where, b_raw)
                     fl = fpt * cfg.steps * cfg.tokens_per_step
                     _check_budget(b_where, fl, C, cfg.tokens_per_step)
                     runs.append(PlannedRun(config_hash(cfg.to_dict()), cfg, vname, si, C, seed, cnt.total, cnt.active,

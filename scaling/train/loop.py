@@ -38,6 +38,7 @@ from flax import nnx
 from scaling.accounting import count_params, flops_convention, flops_per_token
 from scaling.config import ConfigError, RunConfig, dump_yaml
 from scaling.data import build_dataset
+from scaling.model.layers import attention_implementation
 from scaling.parallel import InFlight, Parallel, enable_compilation_cache, maybe_initialize_distributed
 from scaling.train import record as rec
 from scaling.train.checkpoint import Checkpointer
@@ -354,8 +355,8 @@ def train(
         with par.activation_rules():
             compiled = step_fn.lower(state, get_batch(start), lrs[min(start, steps - 1)]).compile()
         compile_time = time.perf_counter() - t0
-        # which attention kernel XLA really compiled (a cuDNN fused-attention custom call, or XLA's own ops)
-        write_record(attention_kernel="cudnn" if "__cudnn$fmha" in compiled.as_text() else "xla", attention_requested=cfg.model.attention)
+        # the kernel is passed explicitly to jax.nn.dot_product_attention, which runs it or raises: no fallback to hide
+        write_record(attention_kernel=attention_implementation(cfg.model), attention_requested=cfg.model.attention)
 
         eval_every = cfg.train.eval_every or steps  # 0: only the final evaluation
         ckpt_every = _every(cfg.train.checkpoint_every, steps)
