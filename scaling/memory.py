@@ -12,8 +12,9 @@ Per device, for the mesh of ``parallel:`` on ``n_devices`` devices:
   - ``none``: t (10 D + 5 F) a for a dense block (D-sized: block input, norm outputs, q, k, v, attention output,
     residual; F-sized: gate, up, silu(gate), their product, and one more for its gradient); an MoE block replaces
     5 F by k c (5 F_e + 2 D) for its k c expert slots per token (c: capacity factor, 1 when dropless) plus the
-    router's few t E floats; attention with materialised scores (XLA's default: CPU, TPU) adds 3 B N L^2 x 4 bytes
-    (scores, probabilities, the causal select), a fused kernel (cuDNN on GPU) only B N L x 4;
+    router's few t E floats; attention with materialised scores (XLA's kernel: TPU, CPU below seq_len 128) adds
+    3 B N L^2 x 4 bytes (scores, probabilities, the causal select), the blocked kernel (CPU from seq_len 128) the
+    same for its blocks on and below the diagonal (about half), a fused kernel (cuDNN on GPU) only B N L x 4;
   - ``block`` (matmul outputs kept): t (5 D + 2 F) a + 1 B N L^2 x 4 per layer, plus one layer's recomputation;
   - ``full`` (block inputs kept): t D a per layer, plus one layer's recomputation;
   - outside the blocks: 11 t V x 4 (float32 logits, their log-softmax, probabilities and gradient);
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 
 from scaling.accounting import expert_ff_dim, moe_layer_indices
 from scaling.config import RunConfig
+from scaling.model.attention import BLOCKED_MIN_SEQ, block_size
 from scaling.parallel import LOGICAL_RULES, mesh_shape, partition_spec, shard_shape
 
 GB = 1e9
@@ -109,7 +111,13 @@ def activation_bytes(cfg: RunConfig, sizes: dict[str, int], dtype_bytes: int, at
     t = b * L
     heads = m.n_heads // T if m.n_heads % T == 0 else m.n_heads
     F = m.ff_dim // T if m.ff_dim % T == 0 else m.ff_dim
-    scores = 4.0 * b * heads * L * L if attention == "materialised" else 4.0 * b * heads * L
+    if attention == "materialised":
+        scores = 4.0 * b * heads * L * L
+    elif attention == "blocked":  # each query block's scores against its key prefix only
+        bs = block_size(L)
+        scores = 4.0 * b * heads * sum(min(bs, L - s) * min(s + bs, L) for s in range(0, L, bs))
+    else:
+        scores = 4.0 * b * heads * L
     moe_layers = set(moe_layer_indices(m))
 
     def layer(i: int, kept: str) -> float:
@@ -129,7 +137,7 @@ def activation_bytes(cfg: RunConfig, sizes: dict[str, int], dtype_bytes: int, at
         return t * D * dtype_bytes
 
     outside = 11.0 * t * V * 4 + 2.0 * t * D * dtype_bytes
-    if attention == "materialised" and m.moe is not None and m.moe.capacity_factor is None:
+    if attention in ("materialised", "blocked") and m.moe is not None and m.moe.capacity_factor is None:
         # dropless experts run through jax.lax.ragged_dot, which XLA:CPU lowers to one dense product per expert
         # group: the gate and up outputs exist for every (assignment, expert) pair
         outside += len(moe_layers) * t * m.moe.top_k * m.moe.n_experts * 2 * expert_ff_dim(m) * dtype_bytes
@@ -149,6 +157,8 @@ def plan_memory(cfg: RunConfig, device: str = "cpu", n_devices: int | None = Non
 
         raise ConfigError(f"--device {device!r} is not known; known: {', '.join(DEVICES)}")
     memory, dtype_bytes, attention = DEVICES[device]
+    if cfg.model.attention == "blocked" or (device == "cpu" and cfg.model.attention == "auto" and cfg.model.seq_len >= BLOCKED_MIN_SEQ):
+        attention = "blocked"
     if device == "cpu":
         memory = host_memory()
     if cfg.model.dtype != "auto":

@@ -55,12 +55,13 @@ class ModelConfig:
     init_std: float = _f(0.02, "Std of the normal init of every matrix; output projections get init_std / sqrt(2 * n_layers).")
     dtype: Literal["auto", "float32", "bfloat16"] = _f("auto", "Compute dtype (params stay float32; softmax and loss in float32). auto: bfloat16 on GPU/TPU, float32 on CPU.")
     moe: Optional[MoEConfig] = _f(None, "Mixture-of-experts feed-forward blocks (null: dense model).")
-    attention: Literal["auto", "xla", "cudnn"] = _f(
+    attention: Literal["auto", "xla", "cudnn", "blocked"] = _f(
         "auto",
-        "Attention kernel, passed to jax.nn.dot_product_attention(implementation=...): xla (every backend), cudnn "
-        "(cuDNN flash attention; GPU only, bfloat16/float16 compute). auto: xla on every backend for now, as JAX's "
-        "own default (cuDNN is opt-in until it is measured on a GPU here). The kernel is passed explicitly (JAX runs it "
-        "or raises) and recorded in record.json (attention_kernel).",
+        "Attention kernel: xla or cudnn (passed to jax.nn.dot_product_attention(implementation=...); cudnn is GPU "
+        "only, bfloat16/float16 compute), or blocked (scaling.model.attention: causal blocks that skip the masked "
+        "half; faster on CPUs from seq_len 128). auto: blocked on a CPU from seq_len 128, else xla (cuDNN is opt-in "
+        "until it is measured on a GPU here). The kernel is passed explicitly (JAX runs it or raises) and recorded in "
+        "record.json (attention_kernel).",
     )
 
     @property

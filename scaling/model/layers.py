@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from scaling.configbase import ConfigError
+from scaling.model.attention import BLOCKED_MIN_SEQ, blocked_causal
 from scaling.model.axes import logical
 from scaling.model.config import ModelConfig
 
@@ -61,14 +62,17 @@ def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[jax.Array, j
 
 
 def attention_implementation(cfg: ModelConfig) -> str:
-    """The ``implementation`` argument of jax.nn.dot_product_attention for ``model.attention`` on this backend."""
+    """The kernel ``model.attention`` runs on this backend: ``blocked`` (``scaling.model.attention``) or the
+    ``implementation`` argument of jax.nn.dot_product_attention (``xla``, ``cudnn``)."""
     if cfg.attention == "cudnn":
         if jax.default_backend() != "gpu":
             raise ConfigError(f"model.attention=cudnn needs a GPU; this backend is {jax.default_backend()} (use xla or auto)")
         if compute_dtype(cfg) == jnp.float32:
             raise ConfigError("model.attention=cudnn needs bfloat16 compute (model.dtype auto or bfloat16 on a GPU), not float32")
         return "cudnn"
-    return "xla"
+    if cfg.attention == "auto":
+        return "blocked" if jax.default_backend() == "cpu" and cfg.seq_len >= BLOCKED_MIN_SEQ else "xla"
+    return cfg.attention
 
 
 def apply_rope(x_BLNH: jax.Array, sin_LR: jax.Array, cos_LR: jax.Array) -> jax.Array:
@@ -101,9 +105,12 @@ class Attention(nnx.Module):
         if self.q_norm is not None:
             q_BLNH, k_BLGH = self.q_norm(q_BLNH), self.k_norm(k_BLGH)
         q_BLNH, k_BLGH = apply_rope(q_BLNH, sin_LR, cos_LR), apply_rope(k_BLGH, sin_LR, cos_LR)
-        # jax.nn.dot_product_attention broadcasts the G key/value heads over the N query heads (grouped-query
-        # attention) and computes the softmax in float32.
-        o_BLNH = jax.nn.dot_product_attention(q_BLNH, k_BLGH, v_BLGH, is_causal=True, implementation=self.implementation)
+        if self.implementation == "blocked":
+            o_BLNH = blocked_causal(q_BLNH, k_BLGH, v_BLGH)
+        else:
+            # jax.nn.dot_product_attention broadcasts the G key/value heads over the N query heads (grouped-query
+            # attention) and computes the softmax in float32.
+            o_BLNH = jax.nn.dot_product_attention(q_BLNH, k_BLGH, v_BLGH, is_causal=True, implementation=self.implementation)
         return jnp.einsum("blhk,hkd->bld", o_BLNH, self.wo_NHD[...].astype(dt))
 
 
