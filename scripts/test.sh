@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Set up the environment if needed, then run the whole test suite (CPU; ~14 min on 2 cores).
+# Set up the environment if needed, then run the whole test suite (CPU; ~16 min on 2 cores).
 # Two pytest-xdist workers, one test file each at a time (--dist loadfile keeps a file's module fixtures in one
 # process): most tests wait on subprocesses or compile, so two workers use both cores (~28% less wall time than
-# one). Pass -n 0 to run serially.
+# one). Pass -n 0 to run serially. The soak tests (marked soak) are outside the default suite: -m soak runs them,
+# -m "soak or not soak" everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export WANDB_MODE=offline WANDB_SILENT=true
-exec .venv/bin/python -m pytest -p no:logging -n 2 --dist loadfile "$@"
+exec .venv/bin/python -m pytest -p no:logging -n 2 --dist loadfile -m "not soak" "$@"

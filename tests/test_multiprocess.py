@@ -92,6 +92,8 @@ def test_both_processes_killed_mid_run_resume_to_the_same_numbers(runs):
     assert done["final_train_loss"] == ref["final_train_loss"] and done["final_eval_loss"] == ref["final_eval_loss"]
 
 
+# soak: two-process training and resume are tested above; this adds the sweep's claims over gloo (200 s)
+@pytest.mark.soak
 def test_a_sweep_worker_spanning_two_processes_trains_each_run_once(tmp_path):
     raw = yaml.safe_load((ROOT / "sweeps" / "tiny_isoflop.yaml").read_text())
     raw["base"]["log"] = {"wandb": "disabled"}

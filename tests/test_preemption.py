@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from scaling.sweep.runner import run_sweep
@@ -41,6 +42,8 @@ def _records(out: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in out.glob("runs/*/record.json")}
 
 
+# soak: each path it mixes (signals, SIGKILL, resume) is tested alone in test_train.py and test_sweep.py
+@pytest.mark.soak
 def test_soak_preemption_signals_and_kills_leave_every_run_complete_and_identical(tmp_path):
     spec_path = soak_sweep(tmp_path)
     spec = parse_sweep(yaml.safe_load(spec_path.read_text()))

@@ -182,15 +182,20 @@ def run_sweep(
     target_dex: float | None = None,
     max_added: int | None = None,
     train_fn: Callable | None = None,
+    stack: int = 1,
 ) -> SweepResult:
     """Train every planned run not yet completed (see the module docstring); returns what this worker did.
 
     ``adaptive``: an IsoFLOP sweep refines itself after each round of runs (``scaling.sweep.adaptive``): budgets
     whose minimum is not bracketed or whose N_opt interval is wider than ``target_dex`` get one more size per
     round, until none needs one or ``max_added`` sizes were added (default 3 per budget). ``train_fn`` replaces
-    ``scaling.train.train`` (same signature; a test double trains nothing)."""
+    ``scaling.train.train`` (same signature; a test double trains nothing). ``stack``: up to this many claimable runs
+    that differ only in seeds and lr train together in one compiled step (``scaling.train.loop.train_stack``; each
+    keeps its own record, numbers bit-identical to training alone); 1 trains every run alone. Not with ``train_fn``
+    or a multi-process job."""
     from scaling.parallel import maybe_initialize_distributed
     from scaling.train import DivergedError, StopRequested, train
+    from scaling.train.loop import stack_key, train_stack
 
     train_fn = train_fn or train
 
@@ -276,6 +281,25 @@ def run_sweep(
                 return -1, None
             time.sleep(BRANCH_WAIT_S)
 
+    def claim_stack_mates(k: int, room: int) -> list[tuple[int, Claim]]:
+        """Pending runs that can train in one stack with run k (``stack_key``: the same shape, differing only in
+        seeds and lr; a branch only once its trunk reached the branch point), claimed; at most ``room``."""
+        key = stack_key(with_logging(plan[k], spec, sweep_dir))
+        mates = []
+        for j in list(pending):
+            if len(mates) >= room:
+                break
+            r = plan[j]
+            if (r.role == "branch" and not branch_ready(r)) or stack_key(with_logging(r, spec, sweep_dir)) != key:
+                continue
+            if done_or_given_up(read_record(sweep_dir / "runs" / r.run_id)):
+                continue  # next_claim counts it as skipped
+            c = try_claim(j)
+            if c is not None:
+                pending.remove(j)
+                mates.append((j, c))
+        return mates
+
     rounds = 0
     while True:
         # One JAX job may span several processes (hosts): only process 0 claims; the others train what it chose.
@@ -297,37 +321,52 @@ def run_sweep(
                 continue
         if k < 0:
             break
-        run = plan[k]
-        run_dir = sweep_dir / "runs" / run.run_id
+        group = [(k, claim)]
+        if stack > 1 and not multi and train_fn is train:
+            group += claim_stack_mates(k, stack - 1)
+        runs = [plan[j] for j, _ in group]
+        dirs = [sweep_dir / "runs" / r.run_id for r in runs]
         try:
             if leader:
-                rec = read_record(run_dir)
-                if rec and rec.get("status") in ("failed", "diverged"):
-                    _reset_failed_run(run_dir)
-                _event(sweep_dir, event="start", run_id=run.run_id, owner=owner)
+                for r, d in zip(runs, dirs):
+                    rec = read_record(d)
+                    if rec and rec.get("status") in ("failed", "diverged"):
+                        _reset_failed_run(d)
+                    _event(sweep_dir, event="start", run_id=r.run_id, owner=owner, **({"stack": len(runs)} if len(runs) > 1 else {}))
             if multi:
-                multihost_utils.sync_global_devices(f"start {run.run_id}")  # the reset is done before anyone reads
-            final = None
+                multihost_utils.sync_global_devices(f"start {runs[0].run_id}")  # the reset is done before anyone reads
+            cfgs = [with_logging(r, spec, sweep_dir) for r in runs]
+            finals: list = [None] * len(runs)
             try:
-                final = train_fn(with_logging(run, spec, sweep_dir), run_dir, progress=progress, should_stop=should_stop, run_id=run.run_id)
-                result.completed.append(run.run_id)
-                status = "completed"
+                if len(runs) == 1:
+                    finals = [train_fn(cfgs[0], dirs[0], progress=progress, should_stop=should_stop, run_id=runs[0].run_id)]
+                else:  # members that diverge or fail are recorded so by train_stack; the others complete
+                    finals = train_stack(cfgs, dirs, progress=progress, should_stop=should_stop, run_ids=[r.run_id for r in runs])
+                statuses = [f.get("status", "failed") if f else "failed" for f in finals]
             except StopRequested as e:
                 result.stopped, result.stop_status = True, e.status
-                status = e.status  # preempted (SIGUSR2 / SIGTERM) or stopped (Ctrl-C); resumable either way
+                # preempted (SIGUSR2 / SIGTERM) or stopped (Ctrl-C); resumable either way
+                statuses = [(read_record(d) or {}).get("status") or e.status for d in dirs]
+                statuses = [st if st == "completed" else e.status for st in statuses]
             except DivergedError:
-                result.failed.append(run.run_id)
-                status = "diverged"
+                statuses = ["diverged"]
             except Exception:  # recorded as failed by train(); the sweep goes on
-                result.failed.append(run.run_id)
-                status = "failed"
-            if leader:
-                _event(sweep_dir, event="end", run_id=run.run_id, owner=owner, status=status)
-            if on_run_end is not None:
-                on_run_end(run, final)
+                statuses = ["failed"] * len(runs)
+            for r, d, st, final in zip(runs, dirs, statuses, finals):
+                if st == "completed":
+                    result.completed.append(r.run_id)
+                elif st in ("failed", "diverged"):
+                    result.failed.append(r.run_id)
+                if leader:
+                    _event(sweep_dir, event="end", run_id=r.run_id, owner=owner, status=st)
+                if on_run_end is not None:
+                    on_run_end(r, final if st == "completed" else None)
         finally:
-            if claim is not None:
-                claim.release()
+            for _, c in group:
+                if c is not None:
+                    c.release()
+        for _ in group[1:]:
+            advance()
         advance()
         if result.stopped:
             break

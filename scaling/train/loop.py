@@ -45,7 +45,7 @@ from scaling.train.checkpoint import Checkpointer
 from scaling.train.logger import MetricsLogger
 from scaling.train.optim import lr_table
 from scaling.train.state import TrainState, build, init_state, restore_init_from, restore_state
-from scaling.train.step import make_eval_step, make_train_step
+from scaling.train.step import make_eval_step, make_stacked_step
 
 FINAL_LOSS_WINDOW = 20  # final_train_loss: mean LM loss over the last this-many steps
 PROGRESS_EVERY_S = 5.0  # how often the record notes the newest step reached (for the steps a kill makes us redo)
@@ -216,6 +216,241 @@ def restore_or_init(cfg: RunConfig, pre: Preflight, target: TrainState, sharding
     return init_state(cfg, shardings), fresh_loop, "init"
 
 
+class _Member:
+    """One run's side of the loop: its record, data, checkpoints, metrics and final evaluation. A run trained
+    alone is a stack of one; every member of a stack keeps everything of its own (``train_stack``)."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, run_id: str | None, is_main: bool):
+        self.cfg, self.run_dir, self.is_main = cfg, Path(run_dir), is_main
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.B, self.L, self.steps = cfg.train.batch_size, cfg.model.seq_len, cfg.steps
+        self.run_id = run_id or run_id_for(cfg)
+        self.config_dict = cfg.to_dict()
+        self.counts = count_params(cfg.model)
+        self.fpt = flops_per_token(cfg.model, cfg.train.flops_attention)
+        self.D = self.steps * self.B * self.L
+        self.record: dict[str, Any] = rec.read_record(self.run_dir) or {}
+        self.finished = self.record.get("status") == "completed" and rec.config_hash(self.record.get("config", {})) == rec.config_hash(self.config_dict)
+        self.warnings: list[str] = []
+        self.train_cfg = rec.training_config(self.config_dict)
+        self.logger = None
+        self.pending: list[tuple[int, Any]] = []
+        self.last_eval: dict = {}
+        self.error: BaseException | None = None  # set when this member diverged or failed inside a stack
+
+    def warn(self, msg: str) -> None:
+        self.warnings.append(msg)
+        if self.is_main:
+            warnings.warn(f"run {self.run_id}: {msg}", MeasurementWarning, stacklevel=3)
+
+    def write_record(self, **updates) -> None:
+        self.record.update(updates, updated_at=rec.now())
+        if self.is_main:
+            rec.write_json_atomic(self.run_dir / "record.json", self.record)
+
+    def prepare(self, par: Parallel, resume_anyway: bool) -> None:
+        """Phase 1 and the record of a run about to train; a refusal (ConfigError) changes nothing on disk but a
+        new run directory's record saying why."""
+        cfg, record = self.cfg, self.record
+        try:
+            self.pre = preflight(cfg, self.run_dir, par, self.train_cfg, resume_anyway, self.warn)
+        except ConfigError as e:
+            if not record and self.is_main:  # leave a record for sweeps; an existing one is left as it was
+                rec.write_json_atomic(self.run_dir / "record.json", {
+                    "schema": rec.SCHEMA_VERSION, "run_id": self.run_id, "status": "failed", "config": self.config_dict,
+                    "error": f"ConfigError: {e}", "started_at": rec.now(), "updated_at": rec.now(),
+                })
+            raise
+        moe = cfg.model.moe
+        record.update(
+            {
+                "schema": rec.SCHEMA_VERSION,
+                "run_id": self.run_id,
+                "name": cfg.name,
+                "status": "running",
+                "config": self.config_dict,
+                **self.counts.as_dict(),
+                "n_experts": moe.n_experts if moe else None,
+                "top_k": moe.top_k if moe else None,
+                "granularity": moe.granularity if moe else None,
+                "kind": "moe" if moe else "dense",
+                "tokens": self.D,
+                "steps": self.steps,
+                "batch_size": self.B,
+                "seq_len": self.L,
+                "epochs": self.pre.epochs,
+                "flops_per_token": self.fpt,
+                "flops": self.fpt * self.D,
+                "flops_convention": flops_convention(cfg.train.flops_attention),
+                "seed": cfg.train.seed,
+                "init_seed": cfg.init_seed,
+                "data_seed": cfg.data_seed,
+                "mesh": par.sizes,
+                "data": self.pre.ds.describe(),
+                "versions": rec.library_versions(),
+                **rec.device_info(),
+                "warnings": self.warnings,
+                "error": None,
+            }
+        )
+        record.pop("diverged_at_step", None)
+        record.pop("stop_signal", None)
+        record.setdefault("started_at", rec.now())
+        if self.is_main:
+            (self.run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        self.write_record()
+
+    def start(self, target: TrainState, shardings: TrainState, par: Parallel, progress: Any) -> TrainState:
+        """Phase 3 (restore or init) and the metrics logger; the state this member starts from."""
+        cfg, record = self.cfg, self.record
+        state, self.loop_state, origin = restore_or_init(cfg, self.pre, target, shardings)
+        self.start_step = start = int(jax.device_get(state.step))
+        # an earlier attempt that got past its last checkpoint (killed, or preempted without grace) lost those
+        # steps: they are trained again now, and the record counts them (the cost of checkpoint_every)
+        reached = record.get("reached_step")
+        restarted = reached is not None or self.pre.latest is not None
+        recomputed = max(0, int(reached or 0) - start)
+        self.recent = deque(self.loop_state["recent_losses"], maxlen=FINAL_LOSS_WINDOW)
+        counts = self.counts
+        self.logger = MetricsLogger(
+            self.run_dir,
+            cfg.log,
+            self.run_id,
+            {**self.config_dict, "run_id": self.run_id, "N": counts.total, "N_active": counts.active, "D": self.D, "C": self.fpt * self.D},
+            resume_step=start,
+            enabled=self.is_main,
+        )
+        self.write_record(
+            resumed_from_step=start if self.pre.latest is not None and start else None,
+            initialized_from=origin,
+            reached_step=start,
+            restarts=int(record.get("restarts") or 0) + int(restarted),
+            steps_recomputed=int(record.get("steps_recomputed") or 0) + recomputed,
+            preemptions=int(record.get("preemptions") or 0),
+        )
+        self.last_progress_write = time.monotonic()
+        self.rows = par.local_rows(self.B)
+        self.lrs = lr_table(cfg.train, self.steps, cfg.train.lr)  # the schedule, step by step: not compiled into the step
+        self.session_tokens, self.session_time = 0, 0.0
+        self.task = progress.add_task(self.run_id, total=self.steps, completed=start, loss=float("nan"), tps=0.0) if progress else None
+        self.progress = progress
+        return state
+
+    def batch(self, par: Parallel, step: int) -> jax.Array:
+        return par.put_batch(self.pre.ds.train_batch(step, self.B, self.L, self.cfg.data_seed, self.rows), (self.B, self.L + 1))
+
+    def flush(self) -> None:
+        """Pull the pending steps' metrics to the host (a device sync): check them, log every log_every-th."""
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        log_every, B, L = self.cfg.train.log_every, self.B, self.L
+        fetched = jax.device_get([m for _, m in pending])
+        for (s, _), out in zip(pending, fetched):
+            m = {k: float(v) for k, v in out["metrics"].items()}
+            if first_non_finite(m):
+                raise DivergedError(f"non-finite training loss at step {s + 1}: {m}", step=s + 1)
+            self.recent.append(m["lm_loss"])
+            if (s + 1) % log_every == 0 or s + 1 == self.steps:
+                tps = self.session_tokens / self.session_time if self.session_time > 0 else None
+                self.logger.log(s + 1, {**m, **_moe_metrics(out["aux"]), "tokens": (s + 1) * B * L, "tokens_per_sec": tps})
+                if self.task is not None:
+                    self.progress.update(self.task, completed=s + 1, loss=m["lm_loss"], tps=tps or 0.0)
+        if time.monotonic() - self.last_progress_write >= PROGRESS_EVERY_S:
+            self.last_progress_write = time.monotonic()
+            self.write_record(reached_step=s + 1)
+
+    def evaluate(self, eval_fn, state: TrainState, par: Parallel) -> dict:
+        with par.activation_rules():  # traced on first use
+            self.last_eval = evaluate(eval_fn, state.params, state.rest, self.pre.eval_windows, self.pre.eval_micro, par, self.pre.ds.bytes_per_token)
+        return self.last_eval
+
+    def checkpoint(self, done: int, state: TrainState) -> None:
+        self.flush()
+        ls = self.loop_state
+        self.loop_state = {
+            "config_hash": rec.training_hash(self.config_dict),
+            "train_config": self.train_cfg,
+            "carried_warnings": self.pre.carried,
+            "recent_losses": list(self.recent),
+            "train_time_s": ls["train_time_s"] + self.session_time,
+            "tokens_per_sec": self.session_tokens / self.session_time if self.session_time else ls["tokens_per_sec"],
+        }
+        self.session_time, self.session_tokens = 0.0, 0
+        self.pre.ckpt.save(done, state.as_dict(), self.loop_state)
+        # saves commit asynchronously: report the newest *committed* checkpoint
+        self.write_record(last_checkpoint_step=self.pre.ckpt.committed_step, progress=done / self.steps, reached_step=done)
+
+    def record_stop(self, should_stop) -> tuple[str, str | None]:
+        self.pre.ckpt.close()  # waits until the stop checkpoint is committed
+        sig = getattr(should_stop, "signal", None)
+        status = getattr(should_stop, "status", "stopped")
+        self.write_record(
+            last_checkpoint_step=self.pre.ckpt.committed_step,
+            stop_signal=sig,
+            preemptions=self.record["preemptions"] + int(status == "preempted"),
+        )
+        return status, sig
+
+    def finalize(self, state: TrainState, eval_fn, par: Parallel, compile_time: float, t0: float) -> dict:
+        """Phase 5: the final evaluation and the completed record."""
+        self.flush()
+        self.pre.ckpt.close()
+        self.record["last_checkpoint_step"] = self.pre.ckpt.committed_step
+        last_eval = self.last_eval or self.evaluate(eval_fn, state, par)  # empty: resumed from the final checkpoint
+        train_time = self.loop_state["train_time_s"]
+        recent = self.recent
+        final = {
+            "status": "completed",
+            "final_train_loss": float(np.mean(recent)) if recent else None,
+            "final_train_loss_window": len(recent),
+            "final_eval_loss": last_eval.get("eval_loss"),
+            "final_eval_loss_stderr": last_eval.get("eval_loss_stderr"),
+            "final_eval_bpb": last_eval.get("eval_bpb"),
+            "eval_tokens": last_eval.get("eval_tokens"),
+            "eval_windows": last_eval.get("eval_windows"),
+            "entropy_rate": getattr(self.pre.ds, "entropy_rate", None),
+            "tokens_per_sec": self.loop_state["tokens_per_sec"],
+            # train_time_s sums the checkpointed sessions, which together trained every step once
+            "step_time_s": train_time / self.steps if train_time else None,
+            "compile_time_s": compile_time,
+            "train_time_s": train_time,
+            "wall_time_s": (self.record.get("wall_time_s") or 0.0) + (time.perf_counter() - t0),
+            "params_digest": rec.params_digest(state.params),
+            "param_bytes_per_device": shard_bytes(state.params),
+            "opt_state_bytes_per_device": shard_bytes(state.opt),
+            "progress": 1.0,
+        }
+        self.write_record(**final)
+        self.logger.summary({k: v for k, v in final.items() if isinstance(v, (int, float))})
+        self.close(0)
+        return self.record
+
+    def fail(self, e: BaseException) -> None:
+        """Record how this member ended when it did not complete."""
+        if isinstance(e, DivergedError):
+            self.write_record(status="diverged", error=str(e), diverged_at_step=e.step)
+        elif isinstance(e, StopRequested):
+            self.write_record(status=e.status, error=None)
+        else:
+            self.write_record(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=8))
+
+    def close(self, code: int) -> None:
+        if self.logger is not None:
+            self.logger.close(code)
+            self.logger = None
+
+
+def stack_key(cfg: RunConfig) -> str:
+    """Runs with equal keys can train as one stack: their configs differ at most in the name, the seeds and the
+    peak learning rate (``train.lr``), which the stacked step takes per member."""
+    d = cfg.to_dict()
+    d.pop("name", None)
+    for k in ("seed", "init_seed", "data_seed", "lr", "init_from"):
+        d["train"].pop(k, None)
+    return rec.config_hash(d)
+
+
 def train(
     cfg: RunConfig,
     run_dir: str | Path,
@@ -230,256 +465,151 @@ def train(
     A checkpoint in ``run_dir`` is resumed only if it was written under the same training config (the record's
     ``config`` minus logging, evaluation and checkpointing cadence): a different one raises ``ConfigError`` unless
     ``resume_anyway`` (then the record says so); a checkpoint past this config's steps is always an error."""
-    run_dir = Path(run_dir)
+    return train_stack([cfg], [run_dir], progress=progress, should_stop=should_stop, run_ids=[run_id], resume_anyway=resume_anyway)[0]
+
+
+def train_stack(
+    cfgs: list[RunConfig],
+    run_dirs: list[str | Path],
+    *,
+    progress: Any = None,
+    should_stop: Callable[[], bool] | None = None,
+    run_ids: list[str | None] | None = None,
+    resume_anyway: bool = False,
+) -> list[dict]:
+    """Train (or resume) several runs of one shape in one compiled step (``scaling.train.step.make_stacked_step``);
+    their configs may differ in seeds and peak lr only (``stack_key``). Each run keeps its own run directory,
+    record, metrics, checkpoints and final evaluation, and its numbers are bit-identical to training it alone
+    (``tests/test_train.py``). A member that is refused, diverges or fails is recorded so and the others go on;
+    members resumed at different steps train in groups of equal step, one group after another. Returns the records
+    (a member that did not complete: its record says why). One run (``train``) raises instead: ConfigError,
+    DivergedError, StopRequested or the error that stopped it; a stack raises StopRequested after every member
+    checkpointed."""
     maybe_initialize_distributed()  # before any other JAX call
-    run_dir.mkdir(parents=True, exist_ok=True)
-    enable_compilation_cache(cfg.data.cache_dir)
+    if len({stack_key(c) for c in cfgs}) > 1:
+        raise ConfigError("runs of one stack must differ only in name, seeds and train.lr")
+    solo = len(cfgs) == 1
+    cfg0 = cfgs[0]
+    enable_compilation_cache(cfg0.data.cache_dir)
     is_main = jax.process_index() == 0
-    par = Parallel.create(cfg.parallel)
-    B, L, steps = cfg.train.batch_size, cfg.model.seq_len, cfg.steps
-    run_id = run_id or run_id_for(cfg)
-    config_dict = cfg.to_dict()
-    counts = count_params(cfg.model)
-    fpt = flops_per_token(cfg.model, cfg.train.flops_attention)
-    D = steps * B * L
-    record: dict[str, Any] = rec.read_record(run_dir) or {}
-    if record.get("status") == "completed" and rec.config_hash(record.get("config", {})) == rec.config_hash(config_dict):
-        return record  # already done: nothing to train
-
-    warnings_: list[str] = []
-
-    def warn(msg: str) -> None:
-        warnings_.append(msg)
-        if is_main:
-            warnings.warn(f"run {run_id}: {msg}", MeasurementWarning, stacklevel=3)
-
-    train_cfg = rec.training_config(config_dict)
+    par = Parallel.create(cfg0.parallel)
+    members = [_Member(c, d, i, is_main) for c, d, i in zip(cfgs, run_dirs, run_ids or [None] * len(cfgs))]
+    active = []
+    for m in members:
+        if m.finished:
+            continue  # already done: nothing to train
+        try:
+            m.prepare(par, resume_anyway)
+        except ConfigError:
+            if solo:
+                raise
+            continue
+        active.append(m)
+    if not active:
+        return [m.record for m in members]
+    graphdef, target, shardings = build(cfg0, par)  # phase 2: layout only, nothing allocated
+    states: dict[int, TrainState] = {}
     try:
-        pre = preflight(cfg, run_dir, par, train_cfg, resume_anyway, warn)
-    except ConfigError as e:
-        if not record and is_main:  # leave a record for sweeps; an existing one is left as it was
-            rec.write_json_atomic(run_dir / "record.json", {
-                "schema": rec.SCHEMA_VERSION, "run_id": run_id, "status": "failed", "config": config_dict,
-                "error": f"ConfigError: {e}", "started_at": rec.now(), "updated_at": rec.now(),
-            })
-        raise
-    graphdef, target, shardings = build(cfg, par)  # phase 2: layout only, nothing allocated
-
-    record.update(
-        {
-            "schema": rec.SCHEMA_VERSION,
-            "run_id": run_id,
-            "name": cfg.name,
-            "status": "running",
-            "config": config_dict,
-            **counts.as_dict(),
-            "n_experts": cfg.model.moe.n_experts if cfg.model.moe else None,
-            "top_k": cfg.model.moe.top_k if cfg.model.moe else None,
-            "granularity": cfg.model.moe.granularity if cfg.model.moe else None,
-            "kind": "moe" if cfg.model.moe else "dense",
-            "tokens": D,
-            "steps": steps,
-            "batch_size": B,
-            "seq_len": L,
-            "epochs": pre.epochs,
-            "flops_per_token": fpt,
-            "flops": fpt * D,
-            "flops_convention": flops_convention(cfg.train.flops_attention),
-            "seed": cfg.train.seed,
-            "init_seed": cfg.init_seed,
-            "data_seed": cfg.data_seed,
-            "mesh": par.sizes,
-            "data": pre.ds.describe(),
-            "versions": rec.library_versions(),
-            **rec.device_info(),
-            "warnings": warnings_,
-            "error": None,
-        }
-    )
-    record.pop("diverged_at_step", None)
-    record.pop("stop_signal", None)
-    record.setdefault("started_at", rec.now())
-
-    def write_record(**updates):
-        record.update(updates, updated_at=rec.now())
-        if is_main:
-            rec.write_json_atomic(run_dir / "record.json", record)
-
-    if is_main:
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    write_record()
-
-    logger = None
-    ckpt = pre.ckpt
-    try:
-        state, loop_state, origin = restore_or_init(cfg, pre, target, shardings)  # phase 3
-        start = int(jax.device_get(state.step))
-        # an earlier attempt that got past its last checkpoint (killed, or preempted without grace) lost those
-        # steps: they are trained again now, and the record counts them (the cost of checkpoint_every)
-        reached = record.get("reached_step")
-        restarted = reached is not None or pre.latest is not None
-        recomputed = max(0, int(reached or 0) - start)
-        recent = deque(loop_state["recent_losses"], maxlen=FINAL_LOSS_WINDOW)
-        logger = MetricsLogger(
-            run_dir,
-            cfg.log,
-            run_id,
-            {**config_dict, "run_id": run_id, "N": counts.total, "N_active": counts.active, "D": D, "C": fpt * D},
-            resume_step=start,
-            enabled=is_main,
-        )
-        write_record(
-            resumed_from_step=start if pre.latest is not None and start else None,
-            initialized_from=origin,
-            reached_step=start,
-            restarts=int(record.get("restarts") or 0) + int(restarted),
-            steps_recomputed=int(record.get("steps_recomputed") or 0) + recomputed,
-            preemptions=int(record.get("preemptions") or 0),
-        )
-        last_progress_write = time.monotonic()
-
-        # phase 4: steps
-        step_fn = make_train_step(graphdef, cfg, par, shardings)
+        for k, m in enumerate(active):  # phase 3
+            states[k] = m.start(target, shardings, par, progress)
         eval_fn = make_eval_step(graphdef, par.replicated)
-        rows = par.local_rows(B)
-        lrs = lr_table(cfg.train, steps, cfg.train.lr)  # the schedule, step by step: not compiled into the step
-
-        def get_batch(step: int) -> jax.Array:
-            return par.put_batch(pre.ds.train_batch(step, B, L, cfg.data_seed, rows), (B, L + 1))
-
-        def evaluate_now(state: TrainState) -> dict:
-            with par.activation_rules():  # traced on first use
-                return evaluate(eval_fn, state.params, state.rest, pre.eval_windows, pre.eval_micro, par, pre.ds.bytes_per_token)
-
-        t0 = time.perf_counter()
-        with par.activation_rules():
-            compiled = step_fn.lower(state, get_batch(start), lrs[min(start, steps - 1)]).compile()
-        compile_time = time.perf_counter() - t0
-        # the kernel is passed explicitly to jax.nn.dot_product_attention, which runs it or raises: no fallback to hide
-        write_record(attention_kernel=attention_implementation(cfg.model), attention_requested=cfg.model.attention)
-
-        eval_every = cfg.train.eval_every or steps  # 0: only the final evaluation
-        ckpt_every = _every(cfg.train.checkpoint_every, steps)
-        keep_steps = set(cfg.train.keep_steps)
-        log_every = cfg.train.log_every
-        pending: list[tuple[int, Any]] = []
-        last_eval: dict = {}
-        session_tokens, session_time = 0, 0.0
-        task = progress.add_task(run_id, total=steps, completed=start, loss=float("nan"), tps=0.0) if progress else None
-
-        def flush() -> None:
-            """Pull the pending steps' metrics to the host (a device sync): check them, log every log_every-th."""
-            nonlocal pending, last_progress_write
-            if not pending:
-                return
-            fetched = jax.device_get([m for _, m in pending])
-            for (s, _), out in zip(pending, fetched):
-                m = {k: float(v) for k, v in out["metrics"].items()}
-                if first_non_finite(m):
-                    pending = []
-                    raise DivergedError(f"non-finite training loss at step {s + 1}: {m}", step=s + 1)
-                recent.append(m["lm_loss"])
-                if (s + 1) % log_every == 0 or s + 1 == steps:
-                    tps = session_tokens / session_time if session_time > 0 else None
-                    logger.log(s + 1, {**m, **_moe_metrics(out["aux"]), "tokens": (s + 1) * B * L, "tokens_per_sec": tps})
-                    if task is not None:
-                        progress.update(task, completed=s + 1, loss=m["lm_loss"], tps=tps or 0.0)
-            pending = []
-            if time.monotonic() - last_progress_write >= PROGRESS_EVERY_S:
-                last_progress_write = time.monotonic()
-                write_record(reached_step=s + 1)
-
-        in_flight = InFlight(par.max_in_flight)
-        for step in range(start, steps):
-            t_step = time.perf_counter()
-            batch = get_batch(step)
-            state, out = compiled(state, batch, lrs[step])
-            pending.append((step, out))
-            in_flight.add(out["metrics"]["loss"])
-            done = step + 1
-            checkpoint_now = done % ckpt_every == 0 or done == steps or done in keep_steps
-            if done % log_every == 0 or done == steps or checkpoint_now or done % eval_every == 0:
-                flush()  # syncs the device
-            session_time += time.perf_counter() - t_step
-            session_tokens += B * L
-            if done % eval_every == 0 or done == steps:
-                last_eval = evaluate_now(state)
-                logger.log(done, last_eval, kind="eval")
-            stopping = should_stop is not None and should_stop()
-            if jax.process_count() > 1:
-                # every process must stop at the same step (the checkpoint is a collective): agree at sync points
-                sync_point = done % log_every == 0 or checkpoint_now
-                stopping = par.any_process(stopping) if sync_point else False
-            if checkpoint_now or stopping:
-                flush()
-                loop_state = {
-                    "config_hash": rec.training_hash(config_dict),
-                    "train_config": train_cfg,
-                    "carried_warnings": pre.carried,
-                    "recent_losses": list(recent),
-                    "train_time_s": loop_state["train_time_s"] + session_time,
-                    "tokens_per_sec": session_tokens / session_time if session_time else loop_state["tokens_per_sec"],
-                }
-                session_time, session_tokens = 0.0, 0
-                ckpt.save(done, state.as_dict(), loop_state)
-                # saves commit asynchronously: report the newest *committed* checkpoint
-                write_record(last_checkpoint_step=ckpt.committed_step, progress=done / steps, reached_step=done)
-            if stopping and done < steps:
-                ckpt.close()  # waits until the stop checkpoint is committed
-                sig = getattr(should_stop, "signal", None)
-                status = getattr(should_stop, "status", "stopped")
-                write_record(
-                    last_checkpoint_step=ckpt.committed_step,
-                    stop_signal=sig,
-                    preemptions=record["preemptions"] + int(status == "preempted"),
-                )
-                raise StopRequested(f"{status} at step {done}/{steps} ({sig or 'stop requested'}); rerun to resume", done, status, sig)
-        flush()
-        ckpt.close()
-
-        # phase 5: finalize
-        record["last_checkpoint_step"] = ckpt.committed_step
-        if not last_eval:  # resumed from the final checkpoint (killed before the record was completed)
-            last_eval = evaluate_now(state)
-        train_time = loop_state["train_time_s"]
-        final = {
-            "status": "completed",
-            "final_train_loss": float(np.mean(recent)) if recent else None,
-            "final_train_loss_window": len(recent),
-            "final_eval_loss": last_eval.get("eval_loss"),
-            "final_eval_loss_stderr": last_eval.get("eval_loss_stderr"),
-            "final_eval_bpb": last_eval.get("eval_bpb"),
-            "eval_tokens": last_eval.get("eval_tokens"),
-            "eval_windows": last_eval.get("eval_windows"),
-            "entropy_rate": getattr(pre.ds, "entropy_rate", None),
-            "tokens_per_sec": loop_state["tokens_per_sec"],
-            # train_time_s sums the checkpointed sessions, which together trained every step once
-            "step_time_s": train_time / steps if train_time else None,
-            "compile_time_s": compile_time,
-            "train_time_s": train_time,
-            "wall_time_s": (record.get("wall_time_s") or 0.0) + (time.perf_counter() - t0),
-            "params_digest": rec.params_digest(state.params),
-            "param_bytes_per_device": shard_bytes(state.params),
-            "opt_state_bytes_per_device": shard_bytes(state.opt),
-            "progress": 1.0,
-        }
-        write_record(**final)
-        logger.summary({k: v for k, v in final.items() if isinstance(v, (int, float))})
-        logger.close(0)
-        logger = None
-        return record
-    except DivergedError as e:
-        write_record(status="diverged", error=str(e), diverged_at_step=e.step)
-        raise
-    except StopRequested as e:
-        write_record(status=e.status, error=None)
-        raise
+        groups: dict[int, list[int]] = {}
+        for k, m in enumerate(active):
+            groups.setdefault(m.start_step, []).append(k)
+        for start, ks in sorted(groups.items()):
+            _drive([active[k] for k in ks], {k: states[k] for k in ks}, graphdef, shardings, eval_fn, par, should_stop, solo)
     except BaseException as e:
-        write_record(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=8))
-        raise
+        for m in active:
+            if m.error is None and m.record.get("status") != "completed":
+                m.fail(e)
+        if solo or isinstance(e, StopRequested):
+            raise
+        if not isinstance(e, Exception):
+            raise
     finally:
-        if logger is not None:
-            logger.close(1)
+        for m in active:
+            m.close(1)
+    return [m.record for m in members]
+
+
+def _drive(members, states, graphdef, shardings, eval_fn, par, should_stop, solo) -> None:
+    """Phases 4 and 5 for members that start at the same step: one compiled step trains them all."""
+    keys = list(states)
+    m0 = members[0]
+    cfg, steps, start = m0.cfg, m0.steps, m0.start_step
+    step_fn = make_stacked_step(graphdef, cfg, len(members), par, shardings)
+    state_tuple = tuple(states[k] for k in keys)
+
+    def inputs(step: int):
+        return tuple(m.batch(par, step) for m in members), tuple(m.lrs[min(step, steps - 1)] for m in members)
+
+    t0 = time.perf_counter()
+    with par.activation_rules():
+        compiled = step_fn.lower(state_tuple, *inputs(start)).compile()
+    compile_time = time.perf_counter() - t0
+    # the kernel is passed explicitly to jax.nn.dot_product_attention, which runs it or raises: no fallback to hide
+    for m in members:
+        m.write_record(attention_kernel=attention_implementation(cfg.model), attention_requested=cfg.model.attention,
+                       stack_size=len(members))
+
+    live = list(range(len(members)))  # members still training (a diverged one is dropped, the others go on)
+    eval_every = cfg.train.eval_every or steps  # 0: only the final evaluation
+    ckpt_every = _every(cfg.train.checkpoint_every, steps)
+    keep_steps = set(cfg.train.keep_steps)
+    log_every = cfg.train.log_every
+    B, L = m0.B, m0.L
+
+    def each(fn) -> None:
+        """fn(i) for every live member; in a stack, a member whose metrics diverge is recorded and dropped."""
+        for i in list(live):
+            try:
+                fn(i)
+            except DivergedError as e:
+                if solo:
+                    raise
+                members[i].error = e
+                members[i].fail(e)
+                members[i].close(1)
+                live.remove(i)
+
+    in_flight = InFlight(par.max_in_flight)
+    for step in range(start, steps):
+        if not live:
+            return
+        t_step = time.perf_counter()
+        batches, lrs = inputs(step)
+        state_tuple, outs = compiled(state_tuple, batches, lrs)
+        for i in live:
+            members[i].pending.append((step, outs[i]))
+        in_flight.add(outs[live[0]]["metrics"]["loss"])
+        done = step + 1
+        checkpoint_now = done % ckpt_every == 0 or done == steps or done in keep_steps
+        if done % log_every == 0 or done == steps or checkpoint_now or done % eval_every == 0:
+            each(lambda i: members[i].flush())  # syncs the device
+        # a stack's step time is shared by its members: their train_time_s add up to the stack's
+        dt = (time.perf_counter() - t_step) / len(members)
+        for i in live:
+            members[i].session_time += dt
+            members[i].session_tokens += B * L
+        if done % eval_every == 0 or done == steps:
+            def ev(i):
+                members[i].logger.log(done, members[i].evaluate(eval_fn, state_tuple[i], par), kind="eval")
+            each(ev)
+        stopping = should_stop is not None and should_stop()
+        if jax.process_count() > 1:
+            # every process must stop at the same step (the checkpoint is a collective): agree at sync points
+            sync_point = done % log_every == 0 or checkpoint_now
+            stopping = par.any_process(stopping) if sync_point else False
+        if checkpoint_now or stopping:
+            each(lambda i: members[i].checkpoint(done, state_tuple[i]))
+        if stopping and done < steps:
+            status, sig = "stopped", None
+            for i in live:
+                status, sig = members[i].record_stop(should_stop)
+            raise StopRequested(f"{status} at step {done}/{steps} ({sig or 'stop requested'}); rerun to resume", done, status, sig)
+    each(lambda i: members[i].flush())
+    for i in live:
+        members[i].finalize(state_tuple[i], eval_fn, par, compile_time, t0)
 
 
 def load_params(run_dir: str | Path, cfg: RunConfig) -> nnx.Module:
@@ -495,4 +625,4 @@ def load_params(run_dir: str | Path, cfg: RunConfig) -> nnx.Module:
     return nnx.merge(graphdef, state.params, state.rest)
 
 
-__all__ = ["DivergedError", "MeasurementWarning", "StopRequested", "evaluate", "load_params", "run_id_for", "train"]
+__all__ = ["DivergedError", "MeasurementWarning", "StopRequested", "evaluate", "load_params", "run_id_for", "stack_key", "train", "train_stack"]

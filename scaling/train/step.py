@@ -98,6 +98,28 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: RunConfig, par=None, state_shar
     )
 
 
+def make_stacked_step(graphdef: nnx.GraphDef, cfg: RunConfig, k: int, par=None, state_shardings=None) -> Callable:
+    """One jitted step over ``k`` models of one shape: ``(states, batches, lrs) -> (states, outs)``, each a tuple of
+    ``k``. Every model's step is the single-model step, unrolled in one program (not vmapped): XLA compiles each
+    model's ops as it would alone, so every model's numbers are bit-identical to training it alone (a vmapped step
+    is not, on CPU: batched matmuls round differently), and the models' independent ops run concurrently. ``k = 1``
+    is the single-model step. The states are donated."""
+    step = train_step_fn(graphdef, cfg)
+
+    def stacked(states, batches, lrs):
+        outs = [step(s, b, lr) for s, b, lr in zip(states, batches, lrs)]
+        return tuple(o[0] for o in outs), tuple(o[1] for o in outs)
+
+    if par is None:
+        return jax.jit(stacked, donate_argnums=(0,))
+    return jax.jit(
+        stacked,
+        in_shardings=((state_shardings,) * k, (par.batch,) * k, (par.replicated,) * k),
+        out_shardings=((state_shardings,) * k, (par.replicated,) * k),
+        donate_argnums=(0,),
+    )
+
+
 def make_eval_step(graphdef: nnx.GraphDef, out_sharding=None) -> Callable:
     """Per-sequence mean next-token loss (B,), float32. ``out_sharding`` (e.g. replicated) lets every process of a
     multi-host job read all of it."""
