@@ -92,7 +92,7 @@ def _base(size: QuickstartSize, data: str, wandb: str, seed: int, eval_tokens: i
         "model": {"seq_len": size.seq_len, "vocab_size": 256},
         # one evaluation at the end, on the same fixed held-out set for every run
         "train": {"batch_size": size.batch_size, "log_every": 20, "eval_tokens": eval_tokens, "eval_every": 10**9,
-                  "eval_batch_size": 256, "seed": seed},
+                  "seed": seed},
         "log": {"wandb": wandb},
     }
 
