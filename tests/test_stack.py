@@ -54,10 +54,13 @@ def test_other_shapes_are_refused_in_one_line():
         train_stack([_cfg(0), _cfg(1, **{"model.d_model": 48})], ["/nonexistent/a", "/nonexistent/b"])
 
 
-def test_a_diverging_member_is_recorded_and_the_others_go_on(tmp_path):
-    cfgs = [_cfg(0), _cfg(1, lr=1e6)]  # lr 1e6 overflows within a few steps
-    recs = train_stack(cfgs, [tmp_path / "ok", tmp_path / "bad"])
+def test_members_that_diverge_or_fail_are_recorded_and_the_others_go_on(tmp_path):
+    cfgs = [_cfg(0), _cfg(1, lr=1e6),  # lr 1e6 overflows within a few steps
+            _cfg(2, **{"train.init_from": f"{tmp_path}/nowhere@10"})]  # fails at restore: no such run
+    recs = train_stack(cfgs, [tmp_path / "ok", tmp_path / "bad", tmp_path / "lost"])
     assert recs[1]["status"] == "diverged" and recs[1]["diverged_at_step"] is not None
+    on_disk = json.loads((tmp_path / "lost" / "record.json").read_text())
+    assert recs[2]["status"] == on_disk["status"] == "failed" and "nowhere has no checkpoints" in on_disk["error"]
     _same(recs[0], train(cfgs[0], tmp_path / "alone"))
 
 
@@ -75,7 +78,7 @@ def test_a_stopped_stack_resumes_to_the_same_numbers(tmp_path):
     with pytest.raises(StopRequested):
         train_stack(cfgs, dirs, should_stop=stop_at_12)
     assert all(json.loads((d / "record.json").read_text())["status"] == "stopped" for d in dirs)
-    shutil.rmtree(dirs[2])  # c starts again from scratch: a and b resume at step 12, c trains after them from 0
+    shutil.rmtree(dirs[2])  # c starts again from scratch: it trains first (from step 0), then a and b from step 12
     resumed = train_stack(cfgs, dirs)
     assert [r["resumed_from_step"] for r in resumed] == [12, 12, None]
     assert [r["stack_size"] for r in resumed] == [2, 2, 1]

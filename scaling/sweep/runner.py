@@ -36,7 +36,9 @@ from scaling.train.record import read_record
 HEARTBEAT_S = 5.0
 BRANCH_WAIT_S = 1.0  # how often a worker waiting for a trunk's branch point looks again
 STALE_AFTER_S = 60.0
-TIMING_COLUMNS = ("tokens_per_sec", "step_time_s", "compile_time_s", "wall_time_s", "train_time_s")
+# a stacked run's train_time_s / step_time_s are its share of the stack's (they add up to the stack's time);
+# tokens_per_sec is the stack's rate; stack_size says how many trained together
+TIMING_COLUMNS = ("tokens_per_sec", "step_time_s", "compile_time_s", "wall_time_s", "train_time_s", "stack_size")
 
 
 class Claim:
@@ -281,13 +283,12 @@ def run_sweep(
                 return -1, None
             time.sleep(BRANCH_WAIT_S)
 
-    def claim_stack_mates(k: int, room: int) -> list[tuple[int, Claim]]:
-        """Pending runs that can train in one stack with run k (``stack_key``: the same shape, differing only in
-        seeds and lr; a branch only once its trunk reached the branch point), claimed; at most ``room``."""
+    def claim_stack_mates(k: int, size: int, group: list) -> None:
+        """Claim pending runs that can train in one stack with run k (``stack_key``: the same shape, differing only
+        in seeds and lr; a branch only once its trunk reached the branch point) into ``group``, up to ``size``."""
         key = stack_key(with_logging(plan[k], spec, sweep_dir))
-        mates = []
         for j in list(pending):
-            if len(mates) >= room:
+            if len(group) >= size:
                 break
             r = plan[j]
             if (r.role == "branch" and not branch_ready(r)) or stack_key(with_logging(r, spec, sweep_dir)) != key:
@@ -297,8 +298,7 @@ def run_sweep(
             c = try_claim(j)
             if c is not None:
                 pending.remove(j)
-                mates.append((j, c))
-        return mates
+                group.append((j, c))
 
     rounds = 0
     while True:
@@ -322,11 +322,11 @@ def run_sweep(
         if k < 0:
             break
         group = [(k, claim)]
-        if stack > 1 and not multi and train_fn is train:
-            group += claim_stack_mates(k, stack - 1)
-        runs = [plan[j] for j, _ in group]
-        dirs = [sweep_dir / "runs" / r.run_id for r in runs]
         try:
+            if stack > 1 and not multi and train_fn is train:
+                claim_stack_mates(k, stack, group)  # inside the try: every claim taken is released below
+            runs = [plan[j] for j, _ in group]
+            dirs = [sweep_dir / "runs" / r.run_id for r in runs]
             if leader:
                 for r, d in zip(runs, dirs):
                     rec = read_record(d)
@@ -340,19 +340,22 @@ def run_sweep(
             try:
                 if len(runs) == 1:
                     finals = [train_fn(cfgs[0], dirs[0], progress=progress, should_stop=should_stop, run_id=runs[0].run_id)]
+                    statuses = ["completed"]
                 else:  # members that diverge or fail are recorded so by train_stack; the others complete
                     finals = train_stack(cfgs, dirs, progress=progress, should_stop=should_stop, run_ids=[r.run_id for r in runs])
-                statuses = [f.get("status", "failed") if f else "failed" for f in finals]
+                    statuses = [f.get("status") or "failed" for f in finals]
             except StopRequested as e:
                 result.stopped, result.stop_status = True, e.status
-                # preempted (SIGUSR2 / SIGTERM) or stopped (Ctrl-C); resumable either way
-                statuses = [(read_record(d) or {}).get("status") or e.status for d in dirs]
-                statuses = [st if st == "completed" else e.status for st in statuses]
+                # preempted (SIGUSR2 / SIGTERM) or stopped (Ctrl-C); resumable either way. Stack members that ended
+                # otherwise before the stop (completed, diverged, failed) keep what their record says.
+                on_disk = [read_record(d) or {} for d in dirs]
+                statuses = [r.get("status") if r.get("status") in ("completed", "diverged", "failed") else e.status for r in on_disk]
+                finals = [r if st == "completed" else None for r, st in zip(on_disk, statuses)]
             except DivergedError:
                 statuses = ["diverged"]
             except Exception:  # recorded as failed by train(); the sweep goes on
                 statuses = ["failed"] * len(runs)
-            for r, d, st, final in zip(runs, dirs, statuses, finals):
+            for r, st, final in zip(runs, statuses, finals):
                 if st == "completed":
                     result.completed.append(r.run_id)
                 elif st in ("failed", "diverged"):

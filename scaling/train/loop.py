@@ -114,12 +114,15 @@ def eval_micro_batch(cfg: RunConfig, par: Parallel) -> int:
     """Sequences per evaluation call: ``train.eval_batch_size`` when set; else, on a CPU, the power of two (a
     multiple of the batch shards, at most 256) nearest EVAL_CPU_FLOATS / (seq_len x d_model), so one call's
     activations stay in cache; elsewhere the training micro-batch. Every window is scored once whatever the size:
-    it changes speed and memory, not the windows (float rounding only). Measured on 2 cores, 2-layer models,
+    it changes speed and memory, not the windows (float rounding only); with a large vocabulary the logits cap it. Measured on 2 cores, 2-layer models,
     seq 64: 1.2x (d16) to 2.0x (d64) the tokens/s of 256-sequence calls (benchmarks/RESULTS.md)."""
     if cfg.train.eval_batch_size is not None or jax.default_backend() != "cpu":
         return cfg.eval_batch_size
-    target = EVAL_CPU_FLOATS / (cfg.model.seq_len * cfg.model.d_model)
+    L, V = cfg.model.seq_len, cfg.model.vocab_size
+    target = EVAL_CPU_FLOATS / (L * cfg.model.d_model)
     micro = 2 ** max(0, min(8, round(math.log2(max(target, 1.0)))))
+    # a large vocabulary: no more float32 logits per call than 2^24 (64 MiB) or the training micro-batch's
+    micro = min(micro, max(cfg.eval_batch_size, 2**24 // (L * V)))
     return max(par.batch_shards, micro - micro % par.batch_shards)
 
 
@@ -449,7 +452,7 @@ class _Member:
         elif isinstance(e, StopRequested):
             self.write_record(status=e.status, error=None)
         else:
-            self.write_record(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=8))
+            self.write_record(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=-8))
 
     def close(self, code: int) -> None:
         if self.logger is not None:
@@ -510,37 +513,54 @@ def train_stack(
     is_main = jax.process_index() == 0
     par = Parallel.create(cfg0.parallel)
     members = [_Member(c, d, i, is_main) for c, d, i in zip(cfgs, run_dirs, run_ids or [None] * len(cfgs))]
+    def drop(m: _Member, e: Exception) -> None:
+        """A stack member that failed alone: recorded (the others go on); one run raises instead."""
+        if solo:
+            raise e
+        m.error = e
+        if m.record.get("status") == "running":
+            m.fail(e)  # written to its record.json
+        else:  # refused before its record was rewritten: the disk stays as it was; the record returned says why
+            m.record = {**m.record, "status": "failed", "error": f"{type(e).__name__}: {e}"}
+        m.close(1)
+
     active = []
     for m in members:
         if m.finished:
-            continue  # already done: nothing to train
+            continue
         try:
             m.prepare(par, resume_anyway)
-        except ConfigError:
-            if solo:
-                raise
+        except Exception as e:
+            drop(m, e)
             continue
         active.append(m)
     if not active:
-        return [m.record for m in members]
-    graphdef, target, shardings = build(cfg0, par)  # phase 2: layout only, nothing allocated
+        return [m.record for m in members]  # already done (or every member refused): nothing to train
     states: dict[int, TrainState] = {}
     try:
-        for k, m in enumerate(active):  # phase 3
-            states[k] = m.start(target, shardings, par, progress)
+        graphdef, target, shardings = build(cfg0, par)  # phase 2: layout only, nothing allocated
         eval_fn = make_eval_step(graphdef, par.replicated)
+        for k, m in enumerate(active):  # phase 3
+            try:
+                states[k] = m.start(target, shardings, par, progress)
+            except Exception as e:
+                drop(m, e)
         groups: dict[int, list[int]] = {}
-        for k, m in enumerate(active):
-            groups.setdefault(m.start_step, []).append(k)
-        for start, ks in sorted(groups.items()):
-            _drive([active[k] for k in ks], {k: states[k] for k in ks}, graphdef, shardings, eval_fn, par, should_stop, solo)
+        for k in states:
+            groups.setdefault(active[k].start_step, []).append(k)
+        for g, (start, ks) in enumerate(sorted(groups.items())):
+            if g and should_stop is not None and should_stop():  # a stop latched while an earlier group trained
+                for k in ks:
+                    active[k].record_stop(should_stop)
+                status = getattr(should_stop, "status", "stopped")
+                raise StopRequested(f"{status} before step {start + 1} ({getattr(should_stop, 'signal', None) or 'stop requested'})",
+                                    start, status, getattr(should_stop, "signal", None))
+            _drive([active[k] for k in ks], {k: states[k] for k in ks}, graphdef, shardings, eval_fn, par, should_stop, drop, solo)
     except BaseException as e:
         for m in active:
             if m.error is None and m.record.get("status") != "completed":
                 m.fail(e)
-        if solo or isinstance(e, StopRequested):
-            raise
-        if not isinstance(e, Exception):
+        if solo or isinstance(e, StopRequested) or not isinstance(e, Exception):
             raise
     finally:
         for m in active:
@@ -548,7 +568,7 @@ def train_stack(
     return [m.record for m in members]
 
 
-def _drive(members, states, graphdef, shardings, eval_fn, par, should_stop, solo) -> None:
+def _drive(members, states, graphdef, shardings, eval_fn, par, should_stop, drop, solo) -> None:
     """Phases 4 and 5 for members that start at the same step: one compiled step trains them all."""
     keys = list(states)
     m0 = members[0]
@@ -576,16 +596,12 @@ def _drive(members, states, graphdef, shardings, eval_fn, par, should_stop, solo
     B, L = m0.B, m0.L
 
     def each(fn) -> None:
-        """fn(i) for every live member; in a stack, a member whose metrics diverge is recorded and dropped."""
+        """fn(i) for every live member; in a stack, a member that diverges or fails is recorded and dropped."""
         for i in list(live):
             try:
                 fn(i)
-            except DivergedError as e:
-                if solo:
-                    raise
-                members[i].error = e
-                members[i].fail(e)
-                members[i].close(1)
+            except Exception as e:
+                drop(members[i], e)
                 live.remove(i)
 
     in_flight = InFlight(par.max_in_flight)
@@ -624,8 +640,7 @@ def _drive(members, states, graphdef, shardings, eval_fn, par, should_stop, solo
                 status, sig = members[i].record_stop(should_stop)
             raise StopRequested(f"{status} at step {done}/{steps} ({sig or 'stop requested'}); rerun to resume", done, status, sig)
     each(lambda i: members[i].flush())
-    for i in live:
-        members[i].finalize(state_tuple[i], eval_fn, par, compile_time, t0)
+    each(lambda i: members[i].finalize(state_tuple[i], eval_fn, par, compile_time, t0))
 
 
 def load_params(run_dir: str | Path, cfg: RunConfig) -> nnx.Module:
