@@ -27,13 +27,14 @@ import json, sys, warnings
 warnings.simplefilter("ignore")
 from scaling.bench import bench_config
 from scaling.config import load_config
+from scaling.model.layers import attention_implementation
 from scaling.model.presets import head_dim_for_width
 d, layers, seq, batch, steps = (int(x) for x in sys.argv[1:6])
 cfg = load_config(None, [f"model.d_model={d}", f"model.n_layers={layers}", f"model.n_heads={max(1, d // head_dim_for_width(d))}",
                          f"model.seq_len={seq}", "model.vocab_size=256", f"train.batch_size={batch}", "log.wandb=disabled",
                          *json.loads(sys.argv[6])])
 r = bench_config(cfg, steps)
-r["attention_kernel"] = __import__("scaling.model.layers", fromlist=["x"]).attention_implementation(cfg.model)
+r["attention_kernel"] = attention_implementation(cfg.model)
 print(json.dumps(r))
 """
 

@@ -555,7 +555,7 @@ def train_stack(
                 status = getattr(should_stop, "status", "stopped")
                 raise StopRequested(f"{status} before step {start + 1} ({getattr(should_stop, 'signal', None) or 'stop requested'})",
                                     start, status, getattr(should_stop, "signal", None))
-            _drive([active[k] for k in ks], {k: states[k] for k in ks}, graphdef, shardings, eval_fn, par, should_stop, drop, solo)
+            _drive([active[k] for k in ks], tuple(states[k] for k in ks), graphdef, shardings, eval_fn, par, should_stop, drop, solo)
     except BaseException as e:
         for m in active:
             if m.error is None and m.record.get("status") != "completed":
@@ -568,13 +568,11 @@ def train_stack(
     return [m.record for m in members]
 
 
-def _drive(members, states, graphdef, shardings, eval_fn, par, should_stop, drop, solo) -> None:
+def _drive(members, state_tuple, graphdef, shardings, eval_fn, par, should_stop, drop, solo) -> None:
     """Phases 4 and 5 for members that start at the same step: one compiled step trains them all."""
-    keys = list(states)
     m0 = members[0]
     cfg, steps, start = m0.cfg, m0.steps, m0.start_step
     step_fn = make_stacked_step(graphdef, cfg, len(members), par, shardings)
-    state_tuple = tuple(states[k] for k in keys)
 
     def inputs(step: int):
         return tuple(m.batch(par, step) for m in members), tuple(m.lrs[min(step, steps - 1)] for m in members)
