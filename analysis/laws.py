@@ -936,3 +936,176 @@ class KrajewskiLaw(Law):
 
 def load_fit(path: str | Path) -> Law:
     return Law.load(path)
+
+
+@register
+class SurfaceLaw(Law):
+    """The IsoFLOP surface: every run of a sweep on one law of N and C,
+
+        L(N, C) = E + A (C/C0)^-gamma * (1 + k ln^2(N / N_opt(C))),   N_opt(C) = N0 (C/C0)^a,
+
+    i.e. at each compute budget a parabola in log N (relative to the frontier's excess loss A C^-gamma) whose
+    minimum is the compute frontier L_opt(C) = E + A C^-gamma and whose position follows N_opt ~ C^a. It is the
+    frontier law (the GPT-4 form) and the IsoFLOP exponent fitted together on all runs instead of on per-budget
+    minima: six parameters from every run rather than three from a handful of noisy minima, one curvature shared
+    by all budgets (the relative curvature of the Chinchilla law at its optimum is the constant alpha * beta), and
+    a prediction for a run of any size, not only a compute-optimal one.
+
+    theta = (ln E, ln A, gamma, a, ln(N0 / N_ref), ln k); C0 and N_ref are the geometric means of the table's C
+    and N (fixed at the first fit and saved in the config), so the start grid is the same for any table's scale.
+    Its bootstrap resamples runs within each compute budget (a budget keeps its number of runs)."""
+
+    name = "surface"
+    inputs = ("N", "C")
+    validate_in_all = True
+    theta_names = ("e", "a_log", "gamma", "a", "n0", "k_log")
+    form = "E + A (C/C0)^-gamma (1 + k ln^2(N / (N0 (C/C0)^a)))"
+
+    def __init__(self, c_ref: float | None = None, n_ref: float | None = None, gap_dex: float = 0.1, **kw):
+        super().__init__(**kw)
+        self.c_ref = None if c_ref is None else float(c_ref)
+        self.n_ref = None if n_ref is None else float(n_ref)
+        self.gap_dex = gap_dex
+
+    def config(self):
+        return {**super().config(), "c_ref": self.c_ref, "n_ref": self.n_ref, "gap_dex": self.gap_dex}
+
+    def requirements(self) -> str:
+        return (
+            "surface law (E + A C^-gamma (1 + k ln^2(N/N_opt(C))), N_opt ~ C^a): columns N, C and loss; runs at "
+            "several sizes in each of at least 2 compute budgets, at least 6 distinct (N, C) points"
+        )
+
+    def check_table(self, df):
+        super().check_table(df)
+        from analysis.isoflop import assign_budgets
+
+        b = assign_budgets(df, self.gap_dex)
+        sizes = df.groupby(b.to_numpy())["N"].nunique()
+        if int((sizes >= 3).sum()) < 2:
+            raise FitError(
+                f"the surface law needs at least 2 compute budgets with 3 or more sizes each (a parabola in log N per "
+                f"budget); the table has {int((sizes >= 3).sum())}"
+            )
+
+    def fit_data(self, df):
+        X, y = super().fit_data(df)
+        if self.c_ref is None:
+            self.c_ref = float(np.exp(np.mean(np.log(X[:, 1]))))
+        if self.n_ref is None:
+            self.n_ref = float(np.exp(np.mean(np.log(X[:, 0]))))
+        return X, y
+
+    def default_grid(self):
+        return {
+            "e": [-1.5, -0.5, 0.0, 0.4],
+            "a_log": [-3.0, -1.5, -0.5, 0.5],
+            "gamma": [0.05, 0.15, 0.3, 0.5],
+            "a": [0.3, 0.5, 0.7],
+            "n0": [-1.0, 0.0, 1.0],
+            "k_log": [-3.5, -2.3, -1.0],
+        }
+
+    def bounds(self):
+        return np.array([-20.0, -20.0, 0.0, 0.0, -10.0, -12.0]), np.array([5.0, 10.0, 5.0, 2.0, 10.0, 5.0])
+
+    def model(self, X):
+        if self.c_ref is None or self.n_ref is None:
+            raise RuntimeError("surface law: c_ref / n_ref unset (fit first)")
+        x = (np.log(X[:, 0]) - np.log(self.n_ref))[None]
+        c = (np.log(X[:, 1]) - np.log(self.c_ref))[None]
+
+        def parts(theta):
+            e, la, g, a, n0, lk = (theta[:, i : i + 1] for i in range(6))
+            K = np.exp(lk)
+            u = x - n0 - a * c
+            q = 1.0 + K * u * u
+            T2 = la - g * c + np.log(q)
+            m = np.maximum(e, T2)
+            w1, w2 = np.exp(e - m), np.exp(T2 - m)
+            s = w1 + w2
+            return K, u, q, m + np.log(s), w1 / s, w2 / s
+
+        def value(theta):
+            return parts(theta)[3]
+
+        def jac(theta):
+            K, u, q, pred, w1, w2 = parts(theta)
+            S, n = pred.shape
+            one = np.ones((S, n))
+            cc = c * one
+            du = np.stack([0 * one, 0 * one, 0 * one, -cc, -one, 0 * one], axis=-1)  # du/dtheta
+            sk = K * u * u / q  # d ln q / d ln k
+            fu = 2 * K * u / q  # d ln q / du
+            g2 = np.stack([0 * one, one, -cc, 0 * one, 0 * one, sk], axis=-1) + fu[..., None] * du  # dT2/dtheta
+            g1 = np.zeros_like(g2)
+            g1[..., 0] = 1.0
+            J = w1[..., None] * g1 + w2[..., None] * g2
+
+            def hess(v, rows=None):
+                sl = slice(None) if rows is None else rows
+                w1r, w2r, g1r, g2r, dur = w1[sl], w2[sl], g1[sl], g2[sl], du[sl]
+                Kr, ur, qr, skr = K[sl] * one[sl], u[sl], q[sl], sk[sl]
+                dd = g1r - g2r
+                H = np.einsum("sn,snp,snq->spq", v * w1r * w2r, dd, dd)
+                vw = v * w2r  # w2 * d^2 T2: the ln q term only
+                fuu = 2 * Kr * (1 - Kr * ur * ur) / qr**2
+                fku = 2 * Kr * ur / qr**2
+                H += np.einsum("sn,snp,snq->spq", vw * fuu, dur, dur)
+                cross = np.einsum("sn,snp->sp", vw * fku, dur)
+                H[:, 5, :] += cross
+                H[:, :, 5] += cross
+                H[:, 5, 5] += (vw * skr * (1 - skr)).sum(1)
+                return H
+
+            return pred, J, hess
+
+        return JacobianModel(6, value, jac)
+
+    def params_from_theta(self, theta):
+        theta = np.asarray(theta, float).ravel()
+        return {
+            "E": float(np.exp(theta[0])),
+            "A": float(np.exp(theta[1])),
+            "gamma": float(theta[2]),
+            "a": float(theta[3]),
+            "N0": float(np.exp(theta[4]) * (self.n_ref or 1.0)),
+            "k": float(np.exp(theta[5])),
+            "C0": float(self.c_ref or 1.0),
+        }
+
+    def bootstrap_problems(self, df, n, rng):
+        from analysis.isoflop import assign_budgets
+
+        X, y = self.fit_data(df)
+        groups = assign_budgets(self.prepare(df), self.gap_dex).to_numpy()
+        W = np.zeros((n, len(y)))
+        for b in np.unique(groups):
+            idx = np.flatnonzero(groups == b)
+            draw = idx[rng.integers(0, len(idx), (n, len(idx)))]
+            np.add.at(W, (np.repeat(np.arange(n), len(idx)), draw.ravel()), 1.0)
+        return X, y, W
+
+    def frontier(self, C) -> np.ndarray:
+        """L_opt(C) = E + A (C/C0)^-gamma: the loss of a compute-optimal run."""
+        p = self.params
+        return p["E"] + p["A"] * (np.asarray(C, float) / p["C0"]) ** -p["gamma"]
+
+    def N_opt(self, C, theta: np.ndarray | None = None) -> np.ndarray:
+        """N_opt(C) = N0 (C/C0)^a (the sizes' parabola minima); ``theta`` (S, 6) gives one row per sample."""
+        t = np.atleast_2d(self._require_fit() if theta is None else theta)
+        C = np.atleast_1d(np.asarray(C, float))
+        return (np.exp(t[:, 4:5]) * self.n_ref) * (C[None] / self.c_ref) ** t[:, 3:4]
+
+    def frontier_interval(self, C, level: float = 0.95) -> "pd.DataFrame":
+        """L_opt(C) with the bootstrap's percentile band (lo, hi) where samples are attached."""
+        import pandas as pd
+
+        C = np.atleast_1d(np.asarray(C, float))
+        out = pd.DataFrame({"loss": self.frontier(C)})
+        if self.bootstrap_samples is not None:
+            t = self.bootstrap_samples[np.isfinite(self.bootstrap_samples).all(axis=1)]
+            s = np.exp(t[:, 0:1]) + np.exp(t[:, 1:2]) * (C[None] / self.c_ref) ** -t[:, 2:3]
+            q = (1 - level) / 2
+            out["lo"], out["hi"] = np.quantile(s, q, axis=0), np.quantile(s, 1 - q, axis=0)
+        return out

@@ -47,26 +47,31 @@ def loss_vs_compute(df: pd.DataFrame, law: Law | None = None, target_C: float | 
     return fig
 
 
-def extrapolation(df: pd.DataFrame, law, C_target: float, predicted: dict, measured: dict | None = None, other: dict | None = None):
+def extrapolation(df: pd.DataFrame, law, C_target: float, predicted: dict, measured: dict | None = None, other: dict | None = None,
+                  minima: pd.DataFrame | None = None):
     """The GPT-4 figure: loss against compute normalised so the held-out run is 1. The small runs, the
     compute-optimal frontier (IsoFLOP minima) with the fitted power law and its band carried out to the target,
     the prediction's interval made before the run, and the measured point.
 
-    ``predicted``: {loss, lo, hi}; ``measured``: {loss, stderr}; ``other``: a second prediction {loss, lo, hi,
-    label} drawn beside the first (e.g. the Chinchilla law's)."""
+    ``law``: a frontier law (of C) or a surface law (its frontier L_opt(C) is drawn); ``predicted``: {loss, lo,
+    hi}; ``measured``: {loss, stderr}; ``other``: a second prediction {loss, lo, hi, label} drawn beside the first
+    (e.g. the Chinchilla law's); ``minima``: IsoFLOP minima to mark (default: the law's own)."""
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     x = df["C"].to_numpy(float) / C_target
     ax.scatter(x, df["loss"], s=9, c="0.65", label="sweep runs", zorder=2)
-    m = getattr(law, "minima", None)
+    m = getattr(law, "minima", None) if minima is None else minima
     if m is not None and len(m):
         ax.scatter(m["budget"] / C_target, m["loss_opt"], marker="D", c="C0", edgecolor="k", s=34, zorder=4, label="compute-optimal (IsoFLOP minima)")
         lo_c = float(m["budget"].min())
     else:
         lo_c = float(df["C"].min())
-    if law is not None and law.inputs == ("C",):
+    if law is not None and (law.inputs == ("C",) or hasattr(law, "frontier_interval")):
         Cs = np.logspace(np.log10(lo_c) - 0.1, np.log10(C_target) + 0.15, 120)
-        pred = law.predict_interval(C=Cs)
-        ax.plot(Cs / C_target, pred["loss"], "C0-", lw=1.5, label=f"fit: {law.form}")
+        if law.inputs == ("C",):
+            pred, label = law.predict_interval(C=Cs), f"fit: {law.form}"
+        else:
+            pred, label = law.frontier_interval(Cs), "frontier of the surface fit: E + A C^-gamma"
+        ax.plot(Cs / C_target, pred["loss"], "C0-", lw=1.5, label=label)
         if "lo" in pred:
             ax.fill_between(Cs / C_target, pred["lo"], pred["hi"], color="C0", alpha=0.15, lw=0, label="95% band (fit)")
     p = predicted

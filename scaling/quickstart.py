@@ -57,7 +57,7 @@ class QuickstartSize:
 
 
 FULL = QuickstartSize(
-    budgets=(6.25e10, 1.25e11, 2.5e11, 5e11, 1e12),
+    budgets=tuple(1.25e11 * 2 ** (k / 2) for k in range(7)),  # 1.25e11 .. 1e12, sqrt(2) apart
     # One shape family (two layers) from 14k to 461k parameters: a one-layer model cannot compose attention heads
     # (no induction heads) and scales on another law, so a ladder that changes depth mid-way bends the frontier.
     ladder=tuple(_m(d, 2, h) for d, h in ((16, 2), (20, 2), (24, 3), (32, 4), (40, 5), (48, 6), (56, 7), (64, 8),
@@ -101,6 +101,11 @@ def _base(size: QuickstartSize, data: str, wandb: str, seed: int, eval_tokens: i
 # halving it for short runs (the recipe's min_steps) would change the law between sizes.
 # lr_base 5e-3: at 26k, 58k and 130k parameters (two budgets, three seeds each) half the earlier 1e-2 reached a
 # lower mean loss at every point, and 1e-2 had seeds 5-8% apart.
+# The surface law's Huber delta is HUBER_K times the run-to-run scatter (of log loss): Huber's constant, 95%
+# efficient for Gaussian noise and still robust to an outlying run. The default delta of the laws (1e-3, Hoffmann
+# et al.) suits tables whose scatter is ~0.1-0.3%; this sweep's is ~1%, where 1e-3 would make the fit a median
+# (L1) regression and widen its interval by about a third (measured on seed 0: 5.6% against 4.1%).
+HUBER_K = 1.345
 RECIPE = {"lr_base": 5e-3, "lr_ref_params": 3e4, "lr_exponent": -0.25, "min_steps": 0}
 
 
@@ -193,6 +198,76 @@ def _run_sweeps(sweeps: list[tuple[dict, Path]], size: QuickstartSize, progress:
         collect(spec, d)
 
 
+HELDOUT_SCRIPT = """\
+from scaling.signals import StopFlag
+stop = StopFlag().install()
+from scaling.config import load_config
+from scaling.train import StopRequested, train
+from scaling.ui import progress_bar
+try:
+    with progress_bar({progress!r}) as bar:
+        train(load_config({cfg!r}), {out!r}, progress=bar, should_stop=stop, run_id={run_id!r})
+except StopRequested:
+    rc = stop.exit_code
+"""
+
+
+class QuickstartError(RuntimeError):
+    """A stage of the quickstart failed (the message says which and where its output is)."""
+
+
+def _train_heldout(cfg, run_dir: Path, run_id: str, progress: bool, should_stop, devices: int) -> dict:
+    """Train the held-out run and return its record. On a CPU with ``devices`` >= 2 cores it trains data-parallel
+    over that many host devices in a child process (``--xla_force_host_platform_device_count``; this process's
+    JAX is already initialised with one): the sweep's workers are done, and one process alone leaves a core idle
+    (measured 1.8x the tokens/s of one process with both cores' threads). The child resumes like any run and is
+    stopped (checkpointed) with this process."""
+    import jax
+    import yaml
+
+    from scaling.config import load_config
+    from scaling.train import train
+    from scaling.ui import progress_bar
+
+    rec = run_dir / "record.json"
+    if rec.exists() and json.loads(rec.read_text()).get("status") == "completed":
+        return json.loads(rec.read_text())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    devices = min(devices, cores)
+    if jax.default_backend() != "cpu" or devices < 2 or cfg.train.batch_size % devices:
+        with progress_bar(progress) as bar:
+            return train(cfg, run_dir, progress=bar, should_stop=should_stop, run_id=run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = run_dir.parent / f"{run_id}.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if load_config(cfg_path).to_dict() != cfg.to_dict():  # the child must train exactly this config
+        raise QuickstartError(f"{cfg_path} does not round-trip the held-out config")
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}").strip()
+    script = HELPER_PRELUDE + HELDOUT_SCRIPT.format(progress=progress, cfg=str(cfg_path), out=str(run_dir), run_id=run_id) + "raise SystemExit(rc)\n"
+    child = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        while child.poll() is None:
+            if should_stop is not None and should_stop():
+                child.send_signal(signal.SIGTERM)  # checkpoint and exit (a preemption: resumable)
+                child.wait()
+                break
+            time.sleep(0.5)
+    finally:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    r = json.loads(rec.read_text()) if rec.exists() else {}
+    if child.returncode == 0 and r.get("status") == "completed":
+        return r
+    if child.returncode in (75, 130, -signal.SIGTERM, -signal.SIGINT) or r.get("status") in ("stopped", "preempted"):
+        raise KeyboardInterrupt("held-out run stopped; rerun to resume")
+    raise QuickstartError(f"the held-out run failed (exit code {child.returncode}, status {r.get('status')!r}); its record and log are in {run_dir}")
+
+
 def _check_manifest(out: Path, manifest: dict) -> None:
     path = out / "quickstart.json"
     if path.exists():
@@ -214,7 +289,7 @@ def run_quickstart(
 
     from analysis import bootstrap, isoflop_analysis, load_runs, plots, seed_scatter
     from analysis.errors import FitError
-    from analysis.laws import ChinchillaLaw, FrontierLaw
+    from analysis.laws import ChinchillaLaw, FrontierLaw, SurfaceLaw
     from scaling.accounting import count_params, flops_per_token
     from scaling.config import load_config
     from scaling.model.config import ModelConfig
@@ -246,7 +321,7 @@ def run_quickstart(
     runs.to_csv(report / "runs.csv", index=False)
     noise.to_csv(report / "noise_runs.csv", index=False)
 
-    say(f"[2/4] fitting the compute frontier, the Chinchilla law ({size.bootstrap} bootstrap resamples each) and the IsoFLOP exponents")
+    say(f"[2/4] fitting the IsoFLOP surface, the compute frontier, the Chinchilla law ({size.bootstrap} bootstrap resamples each) and the IsoFLOP exponents")
     keys = ("d_model", "n_layers", "budget")
     repeats = pd.concat([runs.merge(noise[list(keys)].drop_duplicates(), on=list(keys)), noise], ignore_index=True)
     scatter = seed_scatter(repeats, keys=keys)
@@ -262,6 +337,15 @@ def run_quickstart(
         frontier = None
         (report / "fit_frontier.json").write_text(json.dumps({"law": "frontier", "error": str(e)}, indent=1))
         say(f"      frontier law not fitted on this sweep: {e}")
+    try:
+        scale = sigma or SurfaceLaw().fit(runs).resid_scale  # no repeats finished: the fit's own residual scatter
+        surface = SurfaceLaw(delta=HUBER_K * scale).fit(runs)
+        bootstrap(surface, runs, n=size.bootstrap, seed=0)
+        surface.save(report / "fit_surface.json")
+    except FitError as e:
+        surface = None
+        (report / "fit_surface.json").write_text(json.dumps({"law": "surface", "error": str(e)}, indent=1))
+        say(f"      surface law not fitted on this sweep: {e}")
     C_target = size.heldout_factor * max(size.budgets)
     try:
         iso = isoflop_analysis(runs, n_bootstrap=1000, seed=0)
@@ -270,9 +354,12 @@ def run_quickstart(
         iso = None
         (report / "fit_isoflop.json").write_text(json.dumps({"law": "isoflop", "error": str(e)}, indent=1))
         say(f"      IsoFLOP analysis not possible on this sweep: {e}")
-    # The held-out size: the IsoFLOP optimum where that fit is well-posed (every minimum inside the trained sizes,
-    # a plausible exponent), else the Chinchilla law's optimum; then the ladder shape nearest it (in log N).
-    if iso is not None and len(iso.minima) == len(size.budgets) and iso.minima["bracketed"].all() and 0.2 <= iso.a <= 0.9:
+    # The held-out size: the surface law's optimum where its exponent is plausible, else the IsoFLOP optimum where
+    # that fit is well-posed (every minimum inside the trained sizes, a plausible exponent), else the Chinchilla
+    # law's optimum; then the ladder shape nearest it (in log N).
+    if surface is not None and 0.2 <= surface.params["a"] <= 0.9:
+        N_star, size_from = float(surface.N_opt([C_target])[0, 0]), "surface law N_opt(C)"
+    elif iso is not None and len(iso.minima) == len(size.budgets) and iso.minima["bracketed"].all() and 0.2 <= iso.a <= 0.9:
         N_star, size_from = float(iso.N_opt(C_target)), "IsoFLOP fit N_opt(C)"
     else:
         N_star = float(law.compute_optimal([C_target]).iloc[0]["N_opt"])
@@ -294,7 +381,10 @@ def run_quickstart(
     N_h, D_h = count_params(held_cfg.model).total, held_cfg.steps * held_cfg.tokens_per_step
     C_h = flops_per_token(held_cfg.model) * D_h
     cp = law.predict_interval(N=N_h, D=D_h, noise_scale=sigma).iloc[0]
-    fp = frontier.predict_interval(C=[C_h], noise_scale=sigma).iloc[0] if frontier is not None else cp
+    fp = frontier.predict_interval(C=[C_h], noise_scale=sigma).iloc[0] if frontier is not None else None
+    sp = surface.predict_interval(N=[N_h], C=[C_h], noise_scale=sigma).iloc[0] if surface is not None else None
+    headline = "surface" if sp is not None else "frontier" if fp is not None else "chinchilla"
+    hp = {"surface": sp, "frontier": fp, "chinchilla": cp}[headline]
     prediction = {
         "seed": seed,
         "C_target": C_target,
@@ -304,11 +394,12 @@ def run_quickstart(
         "D": D_h,
         "C": C_h,
         "model": model,
-        "headline": "frontier" if frontier is not None else "chinchilla",
-        "predicted_loss": float(fp["loss"]),
-        "predicted_lo": float(fp["lo"]),
-        "predicted_hi": float(fp["hi"]),
+        "headline": headline,
+        "predicted_loss": float(hp["loss"]),
+        "predicted_lo": float(hp["lo"]),
+        "predicted_hi": float(hp["hi"]),
         "chinchilla": {"loss": float(cp["loss"]), "lo": float(cp["lo"]), "hi": float(cp["hi"])},
+        "frontier": None if fp is None else {"loss": float(fp["loss"]), "lo": float(fp["lo"]), "hi": float(fp["hi"])},
         "seed_scatter": scatter,
         "interval": "95% prediction interval for one run: the fit's bootstrap (runs resampled within each budget) times "
                     "exp(N(0, sigma^2)), sigma the run-to-run scatter measured on repeated seeds",
@@ -319,18 +410,19 @@ def run_quickstart(
     prediction = json.loads(pred_path.read_text())
     say(
         f"[3/4] held-out run: N={N_h:,} D={D_h:,} C={C_h:.3g} ({C_h / max(size.budgets):.1f}x the largest budget); "
-        f"predicted loss {prediction['predicted_loss']:.4f} [{prediction['predicted_lo']:.4f}, {prediction['predicted_hi']:.4f}] (frontier law)"
+        f"predicted loss {prediction['predicted_loss']:.4f} [{prediction['predicted_lo']:.4f}, {prediction['predicted_hi']:.4f}] ({prediction['headline']} law)"
     )
     run_id = config_hash(held_cfg.to_dict())
-    with progress_bar(progress) as bar:
-        record = train(held_cfg, out / "heldout" / run_id, progress=bar, should_stop=should_stop, run_id=run_id)
+    record = _train_heldout(held_cfg, out / "heldout" / run_id, run_id, progress, should_stop, size.workers)
     measured, stderr = record["final_eval_loss"], record["final_eval_loss_stderr"]
     heldout_row = pd.DataFrame([{"N": N_h, "D": D_h, "C": record["flops"], "loss": measured}])
 
     say("[4/4] writing the report")
     p = prediction
-    plots.save(plots.extrapolation(runs, frontier, C_h, {"loss": p["predicted_loss"], "lo": p["predicted_lo"], "hi": p["predicted_hi"]},
-                                   {"loss": measured, "stderr": stderr}, {**p["chinchilla"], "label": "Chinchilla law (95%)"}),
+    plots.save(plots.extrapolation(runs, surface if surface is not None else frontier, C_h,
+                                   {"loss": p["predicted_loss"], "lo": p["predicted_lo"], "hi": p["predicted_hi"]},
+                                   {"loss": measured, "stderr": stderr}, {**p["chinchilla"], "label": "Chinchilla law (95%)"},
+                                   minima=frontier.minima if frontier is not None else None),
                report / "extrapolation.png")
     plots.save(plots.loss_vs_compute(runs, law, target_C=C_h, heldout=heldout_row), report / "loss_vs_compute.png")
     if iso is not None:
@@ -355,6 +447,10 @@ def run_quickstart(
         "interval_half_width_rel": (p["predicted_hi"] - p["predicted_lo"]) / 2 / p["predicted_loss"],
         "chinchilla_rel_error": err(p["chinchilla"]["loss"]),
         "chinchilla_inside_interval": p["chinchilla"]["lo"] <= measured <= p["chinchilla"]["hi"],
+        "frontier_rel_error": err(p["frontier"]["loss"]) if p.get("frontier") else None,
+        "frontier_inside_interval": (p["frontier"]["lo"] <= measured <= p["frontier"]["hi"]) if p.get("frontier") else None,
+        "surface": surface.params if surface is not None else None,
+        "surface_intervals": surface.intervals() if surface is not None else None,
         "frontier": frontier.params if frontier is not None else None,
         "frontier_intervals": frontier.intervals() if frontier is not None else None,
         "chinchilla": law.params,
@@ -373,20 +469,21 @@ def run_quickstart(
     times.write_text(json.dumps(hist))
     summary["wall_time_s_invocations"] = hist
     write_json_atomic(report / "summary.json", _clean(summary))
-    (report / "report.md").write_text(render_report(summary, runs, law, frontier, iso, record))
+    (report / "report.md").write_text(render_report(summary, runs, law, frontier, iso, record, surface))
     if wandb != "disabled":
-        _log_fits(report, "quickstart", wandb, law, frontier, iso, runs, summary)
+        _log_fits(report, "quickstart", wandb, law, frontier, iso, runs, summary, surface)
     say(
-        f"held-out loss: predicted {p['predicted_loss']:.4f} [{p['predicted_lo']:.4f}, {p['predicted_hi']:.4f}] (frontier law), "
+        f"held-out loss: predicted {p['predicted_loss']:.4f} [{p['predicted_lo']:.4f}, {p['predicted_hi']:.4f}] ({p['headline']} law), "
         f"measured {measured:.4f} ± {stderr:.4f} "
         f"({100 * summary['rel_error']:+.2f}%, {'inside' if summary['inside_interval'] else 'outside'} the interval; "
-        f"Chinchilla law {p['chinchilla']['loss']:.4f}, {100 * summary['chinchilla_rel_error']:+.2f}%)\n"
+        + (f"frontier law {p['frontier']['loss']:.4f}, {100 * summary['frontier_rel_error']:+.2f}%; " if p.get("frontier") and p["headline"] != "frontier" else "")
+        + f"Chinchilla law {p['chinchilla']['loss']:.4f}, {100 * summary['chinchilla_rel_error']:+.2f}%)\n"
         f"report: {report / 'report.md'}"
     )
     return summary
 
 
-def _log_fits(report: Path, group: str, mode: str, law, frontier, iso, runs, summary: dict) -> None:
+def _log_fits(report: Path, group: str, mode: str, law, frontier, iso, runs, summary: dict, surface=None) -> None:
     """The fits as W&B runs in the sweep's group (beside its training runs): parameters, intervals, each law's
     held-out prediction and the measurement in the summary, per-run predictions or the minima as Tables, the
     report's plots as images."""
@@ -403,9 +500,15 @@ def _log_fits(report: Path, group: str, mode: str, law, frontier, iso, runs, sum
     images = {k: report / f"{k}.png" for k in ("loss_vs_compute", "contours") if (report / f"{k}.png").exists()}
     log_fit("fit-chinchilla", {**summary_of(law.to_dict()), **held(c["loss"], c["lo"], c["hi"])}, tables={"predictions": predictions_table(law, runs)},
             figures=images, group=group, mode=mode, directory=report, config={"law": "chinchilla", "n_runs": len(runs)})
-    if frontier is not None:
+    if surface is not None:
         images = {k: report / f"{k}.png" for k in ("extrapolation",) if (report / f"{k}.png").exists()}
-        log_fit("fit-frontier", {**summary_of(frontier.to_dict()), **held(p["predicted_loss"], p["predicted_lo"], p["predicted_hi"])},
+        log_fit("fit-surface", {**summary_of(surface.to_dict()), **held(p["predicted_loss"], p["predicted_lo"], p["predicted_hi"])},
+                tables={"predictions": predictions_table(surface, runs)}, figures=images, group=group, mode=mode, directory=report,
+                config={"law": "surface", "n_runs": len(runs), "headline": p.get("headline") == "surface"})
+    if frontier is not None:
+        f = p.get("frontier") or {"loss": p["predicted_loss"], "lo": p["predicted_lo"], "hi": p["predicted_hi"]}
+        images = {k: report / f"{k}.png" for k in ("extrapolation",) if (report / f"{k}.png").exists() and surface is None}
+        log_fit("fit-frontier", {**summary_of(frontier.to_dict()), **held(f["loss"], f["lo"], f["hi"])},
                 tables={"minima": frontier.minima}, figures=images, group=group, mode=mode, directory=report,
                 config={"law": "frontier", "n_runs": len(runs), "headline": p.get("headline") == "frontier"})
     if iso is not None:
@@ -414,9 +517,22 @@ def _log_fits(report: Path, group: str, mode: str, law, frontier, iso, runs, sum
                 mode=mode, directory=report, config={"law": "isoflop", "n_runs": len(runs)})
 
 
-def render_report(s: dict, runs, law, frontier, iso, record) -> str:
+HEADLINE_WHY = {
+    "surface": "The headline is the surface law: the GPT-4 frontier E + A C^-gamma fitted together with each budget's "
+    "parabola in log N on every run (six parameters from all runs, not three from a few noisy per-budget minima), so it "
+    "also predicts a held-out run that is not exactly compute-optimal. The frontier law on per-budget minima and the "
+    "Chinchilla law are shown beside it.",
+    "frontier": "The headline is the frontier law on per-budget minima (the surface law could not be fitted); the "
+    "Chinchilla law is shown beside it.",
+    "chinchilla": "The headline is the Chinchilla law (neither frontier fit was possible on this sweep).",
+}
+
+
+def render_report(s: dict, runs, law, frontier, iso, record, surface=None) -> str:
     p = s["prediction"]
     iv, fv = law.intervals(), (frontier.intervals() if frontier is not None else {})
+    sv = surface.intervals() if surface is not None else {}
+    fr = p.get("frontier")
     sc = p["seed_scatter"]
     ch = p["chinchilla"]
     walls = s.get("wall_time_s_invocations") or [s["wall_time_s"]]
@@ -437,16 +553,24 @@ def render_report(s: dict, runs, law, frontier, iso, record) -> str:
         "|---|---|---|---|---|---|",
         f"| **predicted, {p.get('headline', 'frontier')} law** (before training) | {p['N']:,} | {p['D']:,} | {p['C']:.3g} | {p['predicted_loss']:.4f} "
         f"[{p['predicted_lo']:.4f}, {p['predicted_hi']:.4f}] | {100 * s['rel_error']:+.2f}% |",
+        *([f"| predicted, frontier law (per-budget minima) | | | | {fr['loss']:.4f} [{fr['lo']:.4f}, {fr['hi']:.4f}] | {100 * s['frontier_rel_error']:+.2f}% |"]
+          if fr and p.get("headline") != "frontier" else []),
         f"| predicted, Chinchilla law | | | | {ch['loss']:.4f} [{ch['lo']:.4f}, {ch['hi']:.4f}] | {100 * s['chinchilla_rel_error']:+.2f}% |",
         f"| measured | | | {record['flops']:.3g} | {s['measured_eval_loss']:.4f} ± {s['measured_eval_loss_stderr']:.4f} "
         f"({100 * s['measured_eval_loss_rel_stderr']:.2f}%) | |",
         "",
-        f"The measurement is **{'inside' if s['inside_interval'] else 'outside'}** the frontier law's 95% interval "
+        f"The measurement is **{'inside' if s['inside_interval'] else 'outside'}** the {p.get('headline', 'frontier')} law's 95% interval "
         f"(half-width {100 * s['interval_half_width_rel']:.1f}%). The interval combines the fit's bootstrap with the "
         + (f"run-to-run scatter measured on repeated seeds: {100 * sc['sigma']:.2f}% ({sc['n_points']} points, {sc['dof']} degrees of freedom)."
            if sc.get("sigma") else "fit alone (no repeated seeds finished).")
-        + " The headline is the frontier law (the GPT-4 method): it is fitted where the held-out run lies, on the"
-        " compute-optimal losses, and needs no model of how loss falls off the optimum; the Chinchilla law is shown beside it.",
+        + " " + HEADLINE_WHY[p.get("headline", "frontier")],
+        "",
+        "## IsoFLOP surface  L(N, C) = E + A (C/C0)^-gamma (1 + k ln^2(N / N_opt(C))),  N_opt = N0 (C/C0)^a",
+        "",
+        "| param | value | 95% interval |",
+        "|---|---|---|",
+        *([f"| {k} | {v:.4g} | [{sv[k]['lo']:.4g}, {sv[k]['hi']:.4g}] |" for k, v in surface.params.items() if k in sv and k != "C0"]
+          if surface is not None else ["Not fitted on this sweep (fewer than 2 budgets with 3 sizes)."]),
         "",
         "## Compute frontier  L_opt(C) = E + A C^-gamma (IsoFLOP minima)",
         "",
@@ -510,6 +634,9 @@ def cmd_quickstart(args) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except QuickstartError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except (KeyboardInterrupt, StopRequested):
         print(f"{stop.status if stop.stop else 'stopped'}: rerun the same command to resume", file=sys.stderr)
         return stop.exit_code
