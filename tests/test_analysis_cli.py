@@ -100,7 +100,7 @@ def test_json_outputs_are_one_object_and_predictions_round_trip(tmp_path):
     # the same float64 arithmetic on the saved parameters (JSON keeps 17 significant digits)
     assert pred["loss"] == pytest.approx(Law.load(fit).predict(N=7e10, D=1.4e12)[0], rel=1e-12)
     val = json.loads(v.stdout)
-    assert set(val["laws"]) == {"chinchilla", "chinchilla-tied", "kaplan", "frontier"}
+    assert set(val["laws"]) == {"chinchilla", "chinchilla-tied", "kaplan", "frontier", "surface"}
     for name in ("chinchilla", "chinchilla-tied", "kaplan"):
         s = val["laws"][name]["summary"]
         assert {"mean_abs_rel_error", "max_abs_rel_error", "bias", "coverage"} <= set(s) and s["n_heldout"] > 0
