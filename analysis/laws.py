@@ -109,6 +109,11 @@ class Law(ABC):
     @abstractmethod
     def params_from_theta(self, theta: np.ndarray) -> dict[str, float]: ...
 
+    def fit_model(self, X: np.ndarray) -> Model:
+        """The model the fit's objective is summed over (the fitted runs' inputs X). Default: ``model(X)``; a law
+        whose fit whitens correlated residuals returns the whitened model (the surface law's trunk effects)."""
+        return self.model(X)
+
     # -- inputs and refusals ----------------------------------------------------------------------------------
     @property
     def n_params(self) -> int:
@@ -167,8 +172,8 @@ class Law(ABC):
             return self.model(X).value(np.atleast_2d(np.asarray(theta, float)))
 
     def objective_batch(self, thetas: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
-        with np.errstate(over="ignore", invalid="ignore"):
-            r = self._log_pred(thetas, X) - y[None, :]
+        with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
+            r = self.fit_model(X).value(np.atleast_2d(np.asarray(thetas, float))) - y[None, :]
             obj = huber(r, self.delta).sum(axis=1)
         return np.where(np.isfinite(obj), obj, np.inf)
 
@@ -176,7 +181,7 @@ class Law(ABC):
         """Fit on ``df``; ``starts`` overrides the grid (e.g. a warm start). ``progress`` shows a progress bar."""
         t0 = time.perf_counter()
         X, y = self.fit_data(df)
-        model = self.model(X)
+        model = self.fit_model(X)
         S = self.starts() if starts is None else np.atleast_2d(np.asarray(starts, float))
         n_grid = len(S)
         if self.top_starts is not None and len(S) > self.top_starts:
@@ -208,7 +213,7 @@ class Law(ABC):
             if fx < best_f:
                 best_x, best_f = x, fx
         self.theta, self.objective, self.n_points = best_x, float(best_f), len(y)
-        r = self._log_pred(best_x[None], X)[0] - y
+        r = self.fit_model(X).value(best_x[None])[0] - y
         self.resid_scale = float(1.4826 * np.median(np.abs(r - np.median(r))))
         self.fit_time_s = time.perf_counter() - t0
         self.search = {
@@ -938,6 +943,9 @@ def load_fit(path: str | Path) -> Law:
     return Law.load(path)
 
 
+HUBER_K = 1.345  # Huber's constant: delta = 1.345 sigma is 95% efficient for Gaussian scatter
+
+
 @register
 class SurfaceLaw(Law):
     """The IsoFLOP surface: every run of a sweep on one law of N and C,
@@ -953,7 +961,18 @@ class SurfaceLaw(Law):
 
     theta = (ln E, ln A, gamma, a, ln(N0 / N_ref), ln k); C0 and N_ref are the geometric means of the table's C
     and N (fixed at the first fit and saved in the config), so the start grid is the same for any table's scale.
-    Its bootstrap resamples runs within each compute budget (a budget keeps its number of runs)."""
+    Its bootstrap resamples runs within each compute budget (a budget keeps its number of runs).
+
+    ``groups`` names a column of runs that share their training (WSD branches of one trunk: ``trunk_id``). Such
+    runs share the trunk's luck (init and data order), so their residuals are correlated: a random intercept per
+    group, u ~ N(0, sigma_u^2), on top of independent scatter e ~ N(0, sigma_e^2). The fit is then feasible GLS:
+    a first fit's residuals give sigma_u and sigma_e (one-way ANOVA, method of moments), the residuals are
+    whitened within each group (Fuller & Battese 1973: r - theta_g mean_g(r), theta_g = 1 - sigma_e /
+    sqrt(sigma_e^2 + n_g sigma_u^2)) and the law is refitted on them, with Huber's delta at 1.345 sigma_e (95%
+    efficient for Gaussian scatter). The C dependence is then measured within trunks, where their luck cancels
+    (on the quickstart's sweeps this halves the prediction's sampling spread, measured by simulation). The
+    bootstrap is then a wild cluster bootstrap: each resample adds the fitted residuals of each group times one
+    draw of Webb's six-point distribution (Webb 2013; few clusters), scaled by sqrt(n / (n - 6))."""
 
     name = "surface"
     inputs = ("N", "C")
@@ -961,14 +980,61 @@ class SurfaceLaw(Law):
     theta_names = ("e", "a_log", "gamma", "a", "n0", "k_log")
     form = "E + A (C/C0)^-gamma (1 + k ln^2(N / (N0 (C/C0)^a)))"
 
-    def __init__(self, c_ref: float | None = None, n_ref: float | None = None, gap_dex: float = 0.1, **kw):
+    def __init__(self, c_ref: float | None = None, n_ref: float | None = None, gap_dex: float = 0.1, groups: str | None = None, **kw):
         super().__init__(**kw)
         self.c_ref = None if c_ref is None else float(c_ref)
         self.n_ref = None if n_ref is None else float(n_ref)
         self.gap_dex = gap_dex
+        self.groups = groups
+        self._T: np.ndarray | None = None  # the whitening transform of the fitted runs (grouped fits)
+        self._group_index: np.ndarray | None = None
+        self.variance: dict | None = None  # grouped fits: sigma_u, sigma_e, n_groups
 
     def config(self):
-        return {**super().config(), "c_ref": self.c_ref, "n_ref": self.n_ref, "gap_dex": self.gap_dex}
+        return {**super().config(), "c_ref": self.c_ref, "n_ref": self.n_ref, "gap_dex": self.gap_dex, "groups": self.groups}
+
+    def _group_codes(self, df) -> np.ndarray | None:
+        """Integer group per run, or None when the table has no usable groups (column absent, or every run alone)."""
+        if not self.groups or self.groups not in df.columns:
+            return None
+        codes = np.unique(df[self.groups].astype(str).to_numpy(), return_inverse=True)[1]
+        return codes if np.bincount(codes).max() > 1 else None
+
+    def fit(self, df, starts=None, progress: bool = False):
+        self._T = None
+        g = self._group_codes(df)
+        super().fit(df, starts=starts, progress=progress)
+        if g is None:
+            self.variance = None
+            return self
+        # Feasible GLS: variance components from the first fit's residuals, then a refit on whitened residuals.
+        X, y = self.fit_data(df)
+        r = self.model(X).value(self.theta[None])[0] - y
+        n_g = np.bincount(g)
+        k, n = len(n_g), len(r)
+        mean_g = np.bincount(g, weights=r) / n_g
+        ss_within = float(((r - mean_g[g]) ** 2).sum())
+        var_e = ss_within / max(n - k, 1)
+        ms_between = float((n_g * (mean_g - r.mean()) ** 2).sum()) / max(k - 1, 1)
+        n0 = (n - (n_g**2).sum() / n) / max(k - 1, 1)
+        var_u = max((ms_between - var_e) / n0, 0.0) if n0 > 0 else 0.0
+        theta_g = 1.0 - np.sqrt(var_e / (var_e + n_g * var_u)) if var_e > 0 else np.zeros(k)
+        T = np.eye(n)
+        for j in range(k):
+            idx = np.flatnonzero(g == j)
+            T[np.ix_(idx, idx)] -= theta_g[j] / n_g[j]
+        self._T, self._group_index = T, g
+        self.variance = {"sigma_u": float(np.sqrt(var_u)), "sigma_e": float(np.sqrt(var_e)), "n_groups": int(k),
+                         "groups": self.groups, "method": "one-way ANOVA on the first fit's log residuals; Fuller-Battese whitening"}
+        if var_e > 0:
+            self.delta = HUBER_K * float(np.sqrt(var_e))
+        first = self.theta
+        super().fit(df, starts=first[None], progress=progress)
+        self.notes.append(
+            f"runs grouped by {self.groups} ({k} groups): trunk scatter sigma_u {100 * np.sqrt(var_u):.2f}%, run scatter "
+            f"sigma_e {100 * np.sqrt(var_e):.2f}% of the loss; fitted on whitened residuals (feasible GLS)"
+        )
+        return self
 
     def requirements(self) -> str:
         return (
@@ -994,6 +1060,8 @@ class SurfaceLaw(Law):
             self.c_ref = float(np.exp(np.mean(np.log(X[:, 1]))))
         if self.n_ref is None:
             self.n_ref = float(np.exp(np.mean(np.log(X[:, 0]))))
+        if self._T is not None and len(y) == len(self._T):
+            y = self._T @ y
         return X, y
 
     def default_grid(self):
@@ -1062,6 +1130,23 @@ class SurfaceLaw(Law):
 
         return JacobianModel(6, value, jac)
 
+    def fit_model(self, X):
+        """With trunk groups: the model whitened by the trunks' random-intercept covariance (Fuller-Battese
+        transform m -> T m), so the objective is over uncorrelated residuals; else the plain model."""
+        m = self.model(X)
+        T = self._T
+        if T is None or len(X) != len(T):
+            return m
+
+        def value(theta):
+            return m.value(theta) @ T.T
+
+        def jac(theta):
+            pred, J, hess = m._jac(theta)
+            return pred @ T.T, np.einsum("ij,sjp->sip", T, J), lambda v, rows=None: hess(v @ T, rows)
+
+        return JacobianModel(6, value, jac)
+
     def params_from_theta(self, theta):
         theta = np.asarray(theta, float).ravel()
         return {
@@ -1077,6 +1162,15 @@ class SurfaceLaw(Law):
     def bootstrap_problems(self, df, n, rng):
         from analysis.isoflop import assign_budgets
 
+        if self._T is not None:  # wild cluster bootstrap on the whitened fit
+            X, _ = self.fit_data(df)
+            y = np.log(self.prepare(df)["loss"].to_numpy(float))
+            fitted = self.model(X).value(self.theta[None])[0]
+            r = (y - fitted) * np.sqrt(len(y) / max(len(y) - self.n_params, 1))
+            webb = np.sqrt(np.array([0.5, 1.0, 1.5]))
+            v = rng.choice(np.concatenate([-webb, webb]), size=(n, int(self._group_index.max()) + 1))
+            Y = (fitted[None] + v[:, self._group_index] * r[None]) @ self._T.T
+            return X, Y, np.ones((n, len(y)))
         X, y = self.fit_data(df)
         groups = assign_budgets(self.prepare(df), self.gap_dex).to_numpy()
         W = np.zeros((n, len(y)))
@@ -1085,6 +1179,12 @@ class SurfaceLaw(Law):
             draw = idx[rng.integers(0, len(idx), (n, len(idx)))]
             np.add.at(W, (np.repeat(np.arange(n), len(idx)), draw.ravel()), 1.0)
         return X, y, W
+
+    def to_dict(self, level: float = 0.95) -> dict:
+        return {**super().to_dict(level), "variance": self.variance}
+
+    def _restore(self, d):
+        self.variance = d.get("variance")
 
     def frontier(self, C) -> np.ndarray:
         """L_opt(C) = E + A (C/C0)^-gamma: the loss of a compute-optimal run."""

@@ -49,7 +49,7 @@ def bootstrap(
     Wb = np.repeat(W, m, axis=0)
     lo, hi = law.bounds()
     with progress_bar(progress, f"bootstrap ({n} resamples)") as cb:
-        res = minimize_batched(law.model(X), theta0, Yb, Wb, delta=law.delta, lower=lo, upper=hi, on_iter=cb)
+        res = minimize_batched(law.fit_model(X), theta0, Yb, Wb, delta=law.delta, lower=lo, upper=hi, on_iter=cb)
     f = res.fun.reshape(n, m)
     best = np.argmin(np.where(np.isfinite(f), f, np.inf), axis=1)
     thetas = res.theta.reshape(n, m, -1)[np.arange(n), best]

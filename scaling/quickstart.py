@@ -101,11 +101,6 @@ def _base(size: QuickstartSize, data: str, wandb: str, seed: int, eval_tokens: i
 # halving it for short runs (the recipe's min_steps) would change the law between sizes.
 # lr_base 5e-3: at 26k, 58k and 130k parameters (two budgets, three seeds each) half the earlier 1e-2 reached a
 # lower mean loss at every point, and 1e-2 had seeds 5-8% apart.
-# The surface law's Huber delta is HUBER_K times the run-to-run scatter (of log loss): Huber's constant, 95%
-# efficient for Gaussian noise and still robust to an outlying run. The default delta of the laws (1e-3, Hoffmann
-# et al.) suits tables whose scatter is ~0.1-0.3%; this sweep's is ~1%, where 1e-3 would make the fit a median
-# (L1) regression and widen its interval by about a third (measured on seed 0: 5.6% against 4.1%).
-HUBER_K = 1.345
 RECIPE = {"lr_base": 5e-3, "lr_ref_params": 3e4, "lr_exponent": -0.25, "min_steps": 0}
 
 
@@ -338,8 +333,8 @@ def run_quickstart(
         (report / "fit_frontier.json").write_text(json.dumps({"law": "frontier", "error": str(e)}, indent=1))
         say(f"      frontier law not fitted on this sweep: {e}")
     try:
-        scale = sigma or SurfaceLaw().fit(runs).resid_scale  # no repeats finished: the fit's own residual scatter
-        surface = SurfaceLaw(delta=HUBER_K * scale).fit(runs)
+        # branches of one trunk share its luck: a random intercept per trunk, fitted by feasible GLS
+        surface = SurfaceLaw(groups="trunk_id").fit(runs)
         bootstrap(surface, runs, n=size.bootstrap, seed=0)
         surface.save(report / "fit_surface.json")
     except FitError as e:
