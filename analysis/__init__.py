@@ -24,6 +24,7 @@ _EXPORTS = {
     "LAWS": ("analysis.laws", "LAWS"),
     "ChinchillaLaw": ("analysis.laws", "ChinchillaLaw"),
     "FrontierLaw": ("analysis.laws", "FrontierLaw"),
+    "SurfaceLaw": ("analysis.laws", "SurfaceLaw"),
     "KaplanLaw": ("analysis.laws", "KaplanLaw"),
     "Law": ("analysis.laws", "Law"),
     "PowerLaw": ("analysis.laws", "PowerLaw"),

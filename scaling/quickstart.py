@@ -567,7 +567,7 @@ def render_report(s: dict, runs, law, frontier, iso, record, surface=None) -> st
         "",
         "| param | value | 95% interval |",
         "|---|---|---|",
-        *([f"| {k} | {v:.4g} | [{sv[k]['lo']:.4g}, {sv[k]['hi']:.4g}] |" for k, v in surface.params.items() if k in sv and k != "C0"]
+        *([f"| {k} | {v:.4g} | [{sv[k]['lo']:.4g}, {sv[k]['hi']:.4g}] |" for k, v in surface.params.items() if k in sv]
           if surface is not None else ["Not fitted on this sweep (fewer than 2 budgets with 3 sizes)."]),
         *([f"", f"Scatter of log loss: between trunks sigma_u {100 * surface.variance['sigma_u']:.2f}%, between branches of one trunk "
            f"sigma_e {100 * surface.variance['sigma_e']:.2f}% ({surface.variance['n_groups']} trunks)."]

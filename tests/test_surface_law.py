@@ -80,7 +80,7 @@ def test_noisy_sweep_prediction_inside_its_interval():
     rng = np.random.default_rng(1)
     truth = df["loss"].to_numpy()
     df["loss"] = truth * np.exp(0.01 * rng.standard_normal(len(df)))
-    law = bootstrap(SurfaceLaw(delta=1.345 * 0.01).fit(df), df, n=200, seed=0)
+    law = bootstrap(SurfaceLaw(delta=1.345 * 0.01, top_starts=128).fit(df), df, n=200, seed=0)  # the grid is tested above
     C = 1e20
     G = ((ALPHA * A) / (BETA * B)) ** (1 / (ALPHA + BETA))
     n_opt = G * (C / 6) ** (BETA / (ALPHA + BETA))
@@ -133,7 +133,7 @@ def test_grouped_fit_measures_trunk_and_run_scatter():
     df = pd.DataFrame(rows)
     X = df[["N", "C"]].to_numpy(float)
     df["loss"] = np.exp(truth.model(X).value(th[None])[0] + df["offset"] + 0.003 * rng.standard_normal(len(df)))
-    law = SurfaceLaw(c_ref=3e11, n_ref=6e4, groups="trunk_id").fit(df)
+    law = SurfaceLaw(c_ref=3e11, n_ref=6e4, groups="trunk_id", top_starts=128).fit(df)
     v = law.variance
     assert v["n_groups"] == 10
     # ANOVA estimates: sigma_e from ~40 within-trunk degrees of freedom (relative sd ~1/sqrt(80) = 11%, bound 3 sd);
@@ -146,5 +146,5 @@ def test_grouped_fit_measures_trunk_and_run_scatter():
     exact = float(np.exp(truth.model(np.array([[N, C]])).value(th[None])[0, 0]))
     iv = law.predict_interval(N=[N], C=[C]).iloc[0]
     assert iv["lo"] < exact < iv["hi"]  # a 95% interval: this fixed draw is inside
-    plain = SurfaceLaw(c_ref=3e11, n_ref=6e4).fit(df)  # without groups: the ordinary fit, no variance components
+    plain = SurfaceLaw(c_ref=3e11, n_ref=6e4, top_starts=128).fit(df)  # without groups: the ordinary fit, no variance components
     assert plain.variance is None and plain.delta == 1e-3
