@@ -67,3 +67,33 @@ def test_report_renders_an_isoflop_result():
     iso = isoflop_analysis(pd.DataFrame(rows), n_bootstrap=20, seed=0)
     text = "\n".join(_iso_lines(iso))
     assert f"N_opt ∝ C^{iso.a:.3f}" in text and "curve_x" not in text and "N_opt" in text.split("```")[1]
+
+
+def test_heldout_trains_data_parallel_in_a_child_and_resumes_after_a_stop(tmp_path):
+    """The held-out run trains over the CPU cores as host devices in a child process; a stop of the quickstart
+    checkpoints the child (KeyboardInterrupt here: rerun to resume) and the rerun finishes it with the same
+    parameters as a run trained without the stop."""
+    import os
+
+    from scaling.config import load_config
+    from scaling.quickstart import _train_heldout
+
+    from .conftest import tiny_overrides
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 cores")
+    cfg = load_config(None, tiny_overrides(**{"train.batch_size": 8, "train.tokens": 8 * 32 * 1500, "train.checkpoint_every": 50}))
+    run = tmp_path / "held" / "r"
+
+    def first_checkpoint() -> bool:  # stop once the child has trained and checkpointed, long before its end
+        return any((run / "checkpoints").glob("*")) if (run / "checkpoints").exists() else False
+
+    with pytest.raises(KeyboardInterrupt):
+        _train_heldout(cfg, run, "r", False, first_checkpoint, 2)
+    rec = json.loads((run / "record.json").read_text())
+    assert rec["status"] == "preempted"  # SIGTERM from the parent: a preemption, checkpointed
+    done = _train_heldout(cfg, run, "r", False, None, 2)
+    assert done["status"] == "completed" and done["device_count"] == 2 and done["preemptions"] == 1
+    assert 0 < done["resumed_from_step"] < cfg.steps
+    again = _train_heldout(cfg, tmp_path / "held2" / "r", "r", False, None, 2)  # uninterrupted, same devices
+    assert again["params_digest"] == done["params_digest"]
