@@ -113,7 +113,9 @@ def _fit_law(df, args, progress: bool):
     from analysis.laws import make_law
     from analysis.uncertainty import bootstrap
 
-    kw: dict = {"delta": args.delta, "top_starts": args.top_starts}
+    kw: dict = {"delta": args.delta}
+    if args.top_starts is not None:  # else the law's own default (the surface law optimises its 256 best starts)
+        kw["top_starts"] = args.top_starts
     if args.law == "power":
         kw.update(x=args.x, offset=not args.no_offset)
     if args.tie_exponents:

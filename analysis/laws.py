@@ -990,6 +990,7 @@ class SurfaceLaw(Law):
         # the same optimum as all 1728 (objective within 1e-12 relative, prediction within 1e-9), 8x faster.
         kw.setdefault("top_starts", 256)
         super().__init__(**kw)
+        self._delta0 = self.delta  # a grouped fit sets delta from its sigma_e; every fit starts from this one
         self.c_ref = None if c_ref is None else float(c_ref)
         self.n_ref = None if n_ref is None else float(n_ref)
         self.gap_dex = gap_dex
@@ -1009,7 +1010,7 @@ class SurfaceLaw(Law):
         return codes if np.bincount(codes).max() > 1 else None
 
     def fit(self, df, starts=None, progress: bool = False):
-        self._T = None
+        self._T, self._group_index, self.delta = None, None, self._delta0
         g = self._group_codes(df)
         super().fit(df, starts=starts, progress=progress)
         if g is None:
@@ -1038,6 +1039,8 @@ class SurfaceLaw(Law):
             self.delta = HUBER_K * float(np.sqrt(var_e))
         first = self.theta
         super().fit(df, starts=first[None], progress=progress)
+        # a new run's scatter about the law is its trunk's luck plus its own: not the whitened residuals' sigma_e
+        self.resid_scale = float(np.sqrt(var_u + var_e))
         self.notes.append(
             f"runs grouped by {self.groups} ({k} groups): trunk scatter sigma_u {100 * np.sqrt(var_u):.2f}%, run scatter "
             f"sigma_e {100 * np.sqrt(var_e):.2f}% of the loss; fitted on whitened residuals (feasible GLS)"
@@ -1169,6 +1172,9 @@ class SurfaceLaw(Law):
     def bootstrap_problems(self, df, n, rng):
         from analysis.isoflop import assign_budgets
 
+        g = self._group_codes(df)
+        if g is not None and (self._T is None or len(g) != len(self._T) or not np.array_equal(g, self._group_index)):
+            self.fit(df)  # a loaded fit, or another table: rebuild the whitening on this one first
         if self._T is not None:  # wild cluster bootstrap on the whitened fit
             X, _ = self.fit_data(df)
             y = np.log(self.prepare(df)["loss"].to_numpy(float))

@@ -204,6 +204,10 @@ try:
         train(load_config({cfg!r}), {out!r}, progress=bar, should_stop=stop, run_id={run_id!r})
 except StopRequested:
     rc = stop.exit_code
+except Exception as e:  # the record keeps the traceback; the terminal gets one line
+    import sys
+    print(f"held-out run: {{type(e).__name__}}: {{e}}", file=sys.stderr)
+    rc = 1
 """
 
 
@@ -258,7 +262,7 @@ def _train_heldout(cfg, run_dir: Path, run_id: str, progress: bool, should_stop,
     r = json.loads(rec.read_text()) if rec.exists() else {}
     if child.returncode == 0 and r.get("status") == "completed":
         return r
-    if child.returncode in (75, 130, -signal.SIGTERM, -signal.SIGINT) or r.get("status") in ("stopped", "preempted"):
+    if child.returncode in (75, 130, -signal.SIGTERM, -signal.SIGINT):  # by exit code: an older record may say "stopped"
         raise KeyboardInterrupt("held-out run stopped; rerun to resume")
     raise QuickstartError(f"the held-out run failed (exit code {child.returncode}, status {r.get('status')!r}); its record and log are in {run_dir}")
 

@@ -47,7 +47,8 @@ def test_validate_all_laws_runs_on_every_shipped_table():
             for law, r in block["laws"].items():
                 if "skipped" in r:
                     # the IsoFLOP laws need several runs per budget; a table of other shape is refused with a reason
-                    assert law in ("frontier", "surface") or "underdetermined" in r["skipped"], (name, law, r)
+                    assert "underdetermined" in r["skipped"] or (law == "frontier") or (
+                        law == "surface" and "compute budgets with 3 or more sizes" in r["skipped"]), (name, law, r)
                     continue
                 s = r["summary"]
                 assert s["n_heldout"] > 0 and np.isfinite([s["mean_abs_rel_error"], s["max_abs_rel_error"], s["bias"]]).all()

@@ -146,5 +146,9 @@ def test_grouped_fit_measures_trunk_and_run_scatter():
     exact = float(np.exp(truth.model(np.array([[N, C]])).value(th[None])[0, 0]))
     iv = law.predict_interval(N=[N], C=[C]).iloc[0]
     assert iv["lo"] < exact < iv["hi"]  # a 95% interval: this fixed draw is inside
+    # a new run scatters about the law by its trunk's luck and its own: the single-run interval uses both
+    assert law.resid_scale == pytest.approx(np.hypot(v["sigma_u"], v["sigma_e"]))
     plain = SurfaceLaw(c_ref=3e11, n_ref=6e4, top_starts=128).fit(df)  # without groups: the ordinary fit, no variance components
     assert plain.variance is None and plain.delta == 1e-3
+    law.fit(df.drop(columns="trunk_id"))  # refitting the grouped object on a table without groups starts afresh
+    assert law.variance is None and law.delta == 1e-3 and law._T is None
