@@ -150,6 +150,18 @@ rc = 0
 """
 
 
+def _stop_child(p: subprocess.Popen, timeout: float = 120) -> None:
+    """SIGTERM a child still running (it checkpoints and exits as preempted); kill it if it has not exited in
+    ``timeout`` seconds."""
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def _run_sweeps(sweeps: list[tuple[dict, Path]], size: QuickstartSize, progress: bool, should_stop) -> None:
     """Train the sweeps with ``size.workers`` processes: this one (with the progress bar) and helpers started
     with ``scaling sweep run`` on the same directories (runs are claimed, so none is trained twice)."""
@@ -183,12 +195,7 @@ def _run_sweeps(sweeps: list[tuple[dict, Path]], size: QuickstartSize, progress:
             h.wait()
     finally:
         for h in helpers:  # stopped: the helpers checkpoint and exit too (SIGTERM = preempted, resumable)
-            if h.poll() is None:
-                h.send_signal(signal.SIGTERM)
-                try:
-                    h.wait(timeout=120)
-                except subprocess.TimeoutExpired:
-                    h.kill()
+            _stop_child(h)
     for spec, (_, d) in zip(specs, sweeps):  # a helper may have finished runs after this process collected
         collect(spec, d)
 
@@ -246,19 +253,10 @@ def _train_heldout(cfg, run_dir: Path, run_id: str, progress: bool, should_stop,
     script = HELPER_PRELUDE + HELDOUT_SCRIPT.format(progress=progress, cfg=str(cfg_path), out=str(run_dir), run_id=run_id) + "raise SystemExit(rc)\n"
     child = subprocess.Popen([sys.executable, "-c", script], env=env)
     try:
-        while child.poll() is None:
-            if should_stop is not None and should_stop():
-                child.send_signal(signal.SIGTERM)  # checkpoint and exit (a preemption: resumable)
-                child.wait()
-                break
+        while child.poll() is None and not (should_stop is not None and should_stop()):
             time.sleep(0.5)
     finally:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-            try:
-                child.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        _stop_child(child)  # stopped (or this process failing): checkpoint and exit, a resumable preemption
     r = json.loads(rec.read_text()) if rec.exists() else {}
     if child.returncode == 0 and r.get("status") == "completed":
         return r
