@@ -90,6 +90,19 @@ def cmd_plan(args) -> int:
             f"WSD branches: {saved['n_trunks']} trunks, {saved['n_branches']} branches; {saved['spent_flops']:.3e} FLOPs "
             f"against {saved['separate_flops']:.3e} as separate runs ({100 * saved['saved_fraction']:.0f}% saved)"
         )
+        trunks = [r for r in plan if r.role == "trunk"]
+        warm = [r.config.train.warmup_steps for r in trunks]
+        print(f"trunk warmup: {min(warm)}-{max(warm)} steps")
+        # Adam's second-moment average spans about 1/(1-beta2) steps; a trunk that reaches its peak lr within
+        # twice that trains its first steps on a noisy estimate. Measured on the quickstart's grid (beta2 0.95):
+        # 16 warmup steps left a 271k model 4% worse and 4.8x more seed-dependent than 50-150 (benchmarks/RESULTS.md).
+        short = [r for r in trunks if r.config.train.warmup_steps < 2 / (1 - r.config.train.beta2)]
+        if short:
+            print(
+                f"warning: {len(short)} trunks warm up in fewer than 2/(1-beta2) steps (as few as {min(r.config.train.warmup_steps for r in short)}); "
+                "the default is 5% of each trunk's shortest branch: set train.warmup_steps in base to give every size the same warmup",
+                file=sys.stderr,
+            )
     print(f"total compute {total_C:.3e} FLOPs; estimated time {_duration(total_t)} on this machine ({dev.basis})")
     if problems:
         for p in problems:
