@@ -70,7 +70,7 @@ def test_plan_prints_the_compute_saved(tmp_path):
     assert "WSD branches: 2 trunks, 6 branches" in res.stdout and "% saved" in res.stdout and "branch@" in res.stdout
     # 5% of the shortest branches (90 and 259 steps): 4 and 13 warmup steps, under 2 / (1 - beta2) = 40
     assert "trunk warmup: 4-13 steps" in res.stdout
-    assert "warning: 2 trunks warm up in fewer than 2/(1-beta2) steps (as few as 4)" in res.stderr
+    assert "warning: 2 of 2 trunks warm up in fewer than 2/(1-beta2) steps (as few as 4)" in res.stderr
     raw = wsd_raw()
     raw["base"]["train"]["warmup_steps"] = 40
     p.write_text(yaml.safe_dump(raw))

@@ -95,12 +95,13 @@ def cmd_plan(args) -> int:
         print(f"trunk warmup: {min(warm)}-{max(warm)} steps")
         # Adam's second-moment average spans about 1/(1-beta2) steps; a trunk that reaches its peak lr within
         # twice that trains its first steps on a noisy estimate. Measured on the quickstart's grid (beta2 0.95):
-        # 16 warmup steps left a 271k model 4% worse and 4.8x more seed-dependent than 50-150 (benchmarks/RESULTS.md).
+        # 16 warmup steps left a 271k model 4.2% worse and 4.8x more seed-dependent than 50-150 (benchmarks/RESULTS.md).
         short = [r for r in trunks if r.config.train.warmup_steps < 2 / (1 - r.config.train.beta2)]
         if short:
             print(
-                f"warning: {len(short)} trunks warm up in fewer than 2/(1-beta2) steps (as few as {min(r.config.train.warmup_steps for r in short)}); "
-                "the default is 5% of each trunk's shortest branch: set train.warmup_steps in base to give every size the same warmup",
+                f"warning: {len(short)} of {len(trunks)} trunks warm up in fewer than 2/(1-beta2) steps (as few as "
+                f"{min(r.config.train.warmup_steps for r in short)}); without train.warmup_steps a trunk warms up over 5% of its "
+                "shortest branch: set train.warmup_steps in base (every size the same warmup) to at least that",
                 file=sys.stderr,
             )
     print(f"total compute {total_C:.3e} FLOPs; estimated time {_duration(total_t)} on this machine ({dev.basis})")
