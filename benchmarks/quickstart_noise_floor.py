@@ -28,10 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analysis.laws import HUBER_K, SurfaceLaw  # noqa: E402
 
 
-def trunk_components(runs: pd.DataFrame, delta: float) -> tuple[float, float, float]:
+def trunk_components(runs: pd.DataFrame, law: SurfaceLaw) -> tuple[float, float, float]:
     """(sd of trunk offsets, sd of trunk slopes per e-fold of D, sd of branches about their trunk's line) of the
-    surface law's log residuals; trunks with fewer than 3 branches are left out."""
-    law = SurfaceLaw(delta=delta).fit(runs)
+    log residuals of ``law`` (fitted on ``runs``); trunks with fewer than 3 branches are left out."""
     r = np.log(runs["loss"].to_numpy() / law.predict(runs))
     x = np.log(runs["D"].to_numpy())
     offsets, slopes, resid, var_b0, inv_sxx = [], [], [], [], []
@@ -62,18 +61,22 @@ def main(argv: list[str] | None = None) -> int:
     comps, first = [], None
     for out in args.outputs:
         rep = Path(out) / "report"
+        missing = [f for f in ("runs.csv", "prediction.json") if not (rep / f).is_file()]
+        if missing:
+            print(f"error: {out} is not a quickstart output: {rep / missing[0]} is missing", file=sys.stderr)
+            return 2
         runs = pd.read_csv(rep / "runs.csv")
         pred = json.loads((rep / "prediction.json").read_text())
         delta = HUBER_K * pred["seed_scatter"]["sigma"]
-        c = trunk_components(runs, delta)
+        law = SurfaceLaw(delta=delta).fit(runs)
+        c = trunk_components(runs, law)
         comps.append(c)
         print(f"{out}: trunk offset sd {100 * c[0]:.2f}%, trunk slope sd {100 * c[1]:.2f}% per e-fold of D, branch sd {100 * c[2]:.2f}%")
         if first is None:
-            first = (runs, pred, delta)
+            first = (runs, pred, delta, law)
     su, sv, se = np.sqrt(np.mean(np.square(comps), axis=0))
     print(f"pooled: offset {100 * su:.2f}%, slope {100 * sv:.2f}% per e-fold, branch {100 * se:.2f}%")
-    runs, pred, delta = first
-    law = SurfaceLaw(delta=delta).fit(runs)
+    runs, pred, delta, law = first
     truth = float(law.predict(N=[pred["N"]], C=[pred["C"]])[0])
     # One held-out run's own scatter about the law: a trunk's offset and a branch's scatter. The drift is not carried
     # past the sweep (at the held-out run's ln D it would add 1.1%); the held-out runs of three seeds at one size
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             preds.append(float(fit.predict(N=[pred["N"]], C=[pred["C"]])[0]))
         preds = np.array(preds)
         # error against one measured run: the fit's error and the held-out run's own scatter
-        err = preds / truth * np.exp(single * rng.standard_normal(len(preds))) ** -1 - 1
+        err = preds / (truth * np.exp(single * rng.standard_normal(len(preds)))) - 1
         p = float(np.mean(np.abs(err) <= 0.015))
         sd = float(np.std(np.log(preds / truth), ddof=1))
         print(

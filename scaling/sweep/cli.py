@@ -100,8 +100,8 @@ def cmd_plan(args) -> int:
         if short:
             print(
                 f"warning: {len(short)} of {len(trunks)} trunks warm up in fewer than 2/(1-beta2) steps (as few as "
-                f"{min(r.config.train.warmup_steps for r in short)}); without train.warmup_steps a trunk warms up over 5% of its "
-                "shortest branch: set train.warmup_steps in base (every size the same warmup) to at least that",
+                f"{min(r.config.train.warmup_steps for r in short)}); without train.warmup_steps a trunk warms up over "
+                "train.warmup_fraction of its shortest branch: set train.warmup_steps in base (every size the same warmup) to at least that",
                 file=sys.stderr,
             )
     print(f"total compute {total_C:.3e} FLOPs; estimated time {_duration(total_t)} on this machine ({dev.basis})")
