@@ -3,6 +3,7 @@
     scaling train CONFIG.yaml [--set key=value ...] --out RUN_DIR
     scaling bench [CONFIG.yaml] [--preset NAME] [--moe]
     scaling memory [CONFIG.yaml] [--set parallel.fsdp=8] [--device h100] [--devices 8]
+    scaling data prepare SOURCE --tokenizer byte|bpe|tokenizer.json --out DIR;  scaling data inspect DIR [--verify]
     scaling sweep plan|run|status|submit SWEEP.yaml ...
     scaling fit chinchilla|chinchilla-tied|isoflop|frontier|power|kaplan RUNS.csv ...
     scaling predict FIT.json --N ... --D ...
@@ -176,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--json", action="store_true", help="print one JSON object")
     mp.set_defaults(func=cmd_memory)
 
+    from scaling.data.cli import add_data_parser
+
+    add_data_parser(sub)
     from scaling.sweep.cli import add_sweep_parser
 
     add_sweep_parser(sub)

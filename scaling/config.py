@@ -9,6 +9,7 @@ what ``scaling train --help`` prints. A field missing from a file takes its defa
 from __future__ import annotations
 
 import dataclasses
+import glob
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,13 +32,35 @@ from scaling.model.config import ModelConfig, MoEConfig
 from scaling.model.presets import PRESETS, config_for_params
 
 
+SHARD_SUFFIXES = (".bin", ".npy")  # pre-tokenized shards (scaling.data.shards)
+
+
+def _glob_chars(s: str) -> bool:
+    return any(c in s for c in "*?[")
+
+
+def is_text_source(source: str) -> bool:
+    """Whether ``data.source`` is text to tokenize (not synthetic, a prepared directory or pre-tokenized shards)."""
+    if source == "synthetic":
+        return False
+    if source == "stdlib":
+        return True
+    p = Path(source).expanduser()
+    return not ((p / "manifest.json").is_file() or p.suffix in SHARD_SUFFIXES or _glob_chars(source)
+                or (p.is_dir() and any(f.suffix in SHARD_SUFFIXES for f in p.iterdir())))
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = _f("stdlib", "'synthetic' (sparse Markov chain, exact entropy rate), 'stdlib' (the running Python's standard-library sources), or a path to text files / a directory / .jsonl (field 'text') / .parquet.")
-    tokenizer: Literal["byte", "bpe"] = _f("byte", "'byte' (vocab 256, no files) or 'bpe' (trained locally with HF tokenizers to model.vocab_size, cached).")
-    eval_fraction: float = _f(0.02, "Fraction of documents held out for evaluation (chosen by a hash of the document name; never in training).")
-    max_bytes: Optional[int] = _f(None, "Read at most this many bytes of corpus text (null: all).")
-    cache_dir: Optional[str] = _f(None, "Where tokenized corpora and tokenizers are cached (null: $SCALING_CACHE or ~/.cache/scaling).")
+    source: str = _f("stdlib", "'synthetic' (sparse Markov chain, exact entropy rate), 'stdlib' (the running Python's standard-library sources), a path to text (a file, a directory, .jsonl with a field 'text', .parquet with a column 'text': prepared into the cache on first use), a directory prepared by 'scaling data prepare', or pre-tokenized shards (a file, directory or glob of llm.c/nanoGPT .bin shards or .npy arrays; set data.vocab_size).")
+    tokenizer: str = _f("byte", "Text sources: 'byte' (vocab 256, no files), 'bpe' (trained locally with HF tokenizers to model.vocab_size on up to data.bpe_sample_bytes of the training split, cached) or the path of an HF tokenizer.json (GPT-2, Llama, your own).")
+    eval_fraction: float = _f(0.02, "Fraction held out for evaluation (text: pieces chosen by a hash of their name; shards without data.eval_source: shards chosen by a hash of their name, or a single shard's last tokens); never in training.")
+    eval_source: Optional[str] = _f(None, "Pre-tokenized shards only: the eval split's shards (a file, directory or glob), e.g. modded-nanogpt's fineweb_val_*.bin (null: held out from data.source by data.eval_fraction).")
+    vocab_size: Optional[int] = _f(None, "Pre-tokenized shards: the vocabulary their ids were written with (e.g. 50257 for GPT-2); checked against model.vocab_size and the shards' dtype, and every batch's ids checked below it.")
+    max_bytes: Optional[int] = _f(None, "Read at most this many characters of corpus text (null: all).")
+    bpe_sample_bytes: int = _f(128 * 2**20, "data.tokenizer 'bpe': train the tokenizer on at most about this many bytes of the training split (all of it when smaller; otherwise a hash-chosen sample spread over the whole corpus).")
+    eos_token: Optional[str] = _f(None, "A tokenizer.json's end-of-document token (null: the first of <|endoftext|>, <|end_of_text|>, </s>, <eos> it has).")
+    cache_dir: Optional[str] = _f(None, "Where prepared text corpora and tokenizers are cached (null: $SCALING_CACHE or ~/.cache/scaling).")
     synthetic_branching: int = _f(4, "Synthetic source: successors per state in the random sparse Markov chain.")
     synthetic_seed: int = _f(1234, "Synthetic source: seed of the Markov chain (its transition table), independent of train.seed.")
     max_epochs: Optional[float] = _f(4.0, "Refuse a run that would pass over the training split more than this many times (null: no cap). Above one epoch the run is warned about and its record says how many; repeated tokens are worth less than fresh ones (Muennighoff et al. 2023 find them nearly as good up to ~4 epochs).")
@@ -45,12 +68,28 @@ class DataConfig:
     def validate(self, where: str = "data") -> None:
         if not 0 < self.eval_fraction < 1:
             raise ConfigError(f"{where}.eval_fraction must be in (0, 1), got {self.eval_fraction}")
-        if self.source not in ("synthetic", "stdlib") and not Path(self.source).expanduser().exists():
-            raise ConfigError(f"{where}.source: corpus path {self.source!r} does not exist (allowed: 'synthetic', 'stdlib' or an existing path)")
+        for name in ("source", "eval_source"):
+            v = getattr(self, name)
+            if v is None or v in ("synthetic", "stdlib") and name == "source":
+                continue
+            if _glob_chars(v):
+                if not glob.glob(str(Path(v).expanduser())):
+                    raise ConfigError(f"{where}.{name}: the glob {v!r} matches no file")
+            elif not Path(v).expanduser().exists():
+                allowed = "'synthetic', 'stdlib', an existing path or a glob of shards" if name == "source" else "an existing path or a glob of shards"
+                raise ConfigError(f"{where}.{name}: {v!r} does not exist (allowed: {allowed})")
+        if self.eval_source is not None and is_text_source(self.source):
+            raise ConfigError(f"{where}.eval_source is for pre-tokenized shards; a text source holds out data.eval_fraction of its pieces")
+        if self.tokenizer not in ("byte", "bpe") and not Path(self.tokenizer).expanduser().is_file():
+            raise ConfigError(f"{where}.tokenizer: {self.tokenizer!r} is not allowed; allowed: 'byte', 'bpe' or the path of an existing tokenizer.json")
+        if self.vocab_size is not None and self.vocab_size < 2:
+            raise ConfigError(f"{where}.vocab_size must be >= 2 or null, got {self.vocab_size}")
         if self.synthetic_branching < 1:
             raise ConfigError(f"{where}.synthetic_branching must be >= 1, got {self.synthetic_branching}")
         if self.max_bytes is not None and self.max_bytes <= 0:
             raise ConfigError(f"{where}.max_bytes must be > 0 or null, got {self.max_bytes}")
+        if not self.bpe_sample_bytes > 0:
+            raise ConfigError(f"{where}.bpe_sample_bytes must be > 0, got {self.bpe_sample_bytes}")
         if self.max_epochs is not None and not self.max_epochs > 0:
             raise ConfigError(f"{where}.max_epochs must be > 0 or null, got {self.max_epochs}")
 
@@ -156,9 +195,9 @@ class RunConfig:
         self.data.validate()
         self.train.validate()
         self.parallel.validate()
-        if self.data.tokenizer == "byte" and self.data.source != "synthetic" and self.model.vocab_size < 256:
+        if self.data.tokenizer == "byte" and is_text_source(self.data.source) and self.model.vocab_size < 256:
             raise ConfigError(f"model.vocab_size={self.model.vocab_size} is too small for data.tokenizer='byte' (needs >= 256)")
-        if self.data.tokenizer == "bpe" and self.model.vocab_size < 260:
+        if self.data.tokenizer == "bpe" and is_text_source(self.data.source) and self.model.vocab_size < 260:
             raise ConfigError(f"model.vocab_size={self.model.vocab_size}: data.tokenizer='bpe' needs >= 260 (256 bytes + specials)")
         if self.steps < 1:
             raise ConfigError(

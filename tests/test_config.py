@@ -14,7 +14,7 @@ from .conftest import run_cli
         (["model.d_model=abc"], r"model\.d_model: expected an integer, got 'abc'"),
         (["model.d_model=100", "model.n_heads=3"], r"model\.d_model=100 must be divisible by model\.n_heads=3"),
         (["train.tokens=0"], r"train\.tokens must be > 0, got 0"),
-        (["data.source=/nonexistent/corpus"], r"data\.source: corpus path '/nonexistent/corpus' does not exist"),
+        (["data.source=/nonexistent/corpus"], r"data\.source: '/nonexistent/corpus' does not exist \(allowed: 'synthetic', 'stdlib', an existing path or a glob of shards\)"),
         (["train.schedule=linear"], r"train\.schedule: 'linear' is not allowed; allowed values: 'cosine', 'wsd', 'constant'"),
         (["model.moe.top_k=9"], r"model\.moe\.top_k=9 must be <= model\.moe\.n_experts=8"),
         (["model.preset=huge"], r"model\.preset: 'huge' is not allowed; allowed values: 10k, 100k"),

@@ -3,8 +3,17 @@ import pytest
 
 from scaling.config import DataConfig, ModelConfig
 from scaling.data import SyntheticMarkov, build_dataset, unigram_entropy
-from scaling.data.corpus import load_documents, split_documents
-from scaling.data.tokenizer import BPETokenizer, ByteTokenizer
+from scaling.data.sources import held_out, iter_pieces
+from scaling.data.tokenizer import ByteTokenizer, HFTokenizer
+
+
+def load_documents(source, max_bytes):
+    return list(iter_pieces(source, max_chars=max_bytes))
+
+
+def split_documents(pieces, eval_fraction):
+    held = [held_out(p.name, eval_fraction) for p in pieces]
+    return [p for p, h in zip(pieces, held) if not h], [p for p, h in zip(pieces, held) if h]
 
 
 def test_batches_are_a_pure_function_of_seed_and_step(cache_dir):
@@ -55,7 +64,7 @@ def test_byte_and_bpe_tokenizers_roundtrip():
     bt = ByteTokenizer()
     assert bt.decode(bt.encode(text)) == text
     docs = [d.text for d in load_documents("stdlib", max_bytes=400_000)]
-    bpe = BPETokenizer.train(docs, 400)
+    bpe = HFTokenizer.train(docs, 400)
     assert bpe.vocab_size == 400
     ids = bpe.encode(text)
     assert bpe.decode(ids) == text and len(ids) < len(text.encode())

@@ -25,10 +25,12 @@ from .conftest import ROOT, run_cli, tiny_overrides
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory) -> dict:
     """60 documents of 2 KB of Python source: ~96k training and ~24k held-out byte tokens (20% held out)."""
-    from scaling.data.corpus import stdlib_documents
+    from itertools import islice
+
+    from scaling.data.sources import iter_pieces
 
     d = tmp_path_factory.mktemp("corpus")
-    text = "".join(doc.text for doc in stdlib_documents()[:40])
+    text = "".join(p.text for p in islice(iter_pieces("stdlib"), 40))
     for i in range(60):
         (d / f"doc{i:02d}.py").write_text(text[i * 2000 : (i + 1) * 2000])
     return {"data.source": str(d), "data.eval_fraction": 0.2}
@@ -64,7 +66,9 @@ def test_epochs_are_recorded_warned_about_and_capped(tmp_path, cache_dir, small_
     (run,) = plan_sweep(parse_sweep(raw), check_data=True)
     assert run.epochs == pytest.approx(run.steps * 8 / windows) and abs(run.steps - steps) <= 1  # plan rounds steps
     raw["grid"]["tokens"] = [5 * windows * 32]
-    with pytest.raises(ConfigError, match="epochs over its .*-token training split, above data.max_epochs=4"):
+    need = 5 * windows * 32 / 4  # the largest run's D over the epoch cap
+    with pytest.raises(ConfigError, match=rf"more than data\.max_epochs=4 times \(up to 5 epochs over its {windows * 32:,}-token training split.*"
+                                          rf"needs a training split of at least {need:.3g} tokens".replace("+", r"\+")):
         plan_sweep(parse_sweep(raw), check_data=True)
 
 

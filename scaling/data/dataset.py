@@ -2,8 +2,9 @@
 
 Two sources share one interface (``train_batch``, ``eval_batch``):
 
-* ``TokenDataset``: a corpus tokenized once into memory-mapped ``uint16``/``uint32`` arrays (train and held-out
-  eval), cached under a content fingerprint. Training windows of seq_len + 1 tokens tile the train array; the
+* ``TokenDataset``: token shards on disk, memory-mapped (``scaling.data.shards``): a prepared directory, nanoGPT
+  ``.bin`` / ``.npy`` shards, or a text corpus prepared once into the cache (``scaling.data.prepare``). Each split
+  is its shards read as one stream. Training windows of seq_len + 1 tokens tile the train stream; the
   global sample index ``g = step * batch + row`` maps to window ``perm_epoch[g % n_windows]`` with one fresh
   permutation per epoch, so no window repeats within an epoch and resuming never replays or skips data.
 * ``SyntheticMarkov``: a random sparse first-order Markov chain whose entropy rate is known exactly; sequences start
@@ -14,8 +15,7 @@ Evaluation batches do not depend on the training seed: runs with different seeds
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
+import hashlib
 import json
 import os
 import time
@@ -26,8 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from scaling.config import DataConfig, ModelConfig
-from scaling.data import corpus
-from scaling.data.tokenizer import BPETokenizer, ByteTokenizer
+from scaling.data import prepare as prepare_mod
+from scaling.data import shards, sources
+from scaling.data.prepare import PrepareSpec
+from scaling.data.shards import TokenStore
+from scaling.data.tokenizer import tokenizer_kind
 
 EVAL_STREAM = 0x5EED_E7A1
 EVAL_CHUNK = 64  # synthetic eval sequences are drawn in chunks of this many, independent of any batch size
@@ -102,25 +105,26 @@ class SyntheticMarkov:
 
 @dataclass
 class _Split:
-    tokens: np.ndarray  # memory-mapped
-    n_bytes: int
+    tokens: TokenStore  # memory-mapped shards read as one stream
+    n_bytes: int | None  # UTF-8 bytes of text they encode (None: pre-tokenized, unknown)
 
 
 class TokenDataset:
-    """A tokenized corpus with a held-out evaluation split, cached on disk by content fingerprint."""
+    """Token shards on disk with a held-out evaluation split (``scaling.data.shards``), read lazily."""
 
     kind = "corpus"
     entropy_rate = None
 
-    def __init__(self, train: _Split, evals: _Split, vocab_size: int, fingerprint: str, meta: dict):
+    def __init__(self, train: _Split, evals: _Split, vocab_size: int, fingerprint: str, meta: dict, id_limit: int | None = None):
         self.train, self.eval = train, evals
         self.vocab_size = vocab_size
+        self.id_limit = id_limit or vocab_size  # every id must be below this (the vocabulary the ids were written for)
         self.fingerprint = fingerprint
         self.meta = meta
-        self.bytes_per_token = evals.n_bytes / max(1, len(evals.tokens))
+        self.bytes_per_token = evals.n_bytes / max(1, len(evals.tokens)) if evals.n_bytes else None
 
     # -- sampling --------------------------------------------------------------------------------------------
-    def _n_windows(self, tokens: np.ndarray, seq_len: int) -> int:
+    def _n_windows(self, tokens: TokenStore, seq_len: int) -> int:
         n = (len(tokens) - 1) // seq_len
         if n < 1:
             raise ValueError(f"the corpus split has {len(tokens)} tokens, fewer than one sequence of {seq_len + 1}")
@@ -129,18 +133,25 @@ class TokenDataset:
     @staticmethod
     @lru_cache(maxsize=4)
     def _perm(seed: int, epoch: int, n: int) -> np.ndarray:
-        return np.random.default_rng([seed, 2, epoch]).permutation(n)
+        perm = np.random.default_rng([seed, 2, epoch]).permutation(n)
+        return perm.astype(np.uint32) if n < 2**32 else perm  # half the memory of int64, the same values
 
-    def _windows(self, tokens: np.ndarray, idx: np.ndarray, seq_len: int) -> np.ndarray:
-        starts = idx * seq_len
-        return np.stack([np.asarray(tokens[s : s + seq_len + 1], dtype=np.int32) for s in starts])
+    def _windows(self, tokens: TokenStore, idx: np.ndarray, seq_len: int) -> np.ndarray:
+        out = tokens.windows(np.asarray(idx, np.int64) * seq_len, seq_len + 1)
+        top = int(out.max()) if out.size else 0
+        if top >= self.id_limit:
+            raise ValueError(
+                f"token id {top} in {self.meta.get('source')} is outside the vocabulary of {self.id_limit:,} "
+                "(data.vocab_size / the tokenizer's); the shards were written with another tokenizer"
+            )
+        return out
 
     def train_windows(self, step: int, batch_size: int, seq_len: int, seed: int, rows: slice = slice(None)) -> np.ndarray:
         """Indices of the training windows (of seq_len + 1 tokens, stride seq_len) that make up batch ``step``."""
         n = self._n_windows(self.train.tokens, seq_len)
         g = step * batch_size + np.arange(batch_size)[rows]
         epochs, pos = g // n, g % n
-        return np.array([self._perm(seed, int(e), n)[p] for e, p in zip(epochs, pos)])
+        return np.array([self._perm(seed, int(e), n)[p] for e, p in zip(epochs, pos)], dtype=np.int64)
 
     def train_batch(self, step: int, batch_size: int, seq_len: int, seed: int, rows: slice = slice(None)) -> np.ndarray:
         return self._windows(self.train.tokens, self.train_windows(step, batch_size, seq_len, seed, rows), seq_len)
@@ -162,115 +173,79 @@ class TokenDataset:
             "train_tokens": int(len(self.train.tokens)),
             "eval_tokens": int(len(self.eval.tokens)),
             "bytes_per_token": self.bytes_per_token,
-            **{k: self.meta[k] for k in ("source", "tokenizer", "n_train_docs", "n_eval_docs") if k in self.meta},
+            **{k: self.meta[k] for k in ("source", "prepared", "tokenizer", "n_train_docs", "n_eval_docs", "eval_split") if self.meta.get(k) is not None},
         }
 
 
-def _atomic_write_array(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        arr.tofile(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _from_opened(o: shards.Opened, vocab_size: int, id_limit: int) -> TokenDataset:
+    return TokenDataset(
+        _Split(o.train, o.meta.get("train_bytes")), _Split(o.eval, o.meta.get("eval_bytes")), vocab_size, o.fingerprint, o.meta, id_limit
+    )
 
 
-def _tokenize(tok, docs: list[corpus.Document]) -> np.ndarray:
-    if hasattr(tok, "encode_batch"):
-        encoded = tok.encode_batch([d.text for d in docs])
-    else:
-        encoded = [tok.encode(d.text) for d in docs]
-    parts = []
-    for ids in encoded:
-        parts.append(ids)
-        parts.append(np.array([tok.eos_id], np.int32))
-    return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+def prepare_spec(data: DataConfig, vocab_size: int) -> PrepareSpec:
+    """The preparation a text source of ``data`` needs (BPE trained to the model's vocabulary)."""
+    kind = tokenizer_kind(data.tokenizer)
+    return PrepareSpec(
+        source=data.source, tokenizer=data.tokenizer, vocab_size=vocab_size if kind == "bpe" else data.vocab_size,
+        eval_fraction=data.eval_fraction, max_chars=data.max_bytes, bpe_sample_bytes=data.bpe_sample_bytes, eos_token=data.eos_token,
+    )
 
 
-def build_corpus_dataset(data: DataConfig, vocab_size: int) -> TokenDataset:
-    docs = corpus.load_documents(data.source, data.max_bytes)
-    train_docs, eval_docs = corpus.split_documents(docs, data.eval_fraction)
-    content = corpus.fingerprint(docs)
-    key = f"{content}-{data.tokenizer}{vocab_size if data.tokenizer == 'bpe' else ''}-e{data.eval_fraction:g}"
-    cdir = cache_root(data) / key
-    dtype = np.uint16 if vocab_size <= 65536 else np.uint32
-    meta_path = cdir / "meta.json"
-    if not meta_path.exists():
-        # One builder per cache entry: processes of a multi-host job, or sweep workers, wait for the first.
-        with _file_lock(cache_root(data) / f".{key}.lock"):
-            if not meta_path.exists():  # built by another process while this one waited
-                _build_entry(data, vocab_size, train_docs, eval_docs, content, cdir, dtype)
-    meta = json.loads(meta_path.read_text())
-    if meta["vocab_size"] > vocab_size:
-        raise ValueError(f"model.vocab_size={vocab_size} is smaller than the tokenizer's {meta['vocab_size']}")
-
-    def load(name: str, n_bytes: int) -> _Split:
-        return _Split(np.memmap(cdir / f"{name}.bin", dtype=meta["dtype"], mode="r"), n_bytes)
-
-    return TokenDataset(load("train", meta["train_bytes"]), load("eval", meta["eval_bytes"]), vocab_size, content, meta)
+def prepared_dir(data: DataConfig, vocab_size: int) -> Path:
+    """Where a text source is prepared in the cache: keyed by its files' names, sizes and times and the settings,
+    so a run finds it without reading the corpus."""
+    spec = prepare_spec(data, vocab_size)
+    key = hashlib.sha256((sources.stat_key(data.source) + json.dumps(spec.as_dict(), sort_keys=True)).encode()).hexdigest()[:16]
+    return cache_root(data) / "prepared" / key
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    """An exclusive advisory lock (fcntl) held for the block: other processes block until it is released."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def build_corpus_dataset(data: DataConfig, vocab_size: int, progress: bool = False) -> TokenDataset:
+    """A text or token source as a ``TokenDataset``: a prepared directory or shards are opened in place; text is
+    prepared once into the cache (one process prepares, the others of a job wait) and opened from there."""
+    if prepare_mod.is_prepared(data.source):
+        o = shards.open_prepared(data.source)
+        _check_vocab(o.vocab_size, vocab_size, f"the dataset {data.source}")
+        return _from_opened(o, vocab_size, o.vocab_size)
+    if shards.is_shard_source(data.source):
+        if data.vocab_size is None:
+            raise ValueError(f"data.source {data.source!r} holds pre-tokenized shards: set data.vocab_size to their tokenizer's vocabulary (e.g. 50257 for GPT-2)")
+        o = shards.open_shards(data.source, data.eval_source, data.eval_fraction)
+        _check_vocab(data.vocab_size, vocab_size, "data.vocab_size")
+        if max(o.meta["dtype_bytes"]) == 2 and data.vocab_size > 65536:
+            raise ValueError(f"data.vocab_size={data.vocab_size:,} does not fit the uint16 shards of {data.source}")
+        return _from_opened(o, vocab_size, data.vocab_size)
+    out = prepared_dir(data, vocab_size)
+    if not prepare_mod.is_prepared(out):
+        from scaling.ui import RateMeter
+
+        spec = prepare_spec(data, vocab_size)
+        meter = RateMeter(f"preparing {data.source}", sources.estimated_bytes(data.source), enabled=progress)
+        with meter:
+            m = prepare_mod.prepare(spec, out, progress=meter, note=meter.note)
+        if m.get("prepared_by", {}).get("pid") == os.getpid():  # an audit trail: one line per entry built here
+            with open(cache_root(data) / "builds.jsonl", "a") as fh:
+                fh.write(json.dumps({"key": out.name, "pid": os.getpid(), "time": time.time()}) + "\n")
+    o = shards.open_prepared(out)
+    _check_vocab(o.vocab_size, vocab_size, f"the {data.tokenizer} tokenizer")
+    return _from_opened(o, vocab_size, o.vocab_size)
 
 
-def _build_entry(data: DataConfig, vocab_size: int, train_docs, eval_docs, content: str, cdir: Path, dtype) -> None:
-    """Tokenize a corpus into ``cdir`` (tokenizer, train.bin, eval.bin, then meta.json last)."""
-    cdir.mkdir(parents=True, exist_ok=True)
-    if data.tokenizer == "bpe":
-        tok = BPETokenizer.train((d.text for d in train_docs), vocab_size)
-        tmp = cdir / f"tokenizer.json.tmp{os.getpid()}"
-        tok.save(tmp)
-        os.replace(tmp, cdir / "tokenizer.json")
-    else:
-        tok = ByteTokenizer()
-    for name, split in (("train", train_docs), ("eval", eval_docs)):
-        _atomic_write_array(cdir / f"{name}.bin", _tokenize(tok, split).astype(dtype))
-    meta = {
-        "source": data.source,
-        "tokenizer": data.tokenizer,
-        "vocab_size": tok.vocab_size,
-        "fingerprint": content,
-        "n_train_docs": len(train_docs),
-        "n_eval_docs": len(eval_docs),
-        "train_bytes": sum(len(d.text.encode()) for d in train_docs),
-        "eval_bytes": sum(len(d.text.encode()) for d in eval_docs),
-        "dtype": np.dtype(dtype).name,
-    }
-    meta_path = cdir / "meta.json"
-    tmp = meta_path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, meta_path)  # meta.json last: its presence means the cache entry is complete
-    with open(cdir.parent / "builds.jsonl", "a") as fh:  # an audit trail: one line per build of an entry
-        fh.write(json.dumps({"key": cdir.name, "pid": os.getpid(), "time": time.time()}) + "\n")
+def _check_vocab(data_vocab: int, model_vocab: int, what: str) -> None:
+    if data_vocab > model_vocab:
+        raise ValueError(f"model.vocab_size={model_vocab} is smaller than the vocabulary of {what} ({data_vocab:,}); raise model.vocab_size to at least {data_vocab}")
 
 
-def load_tokenizer(data: DataConfig, fingerprint: str, vocab_size: int):
-    if data.tokenizer == "byte":
-        return ByteTokenizer()
-    for d in cache_root(data).glob(f"{fingerprint}-bpe{vocab_size}-*"):
-        return BPETokenizer.load(d / "tokenizer.json")
-    raise FileNotFoundError("no cached BPE tokenizer for this corpus")
-
-
-def build_dataset(data: DataConfig, model: ModelConfig):
-    """The data source a run config names."""
+def build_dataset(data: DataConfig, model: ModelConfig, progress: bool = False):
+    """The data source a run config names (``progress``: show the preparation of a text source not yet prepared)."""
     if data.source == "synthetic":
         return SyntheticMarkov(model.vocab_size, data.synthetic_branching, data.synthetic_seed)
-    return build_corpus_dataset(data, model.vocab_size)
+    return build_corpus_dataset(data, model.vocab_size, progress)
 
 
 def unigram_entropy(ds: TokenDataset) -> float:
     """Entropy (nats) of the eval split's token frequencies: the loss of the best context-free model."""
-    counts = np.bincount(np.asarray(ds.eval.tokens), minlength=ds.vocab_size).astype(np.float64)
+    counts = ds.eval.tokens.bincount(ds.vocab_size).astype(np.float64)
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())
 

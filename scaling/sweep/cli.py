@@ -27,36 +27,55 @@ def _duration(s: float) -> str:
     return f"{s / 86400:.0f}d"
 
 
-def _load(path: str):
+def _load(path: str, overrides: list[str] | None = None):
     from scaling.config import ConfigError
     from scaling.sweep.spec import load_sweep
 
     try:
-        return load_sweep(path)
+        return load_sweep(path, overrides)
     except ConfigError as e:
         print(f"sweep error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
+def _devices(args):
+    """(DeviceInfo, n_devices) to plan for: --device/--devices/--mfu, or this machine's devices."""
+    from scaling.sweep.estimate import DeviceInfo
+
+    if args.device is None:
+        if args.devices is not None or args.mfu is not None:
+            raise ValueError("--devices and --mfu go with --device (the accelerator to plan for)")
+        dev = DeviceInfo.current()
+        return dev, None
+    dev = DeviceInfo.named(args.device.lower(), args.devices or 1, **({"mfu": args.mfu} if args.mfu is not None else {}))
+    return dev, dev.count
+
+
 def cmd_plan(args) -> int:
     from scaling.config import ConfigError
-    from scaling.sweep.estimate import DeviceInfo, estimate
-    from scaling.sweep.spec import branch_savings, budget_summary, plan_sweep
+    from scaling.data.cli import _bad_input_types
+    from scaling.sweep.estimate import estimate
+    from scaling.sweep.spec import branch_savings, budget_summary, count_epochs, plan_sweep
 
-    spec = _load(args.sweep)
+    spec = _load(args.sweep, args.set)
     try:
-        plan = plan_sweep(spec, check_data=True)
-    except ConfigError as e:
+        dev, n_devices = _devices(args)
+        plan = plan_sweep(spec, n_devices=n_devices)
+        corpora = count_epochs(plan, progress=True)
+    except (ConfigError, ValueError, *_bad_input_types()) as e:
         print(f"sweep error: {e}", file=sys.stderr)
         return 2
-    dev = DeviceInfo.current()
     table = Table(title=f"sweep {spec.name}: {len(plan)} runs on {dev.count}x {dev.kind}")
     for col in ("run_id", "variant", "role", "N", "N_active", "D", "C", "budget", "steps", "batch", "lr", "seed", "epochs", "memory", "est. time"):
         table.add_column(col, justify="right" if col not in ("run_id", "variant", "role") else "left")
     problems = []
     total_C, total_t = 0.0, 0.0
     for r in plan:
-        est = estimate(r.config, dev)
+        try:
+            est = estimate(r.config, dev)
+        except ConfigError as e:
+            print(f"sweep error: run {r.run_id}: {e}", file=sys.stderr)
+            return 2
         est["time_s"] *= r.spent_flops / r.flops  # a branch trains only its cooldown
         total_C += r.spent_flops
         total_t += est["time_s"]
@@ -68,6 +87,11 @@ def cmd_plan(args) -> int:
             str(r.seed), "-" if r.epochs is None else f"{r.epochs:.2f}", f"{_human(est['memory_bytes'])}B", _duration(est["time_s"]),
         )
     Console(width=200).print(table)
+    for c in corpora:
+        if c["train_tokens"] is not None:
+            cap = "" if c["cap"] is None else f", {c['max_tokens'] / c['cap']:.3g} at data.max_epochs={c['cap']:g}"
+            print(f"data {c['source']}: {c['train_tokens']:,} training tokens (fingerprint {c['fingerprint']}); the sweep needs "
+                  f"{c['max_tokens']:.3g} for one pass over fresh data{cap}")
     g = spec.grid
     print(f"parameters basis for the recipe{' and tokens_per_param' if g.kind == 'tokens_per_param' else ''}: N_{g.params}")
     if g.kind == "isoflop" or (g.kind == "wsd_branches" and g.budgets):
@@ -104,12 +128,24 @@ def cmd_plan(args) -> int:
                 "train.warmup_fraction of its shortest branch: set train.warmup_steps in base (every size the same warmup) to at least that",
                 file=sys.stderr,
             )
-    print(f"total compute {total_C:.3e} FLOPs; estimated time {_duration(total_t)} on this machine ({dev.basis})")
+    where = "this machine" if args.device is None else f"{dev.count} x {dev.kind}"
+    print(f"total compute {total_C:.3e} FLOPs; estimated time {_duration(total_t)} on {where} ({dev.basis}), one worker on all devices")
     if problems:
         for p in problems:
             print(f"cannot run: {p}", file=sys.stderr)
         return 2
     return 0
+
+
+def _recorded_yaml(path: str, overrides: list[str] | None) -> str:
+    """The sweep file as the sweep directory records it: its text, or with --set overrides its resolved YAML."""
+    if not overrides:
+        return Path(path).read_text()
+    import yaml
+
+    from scaling.sweep.spec import load_sweep_raw
+
+    return f"# {path} with --set {' --set '.join(overrides)}\n" + yaml.safe_dump(load_sweep_raw(path, overrides), sort_keys=False)
 
 
 def cmd_run(args) -> int:
@@ -120,7 +156,7 @@ def cmd_run(args) -> int:
     from scaling.sweep.runner import run_sweep
     from scaling.ui import progress_bar
 
-    spec = _load(args.sweep)
+    spec = _load(args.sweep, args.set)
     out = args.out or os.path.join("runs", spec.name)
     if args.target_dex is not None and not args.target_dex > 0:
         print(f"sweep error: --target-dex must be > 0, got {args.target_dex}", file=sys.stderr)
@@ -135,7 +171,7 @@ def cmd_run(args) -> int:
         with progress_bar(not args.no_progress) as progress:
             res = run_sweep(
                 spec, out, shard=args.shard, retry_failed=args.retry_failed, should_stop=stop, progress=progress,
-                sweep_yaml=Path(args.sweep).read_text(), adaptive=args.adaptive, target_dex=args.target_dex,
+                sweep_yaml=_recorded_yaml(args.sweep, args.set), adaptive=args.adaptive, target_dex=args.target_dex,
                 max_added=args.max_added, stack=args.stack,
             )
     except (ConfigError, ValueError) as e:
@@ -204,13 +240,22 @@ def add_sweep_parser(sub) -> None:
     s = sub.add_parser("sweep", help="plan, run, inspect or submit a sweep of runs")
     ss = s.add_subparsers(dest="sweep_command", required=True, metavar="ACTION")
 
-    p = ss.add_parser("plan", help="print every run (N, D, C, steps, memory, time) and refuse sweeps that cannot run")
+    p = ss.add_parser(
+        "plan", help="print every run (N, D, C, steps, epochs, memory, time) and refuse sweeps that cannot run",
+        description="Plan a sweep: every run resolved, its epochs over the corpus, memory per device and time, for this "
+                    "machine or (--device, --devices) for the accelerators it will run on, from any machine.",
+    )
     p.add_argument("sweep", help="sweep YAML")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a base run-config field, e.g. data.source=DIR (use the same with sweep run)")
+    p.add_argument("--device", default=None, help="plan for this accelerator: h100, h200, a100, a100-40, tpu-v4, tpu-v5e, tpu-v5p (default: this machine)")
+    p.add_argument("--devices", type=int, default=None, help="--device: how many (default 1)")
+    p.add_argument("--mfu", type=float, default=None, help="--device: the fraction of the bf16 peak a step sustains (default 0.4)")
     p.set_defaults(func=cmd_plan)
 
     r = ss.add_parser("run", help="run every run not yet completed (resumes interrupted runs)")
     r.add_argument("sweep", help="sweep YAML")
     r.add_argument("--out", help="sweep directory (default runs/NAME)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a base run-config field, e.g. data.source=DIR (recorded in SWEEP_DIR/sweep.yaml)")
     r.add_argument("--shard", help="static partition i/n: run only every n-th run starting at i")
     r.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed or diverged")
     r.add_argument("--no-progress", action="store_true")

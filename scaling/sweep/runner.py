@@ -209,7 +209,7 @@ def run_sweep(
     if adaptive and (spec.grid.kind != "isoflop" or multi or n > 1 or len(spec.variants) > 1):
         raise ValueError("--adaptive refines an isoflop grid of one variant from one worker process (no --shard, one host)")
     sweep_dir = Path(sweep_dir)
-    plan = plan_sweep(spec, check_data=True, sweep_dir=sweep_dir)
+    plan = plan_sweep(spec, check_data=True, sweep_dir=sweep_dir, progress=True)
     if leader:
         (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
         if sweep_yaml is not None:

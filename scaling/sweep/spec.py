@@ -39,7 +39,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from scaling.accounting import count_params, flops_per_token
-from scaling.config import ConfigError, RunConfig, _f, from_dict, load_config, merge_dicts, set_by_path
+from scaling.config import ConfigError, RunConfig, _f, from_dict, load_config, merge_dicts, parse_overrides, set_by_path
 from scaling.sweep.recipe import Recipe
 from scaling.train.record import config_hash
 
@@ -180,7 +180,13 @@ def _positive_numbers(values: list, where: str) -> list[float]:
     return out
 
 
-def load_sweep(path: str | Path) -> SweepSpec:
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
+    return parse_sweep(load_sweep_raw(path, overrides))
+
+
+def load_sweep_raw(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """A sweep file as a dict, with ``--set key=value`` overrides applied to its ``base`` run config (e.g.
+    ``data.source=DIR``); the dict is what a sweep directory records as its ``sweep.yaml``."""
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"sweep file {str(p)!r} does not exist")
@@ -188,7 +194,15 @@ def load_sweep(path: str | Path) -> SweepSpec:
         raw = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"sweep file {str(p)!r} is not valid YAML: {e}") from None
-    return parse_sweep(raw)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"sweep file {str(p)!r} must hold a mapping (name, base, grid, ...)")
+    if overrides:
+        if not isinstance(raw.get("base", {}), dict):
+            raise ConfigError(f"sweep file {str(p)!r}: base must be a mapping")
+        raw.setdefault("base", {})
+        for k, v in parse_overrides(overrides):
+            set_by_path(raw["base"], k, v)
+    return raw
 
 
 def parse_sweep(raw: dict) -> SweepSpec:
@@ -461,7 +475,7 @@ def added_sizes(sweep_dir: str | Path | None) -> list[dict]:
 
 def plan_sweep(
     spec: SweepSpec, *, check_data: bool = False, n_devices: int | None = None, sweep_dir: str | Path | None = None,
-    added: list[dict] | None = None,
+    added: list[dict] | None = None, progress: bool = False,
 ) -> list[PlannedRun]:
     """Every run of the sweep, resolved and validated; refuses runs that cannot train (with the reason).
 
@@ -469,8 +483,8 @@ def plan_sweep(
     change the model, hence FLOPs per token); D follows from the grid (IsoFLOP: budget / FLOPs per token); the
     recipe sets lr, batch and warmup from N (``grid.params``: active or total) and D; the overrides are applied
     again so an explicit value wins over the recipe. Every IsoFLOP run's C is checked within 1% of its budget.
-    ``check_data`` also counts epochs over each run's training split (tokenizing the corpus once, cached) and
-    refuses runs above ``data.max_epochs``. ``sweep_dir``: also the sizes an adaptive run of the sweep added there
+    ``check_data`` also counts epochs over each run's training split (a text corpus is prepared once into the cache,
+    with ``progress``) and refuses runs above ``data.max_epochs``. ``sweep_dir``: also the sizes an adaptive run of the sweep added there
     (``adaptive.json``), planned, hashed and resumable like the others; ``added`` gives those sizes directly."""
     if n_devices is None:
         import jax
@@ -486,7 +500,7 @@ def plan_sweep(
             raise ConfigError(f"two runs of the sweep resolve to the same config (run {r.run_id}); remove the duplicate grid point")
         seen[r.run_id] = r
     if check_data:
-        _count_epochs(runs)
+        count_epochs(runs, progress=progress)
     return runs
 
 
@@ -550,25 +564,38 @@ def budget_summary(spec: SweepSpec, plan: list[PlannedRun]) -> list[dict]:
     return out
 
 
-def _count_epochs(runs: list[PlannedRun]) -> None:
-    """Fill each run's epochs over its training split; refuse runs above their data.max_epochs."""
+def count_epochs(runs: list[PlannedRun], progress: bool = False) -> list[dict]:
+    """Fill each run's epochs over its training split (a prepared dataset's size is read from its manifest; a text
+    source is prepared into the cache once, with ``progress``); refuse, in one line, runs above their
+    ``data.max_epochs``, saying how large a training split the sweep needs. Returns one summary per corpus."""
     from scaling.data import build_dataset
 
-    per_epoch: dict[str, int | None] = {}
+    corpora: dict[str, dict] = {}
     for r in runs:
         key = repr((r.config.data, r.config.model.vocab_size, r.config.model.seq_len))
-        if key not in per_epoch:
-            per_epoch[key] = build_dataset(r.config.data, r.config.model).train_windows_per_epoch(r.config.model.seq_len)
-        windows = per_epoch[key]
-        if windows:
-            r.epochs = r.steps * r.config.train.batch_size / windows
-            cap = r.config.data.max_epochs
-            if cap is not None and r.epochs > cap:
-                raise ConfigError(
-                    f"run {r.run_id} (variant={r.variant}, size={r.size_index}, N={r.n_params:.3g}, D={r.tokens:.3g}) would make "
-                    f"{r.epochs:.3g} epochs over its {windows * r.config.model.seq_len:,}-token training split, above "
-                    f"data.max_epochs={cap:g}; point data.source at a larger corpus, lower the budget, or raise data.max_epochs"
-                )
+        if key not in corpora:
+            ds = build_dataset(r.config.data, r.config.model, progress=progress)
+            windows = ds.train_windows_per_epoch(r.config.model.seq_len)
+            corpora[key] = {"source": r.config.data.source, "windows": windows, "train_tokens": None if windows is None else len(ds.train.tokens),
+                            "fingerprint": ds.fingerprint, "max_tokens": 0, "over": [], "cap": r.config.data.max_epochs, "seq_len": r.config.model.seq_len}
+        c = corpora[key]
+        if c["windows"]:
+            r.epochs = r.steps * r.config.train.batch_size / c["windows"]
+            c["max_tokens"] = max(c["max_tokens"], r.tokens)
+            if c["cap"] is not None and r.epochs > c["cap"]:
+                c["over"].append(r)
+    for c in corpora.values():
+        if c["over"]:
+            worst = max(c["over"], key=lambda r: r.epochs)
+            need = c["max_tokens"] / c["cap"]
+            raise ConfigError(
+                f"{len(c['over'])} runs would pass over data.source={c['source']!r} more than data.max_epochs={c['cap']:g} times "
+                f"(up to {worst.epochs:.3g} epochs over its {c['windows'] * c['seq_len']:,}-token training split: run {worst.run_id}, "
+                f"N={worst.n_params:.3g}, D={worst.tokens:.3g}); this sweep needs a training split of at least {need:.3g} tokens "
+                f"({c['max_tokens']:.3g} for one pass): prepare one with 'scaling data prepare CORPUS --out DIR' and plan with "
+                "--set data.source=DIR, lower the budgets, or raise data.max_epochs"
+            )
+    return list(corpora.values())
 
 
 def with_logging(run: PlannedRun, spec: SweepSpec, sweep_dir: str | Path | None = None) -> RunConfig:

@@ -197,7 +197,7 @@ def preflight(cfg: RunConfig, run_dir: Path, par: Parallel, train_cfg: dict, res
     """Phase 1: everything that can refuse the run, before the record is touched."""
     L, B, steps = cfg.model.seq_len, cfg.train.batch_size, cfg.steps
     par.check_batch(B // cfg.train.grad_accum, "train.batch_size / train.grad_accum")
-    ds = build_dataset(cfg.data, cfg.model)
+    ds = build_dataset(cfg.data, cfg.model, progress=cfg.log.progress)
     per_epoch = ds.train_windows_per_epoch(L)
     epochs = steps * B / per_epoch if per_epoch else None
     if per_epoch:

@@ -53,7 +53,13 @@ def read_record(run_dir: str | Path) -> dict | None:
 
 # Fields added after runs were recorded: hashed only when set away from their default, so the ids of earlier runs
 # (and of every run that leaves the field alone) do not change.
-HASHED_WHEN_SET = {("model", "attention"): "auto"}
+HASHED_WHEN_SET = {
+    ("model", "attention"): "auto",
+    ("data", "eval_source"): None,
+    ("data", "vocab_size"): None,
+    ("data", "bpe_sample_bytes"): 128 * 2**20,
+    ("data", "eos_token"): None,
+}
 
 
 def _drop_unset(d: dict) -> dict:
