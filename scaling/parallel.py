@@ -30,7 +30,6 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from scaling.config import ConfigError, ParallelConfig
 
-_DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE")
 MESH_AXES = ("data", "fsdp", "tensor", "expert")
 
 # logical axis -> the mesh axes it is split over, in order. Everything not listed is replicated.
@@ -58,29 +57,72 @@ def enable_compilation_cache(cache_dir: str | None = None) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
+def on_cloud_tpu_vm() -> bool:
+    """A Cloud TPU VM: Google's PCI vendor id on an attached device (as JAX itself detects it) or the TPU runtime's
+    worker variables."""
+    import glob
+
+    if any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "MEGASCALE_COORDINATOR_ADDRESS")):
+        return True
+    for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
+        try:
+            if open(vendor).read().strip() == "0x1ae0":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def distributed_args(env: dict, tpu_vm: bool = False) -> dict | None:
+    """How this process joins a multi-process JAX job: ``None`` (it runs alone) or the keyword arguments of
+    ``jax.distributed.initialize`` (``{}``: JAX detects the cluster itself, as on TPU pods, slurm with several tasks
+    and Open MPI). An environment that describes a job only in part is refused with one line naming what is missing."""
+    if env.get("SCALING_NO_DISTRIBUTED"):
+        return None
+    explicit = {k: env[k] for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if env.get(k)}
+    if explicit:
+        if "JAX_COORDINATOR_ADDRESS" not in explicit:
+            raise ConfigError(f"{' and '.join(explicit)} set without JAX_COORDINATOR_ADDRESS=host:port (the process 0 address every process connects to)")
+        addr = explicit["JAX_COORDINATOR_ADDRESS"]
+        host, _, port = addr.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"JAX_COORDINATOR_ADDRESS={addr!r} is not host:port")
+        kw: dict = {"coordinator_address": addr}
+        auto = tpu_vm or int(env.get("SLURM_NTASKS", "1") or 1) > 1 or "OMPI_COMM_WORLD_SIZE" in env
+        missing = [k for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if k not in explicit]
+        if missing and not auto:
+            raise ConfigError(f"JAX_COORDINATOR_ADDRESS is set but {' and '.join(missing)} is not: set all three on every process (or none)")
+        for key, arg in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+            if key in explicit:
+                if not explicit[key].isdigit():
+                    raise ConfigError(f"{key}={explicit[key]!r} is not a non-negative integer")
+                kw[arg] = int(explicit[key])
+        if kw.get("num_processes") == 0 or ("process_id" in kw and "num_processes" in kw and kw["process_id"] >= kw["num_processes"]):
+            raise ConfigError(f"JAX_PROCESS_ID={kw.get('process_id')} must be below JAX_NUM_PROCESSES={kw.get('num_processes')}")
+        return kw
+    if "SLURM_JOB_ID" in env and int(env.get("SLURM_NTASKS", "1") or 1) > 1:
+        return {}
+    if "OMPI_COMM_WORLD_SIZE" in env or tpu_vm:
+        return {}
+    return None
+
+
 def maybe_initialize_distributed() -> bool:
     """Join a multi-process JAX job when the environment describes one; a no-op otherwise. It makes no other JAX
     call first (``jax.distributed.initialize`` must precede every backend call, ``jax.process_count()`` included).
 
-    ``JAX_COORDINATOR_ADDRESS`` (+ ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``) are passed explicitly; under slurm
-    with several tasks, or Open MPI, JAX detects the cluster itself."""
+    ``JAX_COORDINATOR_ADDRESS`` + ``JAX_NUM_PROCESSES`` + ``JAX_PROCESS_ID`` are passed explicitly; on a Cloud TPU
+    VM (every worker of a pod slice runs the same command), under slurm with several tasks, or Open MPI, JAX
+    detects the cluster itself (``distributed_args``)."""
     if jax.distributed.is_initialized():
         return True
-    if os.environ.get("SCALING_NO_DISTRIBUTED") or not any(k in os.environ for k in _DISTRIBUTED_ENV):
+    env = dict(os.environ)
+    kw = distributed_args(env, tpu_vm=not env.get("SCALING_NO_DISTRIBUTED") and on_cloud_tpu_vm())
+    if kw is None:
         return False
     # CPU devices of several processes talk through gloo (a no-op setting on GPU / TPU backends).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if "JAX_COORDINATOR_ADDRESS" in os.environ:
-        kw = {"coordinator_address": os.environ["JAX_COORDINATOR_ADDRESS"]}
-        if "JAX_NUM_PROCESSES" in os.environ:
-            kw["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
-        if "JAX_PROCESS_ID" in os.environ:
-            kw["process_id"] = int(os.environ["JAX_PROCESS_ID"])
-        jax.distributed.initialize(**kw)
-        return True
-    if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
-        return False
-    jax.distributed.initialize()
+    jax.distributed.initialize(**kw)
     return True
 
 

@@ -108,3 +108,97 @@ def test_a_sweep_worker_spanning_two_processes_trains_each_run_once(tmp_path):
     df = pd.read_csv(tmp_path / "out" / "runs.csv")
     assert (df["status"] == "completed").all()
     assert all(_record(tmp_path / "out" / "runs" / r)["process_count"] == 2 for r in df["run_id"])
+
+
+DIGEST_SCRIPT = r"""
+import sys
+from pathlib import Path
+from scaling.config import load_config
+from scaling.parallel import Parallel
+from scaling.train.checkpoint import Checkpointer
+from scaling.train.record import params_digest
+from scaling.train.state import build, restore_state
+run = Path(sys.argv[1])
+cfg = load_config(run / "config.yaml")
+graphdef, target, shardings = build(cfg, Parallel.create(cfg.parallel))
+ck = Checkpointer(run / "checkpoints", cfg.train.keep_checkpoints, read_only=True)
+state, _ = restore_state(ck, ck.latest_step(), target)
+print(params_digest(state.params))
+"""
+
+SHARDED = {
+    "fsdp": ["parallel.data=1", "parallel.fsdp=8"],
+    "expert": ["parallel.data=1", "parallel.expert=8", "model.moe.n_experts=8", "model.moe.top_k=2"],
+}
+
+
+def _kill_after_checkpoint(procs, out, step=10):
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        rec = out / "record.json"
+        if rec.exists() and (json.loads(rec.read_text()).get("last_checkpoint_step") or 0) >= step:
+            break
+        time.sleep(0.05)
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+
+
+@pytest.mark.parametrize("layout", sorted(SHARDED))
+def test_parameters_sharded_across_processes_finalize_and_resume_bit_identically(layout, tmp_path):
+    """fsdp (or expert) over all 8 devices of 2 processes: every parameter (every expert) is split between the
+    processes. The run finalizes with a digest gathered from each process's shards, equal to the digest one process
+    computes from the final checkpoint; both processes SIGKILLed mid-run resume to the same losses and digest, and
+    one record is written."""
+    train = [*TRAIN, *sum((["--set", o] for o in SHARDED[layout]), [])]
+    _wait(_launch([*train, "--out", str(tmp_path / "ref")], 2, 4, tmp_path))
+    ref = _record(tmp_path / "ref")
+    assert ref["status"] == "completed" and ref["process_count"] == 2 and ref["mesh"][layout] == 8
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    one = subprocess.run([sys.executable, "-c", DIGEST_SCRIPT, str(tmp_path / "ref")], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert one.stdout.strip().splitlines()[-1] == ref["params_digest"]
+    out = tmp_path / "killed"
+    _kill_after_checkpoint(_launch([*train, "--out", str(out)], 2, 4, tmp_path), out)
+    assert _record(out)["status"] == "running"
+    _wait(_launch([*train, "--out", str(out)], 2, 4, tmp_path))
+    done = _record(out)
+    assert done["resumed_from_step"] >= 10 and done["params_digest"] == ref["params_digest"]
+    assert done["final_train_loss"] == ref["final_train_loss"] and done["final_eval_loss"] == ref["final_eval_loss"]
+    assert [p.name for p in out.iterdir() if p.name.startswith("record")] == ["record.json"]
+
+
+@pytest.mark.parametrize("env, tpu_vm, want", [
+    ({}, False, None),                                                         # one process
+    ({}, True, {}),                                                            # a Cloud TPU VM: JAX finds the slice
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}, False, None),                 # slurm, one task
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}, False, {}),                   # slurm, a task per node
+    ({"OMPI_COMM_WORLD_SIZE": "2"}, False, {}),
+    ({"JAX_COORDINATOR_ADDRESS": "h0:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}, False,
+     {"coordinator_address": "h0:1234", "num_processes": 2, "process_id": 1}),
+    ({"JAX_COORDINATOR_ADDRESS": "h0:1234"}, True, {"coordinator_address": "h0:1234"}),  # the rest from the TPU runtime
+    ({"SCALING_NO_DISTRIBUTED": "1", "SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}, True, None),
+])
+def test_how_a_process_joins_a_job(env, tpu_vm, want):
+    from scaling.parallel import distributed_args
+
+    assert distributed_args(env, tpu_vm) == want
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"JAX_COORDINATOR_ADDRESS": "h0:1234"}, "JAX_NUM_PROCESSES and JAX_PROCESS_ID is not"),
+    ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}, "without JAX_COORDINATOR_ADDRESS"),
+    ({"JAX_COORDINATOR_ADDRESS": "h0", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}, "is not host:port"),
+    ({"JAX_COORDINATOR_ADDRESS": "h0:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"}, "must be below JAX_NUM_PROCESSES=2"),
+    ({"JAX_COORDINATOR_ADDRESS": "h0:1", "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"}, "is not a non-negative integer"),
+])
+def test_a_half_set_distributed_environment_is_refused_in_one_line(env, message, tmp_path):
+    from scaling.config import ConfigError
+    from scaling.parallel import distributed_args
+
+    with pytest.raises(ConfigError, match=message):
+        distributed_args(env)
+    p = subprocess.run([sys.executable, "-m", "scaling", *TRAIN, "--out", str(tmp_path / "r")], env={**os.environ, **env},
+                       cwd=ROOT, capture_output=True, text=True, timeout=120) if "two" in str(env) else None
+    if p is not None:  # once end to end: one line, exit 2, before any JAX call
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and message in p.stderr, p.stderr

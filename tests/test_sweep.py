@@ -242,16 +242,63 @@ def test_bad_sweep_files_name_the_key(change, pattern):
 
 
 def test_slurm_submission_script_without_a_cluster(tmp_path):
-    p = run_cli("sweep", "submit", str(TINY), "--out", str(tmp_path / "s"), "--workers", "3", "--partition", "gpu", "--dry-run")
+    p = run_cli("sweep", "submit", str(TINY), "--out", str(tmp_path / "s"), "--workers", "3", "--partition", "gpu", "--gpus", "8", "--dry-run")
     script = (tmp_path / "s" / "slurm" / "array.sbatch").read_text()
-    assert "#SBATCH --array=0-2%3" in script and "#SBATCH --partition=gpu" in script
-    assert "-m scaling sweep run" in script and str(TINY) in script
-    assert script in p.stdout
+    for line in ("--array=0-2%3", "--partition=gpu", "--cpus-per-task=8", "--gpus-per-node=8", "--job-name=scaling-tiny_isoflop",
+                 "--requeue", "--signal=USR2@90"):
+        assert f"#SBATCH {line}\n" in script, line
+    assert "-m submitit.core._submit" in script and script in p.stdout
+    assert sorted(f.name for f in (tmp_path / "s" / "slurm").iterdir()) == ["array.sbatch"]  # nothing of the dry run left
     # several hosts per worker: one task per node under srun, which JAX joins into one job from slurm's environment
     run_cli("sweep", "submit", str(TINY), "--out", str(tmp_path / "m"), "--workers", "2", "--nodes", "4", "--gpus", "8", "--dry-run")
     script = (tmp_path / "m" / "slurm" / "array.sbatch").read_text()
     assert "#SBATCH --nodes=4" in script and "#SBATCH --ntasks-per-node=1" in script and "#SBATCH --gpus-per-node=8" in script
-    assert "\nsrun " in script and "-m scaling sweep run" in script
+    assert "\nsrun " in script
+    p = run_cli("sweep", "submit", str(TINY), "--out", str(tmp_path / "x"), check=False)
+    assert p.returncode == 2 and "no slurm on this machine" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_the_dry_run_prints_the_script_a_cluster_receives(tmp_path):
+    """A fake cluster (sbatch that keeps what it is handed, srun present): the real submission and the dry run go
+    through one code path, and the script the cluster received equals the dry run's byte for byte; the worker
+    command carries --set and --devices-per-worker."""
+    import os
+    import pickle
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/received.sbatch\necho "Submitted batch job 4242"\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    args = ["sweep", "submit", str(TINY), "--out", str(tmp_path / "s"), "--workers", "2", "--gpus", "8", "--devices-per-worker", "2",
+            "--set", "train.lr=0.002", "--slurm", "account=abc"]
+    dry = run_cli(*args, "--dry-run").stdout
+    real = run_cli(*args, env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}).stdout
+    assert "submitted 2 array tasks: 4242" in real
+    received = (tmp_path / "received.sbatch").read_text()
+    assert received == (tmp_path / "s" / "slurm" / "array.sbatch").read_text() and received in dry and "#SBATCH --account=abc" in received
+    worker = pickle.loads((tmp_path / "s" / "slurm" / "4242_0" / "4242_0_submitted.pkl").read_bytes())
+    cmd = worker.args[0]
+    assert cmd[cmd.index("--set") + 1] == "train.lr=0.002" and cmd[cmd.index("--devices-per-worker") + 1] == "2"
+
+
+def test_one_worker_per_group_of_devices_trains_each_run_once(tmp_path):
+    """4 CPU devices, 2 per worker: two workers, each seeing only its own 2 devices, share the sweep's claims."""
+    spec = tiny_sweep(tmp_path)
+    out = tmp_path / "out"
+    p = run_cli("sweep", "run", str(spec), "--out", str(out), "--devices-per-worker", "2",
+                env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    assert "2 workers of 2 cpu devices each on this host's 4" in p.stderr
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    starts = [e["run_id"] for e in events if e["event"] == "start"]
+    assert sorted(starts) == sorted(set(starts)) and len(starts) == 6 and len({e["owner"] for e in events}) == 2
+    df = pd.read_csv(out / "runs.csv")
+    assert (df["status"] == "completed").all()
+    assert {json.loads((out / "runs" / r / "record.json").read_text())["device_count"] for r in df["run_id"]} == {2}
+    p = run_cli("sweep", "run", str(spec), "--out", str(out), "--devices-per-worker", "3", check=False,
+                env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert p.returncode == 2 and "--devices-per-worker 3: this host has 2 cpu devices" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_shards_partition_the_runs(tmp_path):

@@ -137,6 +137,23 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def _run_per_device(args, out: str) -> int:
+    from scaling.config import ConfigError
+    from scaling.sweep.workers import run_per_device
+
+    if args.adaptive or args.shard:
+        print("sweep error: --devices-per-worker starts its own workers; it does not combine with --adaptive or --shard", file=sys.stderr)
+        return 2
+    argv = [args.sweep, "--out", out, "--no-progress", "--stack", str(args.stack)]
+    argv += sum((["--set", o] for o in args.set or []), [])
+    argv += ["--retry-failed"] if args.retry_failed else []
+    try:
+        return run_per_device(argv, args.devices_per_worker)
+    except ConfigError as e:
+        print(f"sweep error: {e}", file=sys.stderr)
+        return 2
+
+
 def _recorded_yaml(path: str, overrides: list[str] | None) -> str:
     """The sweep file as the sweep directory records it: its text, or with --set overrides its resolved YAML."""
     if not overrides:
@@ -158,6 +175,8 @@ def cmd_run(args) -> int:
 
     spec = _load(args.sweep, args.set)
     out = args.out or os.path.join("runs", spec.name)
+    if args.devices_per_worker is not None:
+        return _run_per_device(args, out)
     if args.target_dex is not None and not args.target_dex > 0:
         print(f"sweep error: --target-dex must be > 0, got {args.target_dex}", file=sys.stderr)
         return 2
@@ -226,12 +245,28 @@ def cmd_status(args) -> int:
 def cmd_submit(args) -> int:
     from scaling.sweep.submit import submit_slurm
 
-    spec = _load(args.sweep)
+    spec = _load(args.sweep, args.set)
     out = args.out or os.path.join("runs", spec.name)
-    res = submit_slurm(
-        args.sweep, out, workers=args.workers, partition=args.partition, gpus_per_node=args.gpus, timeout_min=args.timeout_min, nodes=args.nodes,
-        dry_run=args.dry_run, extra=dict(kv.split("=", 1) for kv in (args.slurm or [])),
-    )
+    for flag in ("workers", "gpus", "nodes", "cpus_per_task", "timeout_min"):
+        if getattr(args, flag) < 1:
+            print(f"sweep error: --{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}", file=sys.stderr)
+            return 2
+    if args.devices_per_worker is not None and (args.devices_per_worker < 1 or args.gpus % args.devices_per_worker):
+        print(f"sweep error: --devices-per-worker {args.devices_per_worker} must divide --gpus {args.gpus}", file=sys.stderr)
+        return 2
+    bad = [kv for kv in args.slurm or [] if "=" not in kv]
+    if bad:
+        print(f"sweep error: --slurm expects KEY=VALUE, got {bad[0]!r}", file=sys.stderr)
+        return 2
+    try:
+        res = submit_slurm(
+            args.sweep, out, workers=args.workers, partition=args.partition, gpus_per_node=args.gpus, timeout_min=args.timeout_min, nodes=args.nodes,
+            dry_run=args.dry_run, extra=dict(kv.split("=", 1) for kv in (args.slurm or [])), cpus_per_task=args.cpus_per_task, name=spec.name,
+            overrides=args.set, devices_per_worker=args.devices_per_worker,
+        )
+    except ValueError as e:
+        print(f"sweep error: {e}", file=sys.stderr)
+        return 2
     print(res)
     return 0
 
@@ -263,6 +298,9 @@ def add_sweep_parser(sub) -> None:
                    help="train up to M runs that differ only in seed / lr in one compiled step, each bit-identical to "
                         "training it alone and with its own record (default 1: every run alone; on 2 CPU cores a stack of "
                         "4 small models measured 1.2-1.6x the tokens/s, benchmarks/RESULTS.md)")
+    r.add_argument("--devices-per-worker", type=int, default=None, metavar="K",
+                   help="run one worker per K devices of this host, each pinned to its own devices (GPUs or CPU devices); "
+                        "the workers share the sweep's claims, so every run trains once")
     r.add_argument("--adaptive", action="store_true", help="isoflop: after each round, add sizes where a budget's minimum is not "
                    "bracketed or its N_opt interval is wide (recorded in SWEEP_DIR/adaptive.json and events.jsonl)")
     r.add_argument("--target-dex", type=float, default=None, help="--adaptive: width of each budget's 95%% N_opt interval to reach, in log10 N (default 0.1)")
@@ -281,9 +319,12 @@ def add_sweep_parser(sub) -> None:
     sb.add_argument("--partition", default=None)
     sb.add_argument("--gpus", type=int, default=1, help="GPUs per node")
     sb.add_argument("--nodes", type=int, default=1, help="hosts per worker: each array task is one JAX job over this many nodes")
+    sb.add_argument("--cpus-per-task", type=int, default=8, help="CPU cores per task (data loading, compilation; default 8)")
+    sb.add_argument("--devices-per-worker", type=int, default=None, metavar="K", help="each task runs one worker per K of its GPUs (small models)")
+    sb.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a base run-config field (passed to every worker)")
     sb.add_argument("--timeout-min", type=int, default=24 * 60)
     sb.add_argument("--slurm", action="append", metavar="KEY=VALUE", help="extra submitit slurm parameter (e.g. account=abc)")
-    sb.add_argument("--dry-run", action="store_true", help="write the sbatch script and print it; submit nothing")
+    sb.add_argument("--dry-run", action="store_true", help="go through the submission with a stub sbatch: print and keep the exact script, submit nothing")
     sb.set_defaults(func=cmd_submit)
 
 

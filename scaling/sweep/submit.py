@@ -12,73 +12,103 @@ same way, and since submitit ignores ``SIGTERM`` the worker asks for the requeue
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 
-def worker_command(sweep_yaml: str | Path, sweep_dir: str | Path) -> list[str]:
-    return [sys.executable, "-m", "scaling", "sweep", "run", str(Path(sweep_yaml).absolute()), "--out", str(Path(sweep_dir).absolute()), "--no-progress"]
+def worker_command(sweep_yaml: str | Path, sweep_dir: str | Path, overrides: list[str] | None = None,
+                   devices_per_worker: int | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "scaling", "sweep", "run", str(Path(sweep_yaml).absolute()), "--out", str(Path(sweep_dir).absolute()), "--no-progress"]
+    cmd += sum((["--set", o] for o in overrides or []), [])
+    if devices_per_worker:
+        cmd += ["--devices-per-worker", str(devices_per_worker)]
+    return cmd
 
 
-def slurm_parameters(workers: int, partition: str | None, gpus_per_node: int, timeout_min: int, extra: dict | None = None, nodes: int = 1) -> dict:
-    """One array task per worker; with ``nodes`` > 1 each task is one JAX job over that many hosts (one process per
-    node, all its GPUs): srun starts the worker on every node, JAX joins them from slurm's environment, and process 0
-    claims the runs the job trains together."""
-    params = {
-        "job_name": "scaling-sweep",
-        "time": timeout_min,
-        "gpus_per_node": gpus_per_node,
-        "nodes": nodes,
-        "ntasks_per_node": 1,
-        "cpus_per_task": 8,
-        "array_parallelism": workers,
-    }
-    if partition:
-        params["partition"] = partition
-    params.update(extra or {})
-    return params
-
-
-def sbatch_script(sweep_yaml, sweep_dir, workers: int = 4, partition: str | None = None, gpus_per_node: int = 1, timeout_min: int = 1440, extra: dict | None = None, nodes: int = 1) -> str:
-    """The sbatch script submitit would submit for the array (no cluster needed)."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
-    params = slurm_parameters(workers, partition, gpus_per_node, timeout_min, extra, nodes)
-    array = params.pop("array_parallelism")
-    folder = Path(sweep_dir).absolute() / "slurm" / "%j"
-    return _make_sbatch_string(
-        command=shlex.join(worker_command(sweep_yaml, sweep_dir)),
-        folder=str(folder),
-        map_count=workers,
-        array_parallelism=array,
-        **params,
-    )
-
-
-def submit_slurm(sweep_yaml, sweep_dir, workers: int = 4, partition: str | None = None, gpus_per_node: int = 1, timeout_min: int = 1440, dry_run: bool = False, extra: dict | None = None, nodes: int = 1) -> str:
-    sweep_dir = Path(sweep_dir)
-    (sweep_dir / "slurm").mkdir(parents=True, exist_ok=True)
-    script = sbatch_script(sweep_yaml, sweep_dir, workers, partition, gpus_per_node, timeout_min, extra, nodes)
-    (sweep_dir / "slurm" / "array.sbatch").write_text(script)
-    if dry_run:
-        return script
+def executor(sweep_dir: Path, name: str, workers: int, partition: str | None, gpus_per_node: int, timeout_min: int,
+             nodes: int = 1, cpus_per_task: int = 8, extra: dict | None = None):
+    """The submitit slurm executor of a sweep's job array. One array task per worker; with ``nodes`` > 1 each task
+    is one JAX job over that many hosts (one process per node, all its GPUs): srun starts the worker on every node,
+    JAX joins them from slurm's environment, and process 0 claims the runs the job trains together. Every task asks
+    for ``--signal=USR2@90`` (submitit's default) and ``--requeue``."""
     import submitit
 
     ex = submitit.AutoExecutor(folder=sweep_dir / "slurm" / "%j", cluster="slurm")
+    extra = dict(extra or {})
+    additional = {"requeue": True, **extra.pop("additional_parameters", {})}
     ex.update_parameters(
+        name=f"scaling-{name}",
         slurm_array_parallelism=workers,
         timeout_min=timeout_min,
         gpus_per_node=gpus_per_node,
         nodes=nodes,
         tasks_per_node=1,
+        cpus_per_task=cpus_per_task,
+        slurm_additional_parameters=additional,
         **({"slurm_partition": partition} if partition else {}),
-        **{f"slurm_{k}": v for k, v in (extra or {}).items()},
+        **{f"slurm_{k}": v for k, v in extra.items()},
     )
-    cmd = worker_command(sweep_yaml, sweep_dir)
-    jobs = ex.map_array(Worker(), [cmd] * workers)
-    return f"submitted {len(jobs)} array tasks: {jobs[0].job_id.split('_')[0]} (logs in {sweep_dir}/slurm)"
+    return ex
+
+
+FAKE_JOB_ID = "0"  # slurm numbers jobs from 1: a dry run's files can never be a real job's
+
+
+@contextlib.contextmanager
+def _stub_sbatch():
+    """``sbatch`` replaced on PATH by a program that keeps the script it is handed and answers a job id: the dry
+    run goes through submitit's submission exactly as a real one does."""
+    with tempfile.TemporaryDirectory(prefix="scaling-sbatch-") as d:
+        capture = Path(d) / "script.sbatch"
+        stub = Path(d) / "sbatch"
+        stub.write_text(f'#!/bin/sh\ncp "$1" {shlex.quote(str(capture))}\necho "Submitted batch job {FAKE_JOB_ID}"\n')
+        stub.chmod(0o755)
+        srun = Path(d) / "srun"  # submitit checks that srun exists; a dry run never starts it
+        srun.write_text('#!/bin/sh\necho "srun stub of a dry run" >&2\nexit 1\n')
+        srun.chmod(0o755)
+        old = os.environ.get("PATH", "")
+        os.environ["PATH"] = f"{d}{os.pathsep}{old}"
+        try:
+            yield capture
+        finally:
+            os.environ["PATH"] = old
+
+
+def submit_slurm(sweep_yaml, sweep_dir, workers: int = 4, partition: str | None = None, gpus_per_node: int = 1, timeout_min: int = 1440,
+                 dry_run: bool = False, extra: dict | None = None, nodes: int = 1, cpus_per_task: int = 8, name: str = "sweep",
+                 overrides: list[str] | None = None, devices_per_worker: int | None = None) -> str:
+    """Submit ``workers`` array tasks (or, with ``dry_run``, go through the same submission with a stub ``sbatch``
+    and submit nothing). Either way the script sbatch received is written to ``SWEEP_DIR/slurm/array.sbatch``;
+    returned: the script (dry run) or a line naming the job."""
+    sweep_dir = Path(sweep_dir)
+    (sweep_dir / "slurm").mkdir(parents=True, exist_ok=True)
+    cmd = worker_command(sweep_yaml, sweep_dir, overrides, devices_per_worker)
+    make = lambda: executor(sweep_dir, name, workers, partition, gpus_per_node, timeout_min, nodes, cpus_per_task, extra)  # noqa: E731
+    if dry_run:
+        with _stub_sbatch() as capture:
+            make().map_array(Worker(), [cmd] * workers)
+            script = capture.read_text()
+        for f in [*(sweep_dir / "slurm").glob(f"{FAKE_JOB_ID}_*"), sweep_dir / "slurm" / FAKE_JOB_ID]:  # the dry run's files
+            shutil.rmtree(f, ignore_errors=True) if f.is_dir() else f.unlink(missing_ok=True)
+        for link in (sweep_dir / "slurm").glob(".submission_file_*"):  # submitit's links to the removed script
+            if link.is_symlink() and not link.exists():
+                link.unlink()
+        (sweep_dir / "slurm" / "array.sbatch").write_text(script)
+        return script
+    if not shutil.which("srun") or not shutil.which("sbatch"):
+        raise ValueError("no slurm on this machine (sbatch / srun not found); --dry-run shows the script without submitting")
+    from submitit.core.utils import JobPaths
+
+    jobs = make().map_array(Worker(), [cmd] * workers)
+    array_id = jobs[0].job_id.split("_")[0]
+    (sweep_dir / "slurm" / "array.sbatch").write_text(JobPaths(sweep_dir / "slurm" / "%j", job_id=array_id).submission_file.read_text())
+    return f"submitted {len(jobs)} array tasks: {jobs[0].job_id.split('_')[0]} (script and logs in {sweep_dir}/slurm)"
 
 
 GRACE_S = 80  # how long checkpoint() waits for the worker to stop (slurm kills 90 s after USR2)

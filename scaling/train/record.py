@@ -142,11 +142,17 @@ def device_info() -> dict:
 
 
 def params_digest(tree: Any) -> str:
-    """sha256 over every parameter's bytes in tree order: equal digests mean bit-identical parameters."""
+    """sha256 over every parameter's bytes in tree order: equal digests mean bit-identical parameters, whatever the
+    mesh and the number of processes. A parameter split across processes (fsdp or expert axes spanning hosts) is
+    gathered leaf by leaf from the shards each process owns (a collective: every process calls this), so host
+    memory holds one full leaf at a time."""
     import jax
+    from jax.experimental import multihost_utils
 
     h = hashlib.sha256()
     for leaf in jax.tree.leaves(tree):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            leaf = multihost_utils.process_allgather(leaf, tiled=True)
         h.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
     return h.hexdigest()[:16]
 
