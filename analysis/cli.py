@@ -183,10 +183,13 @@ def _log_fit_to_wandb(args, df, label, out: dict, law) -> None:
     import matplotlib.pyplot as plt
 
     from analysis import plots
-    from analysis.wandb_log import log_fit, predictions_table, summary_of
+    from analysis.wandb_log import lock_artifact, log_fit, predictions_table, summary_of
 
     group, directory, project = _wandb_target(args, df)
     name = f"fit-{args.law}" + (f"-{label}" if label is not None else "")
+    artifacts = {f"runs-{group}": ("runs", Path(args.runs) if not isinstance(args.runs, list) else None), **lock_artifact()}
+    if args.save:
+        artifacts[name] = ("fit", _save_path(args.save, label))
     figures: dict = {}
     if law is None:  # isoflop
         res = args._isoflop_result
@@ -208,7 +211,7 @@ def _log_fit_to_wandb(args, df, label, out: dict, law) -> None:
 
             tables["compute_optimal"] = pd.DataFrame(out["compute_optimal"])
     where = log_fit(name, summary, tables=tables, figures=figures, group=group, mode=args.wandb, directory=directory, project=project,
-                    config={"law": args.law, "runs": str(args.runs), "n_runs": len(df), "by": args.by, "label": label})
+                    config={"law": args.law, "runs": str(args.runs), "n_runs": len(df), "by": args.by, "label": label}, artifacts=artifacts)
     for f in figures.values():
         plt.close(f)
     if not args.json:

@@ -58,8 +58,12 @@ def log_fit(
     job_type: str = "fit",
     config: dict | None = None,
     project: str | None = None,
+    artifacts: dict | None = None,
 ) -> Path | None:
-    """Log one fit as a W&B run; returns the run's directory (offline: the ``offline-run-*`` folder)."""
+    """Log one fit as a W&B run; returns the run's directory (offline: the ``offline-run-*`` folder).
+
+    ``artifacts``: ``{name: (type, path)}`` files versioned with the fit (the runs table it was fitted on, the fit
+    itself, the lock file of the environment); ``lock_artifact()`` adds the last."""
     try:
         import wandb
     except ImportError:  # pragma: no cover - wandb is a dependency of the project
@@ -83,10 +87,28 @@ def log_fit(
             payload[key] = wandb.Image(fig)
         if payload:
             run.log(payload)
+        for art_name, (kind, path) in (artifacts or {}).items():
+            if path is not None and Path(path).is_file():
+                art = wandb.Artifact(_artifact_name(art_name), type=kind)
+                art.add_file(str(path))
+                run.log_artifact(art)
         where = Path(run.dir).parent if mode != "disabled" else None
     finally:
         run.finish()
     return where
+
+
+def _artifact_name(name: str) -> str:
+    """W&B artifact names allow letters, digits, dashes, underscores and dots."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "artifact"
+
+
+def lock_artifact() -> dict:
+    """The environment's ``uv.lock`` (the exact library versions) as an artifact entry, where this is a checkout."""
+    lock = Path(__file__).resolve().parents[1] / "uv.lock"
+    return {"uv.lock": ("environment", lock)} if lock.is_file() else {}
 
 
 def _init(wandb, project, group, job_type, name, mode, directory, config):
@@ -129,4 +151,4 @@ def predictions_table(law, df):
     return out
 
 
-__all__ = ["default_group", "log_fit", "predictions_table", "summary_of", "sweep_project"]
+__all__ = ["default_group", "lock_artifact", "log_fit", "predictions_table", "summary_of", "sweep_project"]

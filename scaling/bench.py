@@ -11,28 +11,7 @@ import time
 import jax
 import numpy as np
 
-# Peak dense bf16 FLOP/s per device (vendor figures, no sparsity).
-PEAK_FLOPS = {
-    "H100": 989e12,
-    "H200": 989e12,
-    "H800": 989e12,
-    "A100": 312e12,
-    "A10G": 125e12,
-    "L4": 121e12,
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,
-    "TPU v6e": 918e12,
-}
-
-
-def peak_flops(device_kind: str) -> float | None:
-    for name, peak in PEAK_FLOPS.items():
-        if name.lower() in device_kind.lower():
-            return peak
-    return None
+from scaling.devices import PEAK_FLOPS, peak_flops  # noqa: F401  (re-exported: the benchmark's MFU)
 
 
 def bench_config(cfg, steps: int = 20, warmup: int = 2) -> dict:

@@ -178,6 +178,7 @@ class LogConfig:
     wandb_project: str = _f("scaling", "W&B project name.")
     wandb_group: Optional[str] = _f(None, "W&B group (sweeps set it to the sweep name).")
     wandb_tags: list = _f([], "W&B tags.")
+    wandb_name: Optional[str] = _f(None, "W&B run name (null: the run id; sweeps name each run by sweep, variant, N, D and seed).")
     progress: bool = _f(True, "Show a progress bar on the terminal.")
 
 

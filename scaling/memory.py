@@ -35,23 +35,9 @@ from dataclasses import dataclass
 
 from scaling.accounting import expert_ff_dim, moe_layer_indices
 from scaling.config import RunConfig
+from scaling.devices import DEVICES, GB  # noqa: F401
 from scaling.model.attention import BLOCKED_MIN_SEQ, block_size
 from scaling.parallel import LOGICAL_RULES, mesh_shape, partition_spec, shard_shape
-
-GB = 1e9
-
-# device: (memory in bytes, default compute dtype bytes, attention kernel)
-DEVICES: dict[str, tuple[float, int, str]] = {
-    "h100": (80 * GB, 2, "fused"),
-    "h200": (141 * GB, 2, "fused"),
-    "a100": (80 * GB, 2, "fused"),
-    "a100-40": (40 * GB, 2, "fused"),
-    "tpu-v4": (32 * GB, 2, "materialised"),
-    "tpu-v5e": (16 * GB, 2, "materialised"),
-    "tpu-v5p": (95 * GB, 2, "materialised"),
-    "cpu": (0.0, 4, "materialised"),  # memory: this host's RAM
-}
-
 
 def host_memory() -> float:
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))

@@ -100,7 +100,7 @@ def _base(size: QuickstartSize, data: str, wandb: str, seed: int, eval_tokens: i
         # one evaluation at the end, on the same fixed held-out set for every run
         "train": {"batch_size": size.batch_size, "log_every": 20, "eval_tokens": eval_tokens, "eval_every": 10**9,
                   "seed": seed, **({} if size.warmup_steps is None else {"warmup_steps": size.warmup_steps})},
-        "log": {"wandb": wandb},
+        "log": {"wandb": wandb, "wandb_group": "quickstart"},  # the sweep, its repeat seeds, the held-out run and the fits
     }
 
 
@@ -127,6 +127,7 @@ def noise_dict(size: QuickstartSize, data: str, wandb: str, seed: int = 0, eval_
     """The repeat-seed sweep: the smallest budgets' sizes nearest the optimum, with more seeds."""
     raw = sweep_dict(size, data, wandb, seed, eval_tokens)
     raw["name"] = "quickstart-noise"
+    raw["base"]["log"] = {**raw["base"]["log"], "wandb_tags": ["repeat-seed"]}
     raw["grid"] = {**raw["grid"], "budgets": list(size.budgets[: size.noise_budgets]), "sizes_per_budget": size.noise_sizes}
     raw["seeds"] = [seed + NOISE_SEED_STEP * (i + 1) for i in range(size.noise_seeds)]
     return raw
@@ -383,6 +384,8 @@ def run_quickstart(
     steps = max(1, round(C_target / flops_per_token(held_model) / tokens_per_step))
     held_base = raw["base"] | {"model": model, "train": {**raw["base"]["train"], "tokens": steps * tokens_per_step,
                                                            "schedule": "wsd", "decay_fraction": 0.2}}
+    held_base["log"] = {**held_base["log"], "wandb_tags": ["heldout", f"C={C_target:.2g}"],
+                        "wandb_name": f"quickstart heldout N={count_params(held_model).total / 1e3:.0f}k C={C_target:.2g}"}
     held_raw = Recipe(**RECIPE).apply(held_base, load_config(base=held_base), count_params(held_model).total, steps * tokens_per_step, 1)
     held_cfg = load_config(base=held_raw)
     N_h, D_h = count_params(held_cfg.model).total, held_cfg.steps * held_cfg.tokens_per_step
@@ -494,9 +497,11 @@ def _log_fits(report: Path, group: str, mode: str, law, frontier, iso, runs, sum
     """The fits as W&B runs in the sweep's group (beside its training runs): parameters, intervals, each law's
     held-out prediction and the measurement in the summary, per-run predictions or the minima as Tables, the
     report's plots as images."""
-    from analysis.wandb_log import log_fit, predictions_table, summary_of
+    from analysis.wandb_log import lock_artifact, log_fit, predictions_table, summary_of
 
     p = summary["prediction"]
+    tables_used = {"runs-quickstart": ("runs", report / "runs.csv"), "runs-quickstart-noise": ("runs", report / "noise_runs.csv"),
+                   "prediction": ("prediction", report / "prediction.json"), **lock_artifact()}
     measured = {"heldout/measured": summary["measured_eval_loss"], "heldout/N": p["N"], "heldout/D": p["D"], "heldout/C": p["C"]}
 
     def held(loss: float, lo: float, hi: float) -> dict:
@@ -506,22 +511,25 @@ def _log_fits(report: Path, group: str, mode: str, law, frontier, iso, runs, sum
     c = p["chinchilla"]
     images = {k: report / f"{k}.png" for k in ("loss_vs_compute", "contours") if (report / f"{k}.png").exists()}
     log_fit("fit-chinchilla", {**summary_of(law.to_dict()), **held(c["loss"], c["lo"], c["hi"])}, tables={"predictions": predictions_table(law, runs)},
-            figures=images, group=group, mode=mode, directory=report, config={"law": "chinchilla", "n_runs": len(runs)})
+            figures=images, group=group, mode=mode, directory=report, config={"law": "chinchilla", "n_runs": len(runs)},
+            artifacts={**tables_used, "fit-chinchilla": ("fit", report / "fit_chinchilla.json")})
     if surface is not None:
         images = {k: report / f"{k}.png" for k in ("extrapolation",) if (report / f"{k}.png").exists()}
         log_fit("fit-surface", {**summary_of(surface.to_dict()), **held(p["predicted_loss"], p["predicted_lo"], p["predicted_hi"])},
                 tables={"predictions": predictions_table(surface, runs)}, figures=images, group=group, mode=mode, directory=report,
-                config={"law": "surface", "n_runs": len(runs), "headline": p.get("headline") == "surface"})
+                config={"law": "surface", "n_runs": len(runs), "headline": p.get("headline") == "surface"},
+                artifacts={"fit-surface": ("fit", report / "fit_surface.json")})
     if frontier is not None:
         f = p.get("frontier") or {"loss": p["predicted_loss"], "lo": p["predicted_lo"], "hi": p["predicted_hi"]}
         images = {k: report / f"{k}.png" for k in ("extrapolation",) if (report / f"{k}.png").exists() and surface is None}
         log_fit("fit-frontier", {**summary_of(frontier.to_dict()), **held(f["loss"], f["lo"], f["hi"])},
                 tables={"minima": frontier.minima}, figures=images, group=group, mode=mode, directory=report,
-                config={"law": "frontier", "n_runs": len(runs), "headline": p.get("headline") == "frontier"})
+                config={"law": "frontier", "n_runs": len(runs), "headline": p.get("headline") == "frontier"},
+                artifacts={"fit-frontier": ("fit", report / "fit_frontier.json")})
     if iso is not None:
         images = {k: report / f"{k}.png" for k in ("isoflop", "allocation") if (report / f"{k}.png").exists()}
         log_fit("fit-isoflop", summary_of(iso.to_dict()), tables={"minima": iso.minima_table()}, figures=images, group=group,
-                mode=mode, directory=report, config={"law": "isoflop", "n_runs": len(runs)})
+                mode=mode, directory=report, config={"law": "isoflop", "n_runs": len(runs)}, artifacts={"fit-isoflop": ("fit", report / "fit_isoflop.json")})
 
 
 HEADLINE_WHY = {

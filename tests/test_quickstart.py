@@ -39,6 +39,10 @@ def test_quickstart_tiny_end_to_end_and_resume(tmp_path, cache_dir):
     # the prediction was written before the held-out run trained
     held = json.loads((out / "heldout").glob("*/record.json").__next__().read_text())
     assert held["config"]["train"]["schedule"] == "wsd"
+    # one W&B group for the sweep, its repeat seeds and the held-out run (the fits log there too), told apart by tags
+    noise_rec = json.loads(next((out / "noise" / "runs").glob("*/record.json")).read_text())
+    assert held["config"]["log"]["wandb_group"] == noise_rec["config"]["log"]["wandb_group"] == "quickstart"
+    assert "heldout" in held["config"]["log"]["wandb_tags"] and "repeat-seed" in noise_rec["config"]["log"]["wandb_tags"]
     assert (rep / "prediction.json").stat().st_mtime <= pd.Timestamp(held["started_at"]).timestamp() + 1
     # rerunning reuses every completed run
     events = (out / "sweep" / "events.jsonl").read_text()

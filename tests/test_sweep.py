@@ -82,6 +82,37 @@ def test_sweep_runs_and_collects(finished_sweep):
     assert len(runs) == 6
 
 
+def test_the_wandb_dashboard_reads_like_a_scaling_study(finished_sweep):
+    """Decoded from the offline run files alone: readable names, one group, loss logged against cumulative training
+    FLOPs (train/flops), the model size in the config to group by, the code's commit and lock file recorded; the
+    points reproduce each run's own loss-against-compute curve (FLOPs = FLOPs per token x tokens)."""
+    import re
+
+    from .wandb_reader import read_records
+
+    path, out = finished_sweep
+    df = pd.read_csv(out / "runs.csv")
+    curves = {}
+    for run_id in df["run_id"]:
+        run, history = None, []
+        for r in read_records(next((out / "runs" / run_id / "wandb").glob("offline-run-*/run-*.wandb"))):
+            kind = r.WhichOneof("record_type")
+            if kind == "run":
+                run = r.run
+            elif kind == "history":
+                history.append({it.key or "/".join(it.nested_key): json.loads(it.value_json) for it in r.history.item})
+        assert run.run_group == "tiny_isoflop"
+        assert re.fullmatch(r"tiny_isoflop N=[\d.]+k? D=[\d.]+k? s0", run.display_name), run.display_name
+        config = {it.key: json.loads(it.value_json) for it in run.config.update}
+        assert config["code"]["git_commit"] and len(config["code"]["uv_lock_sha256"]) == 64
+        rec = json.loads((out / "runs" / run_id / "record.json").read_text())
+        train = [h for h in history if "train/flops" in h and "train/lm_loss" in h]
+        assert train and all(h["train/flops"] == rec["flops_per_token"] * h["train/tokens"] for h in train)
+        assert train[-1]["train/flops"] == pytest.approx(rec["flops"], rel=1e-12)
+        curves.setdefault(config["N"], []).append([(h["train/flops"], h["train/lm_loss"]) for h in train])
+    assert sorted(curves) == sorted(df["N"].unique())  # grouped by model size: one curve per budget for each N
+
+
 def test_rerun_skips_completed_runs(finished_sweep):
     path, out = finished_sweep
     before = (out / "events.jsonl").read_text()

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from scaling.accounting import flops_per_token
-from scaling.bench import peak_flops
+from scaling.devices import peak_flops
 from scaling.config import RunConfig
 
 RUN_OVERHEAD_S = 8.0
@@ -52,10 +52,10 @@ class DeviceInfo:
 
     @classmethod
     def named(cls, device: str, count: int, mfu: float = DEFAULT_MFU) -> "DeviceInfo":
-        """``count`` devices of a kind in ``scaling.memory.DEVICES`` (h100, a100, tpu-v5e, ...), sustaining ``mfu``
+        """``count`` devices of a kind in ``scaling.devices.DEVICES`` (h100, a100, tpu-v5e, ...), sustaining ``mfu``
         of their peak dense bf16 FLOP/s; a one-line ``ConfigError`` for an unknown name or a bad count / MFU."""
         from scaling.config import ConfigError
-        from scaling.memory import DEVICES
+        from scaling.devices import DEVICES
 
         if device not in DEVICES or device == "cpu":
             raise ConfigError(f"--device {device!r} is not known; known: {', '.join(d for d in DEVICES if d != 'cpu')} (omit it to plan for this machine)")
@@ -79,8 +79,8 @@ def _measured_matmul_flops(n: int = 512, reps: int = 10) -> float:
 
 
 def device_key(kind: str) -> str:
-    """The ``scaling.memory.DEVICES`` entry for a JAX device kind (cpu for anything unknown)."""
-    from scaling.memory import DEVICES
+    """The ``scaling.devices.DEVICES`` entry for a JAX device kind (cpu for anything unknown)."""
+    from scaling.devices import DEVICES
 
     k = kind.lower().replace(" ", "")
     for name in sorted(DEVICES, key=len, reverse=True):
@@ -90,7 +90,7 @@ def device_key(kind: str) -> str:
 
 
 def _devices() -> dict:
-    from scaling.memory import DEVICES
+    from scaling.devices import DEVICES
 
     return DEVICES
 

@@ -598,13 +598,26 @@ def count_epochs(runs: list[PlannedRun], progress: bool = False) -> list[dict]:
     return list(corpora.values())
 
 
+def _short(x: float) -> str:
+    for unit, div in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:.3g}"
+
+
 def with_logging(run: PlannedRun, spec: SweepSpec, sweep_dir: str | Path | None = None) -> RunConfig:
-    """The run's config with W&B grouping (sweep name) and tags (N, D, C, variant); ids ignore these. A branch's
-    ``init_from`` (``runs/TRUNK_ID@STEP``, relative to the sweep) is resolved against ``sweep_dir``."""
+    """The run's config with W&B grouping (the base's ``log.wandb_group``, else the sweep name), a readable name
+    (sweep, variant, role, N, D, seed) and tags (N, D, C, variant, grid kind, role) added to the base's; ids ignore
+    all of these. A branch's ``init_from`` (``runs/TRUNK_ID@STEP``, relative to the sweep) is resolved against
+    ``sweep_dir``."""
     from dataclasses import replace
 
     tags = [f"N={run.n_params:.2g}", f"D={run.tokens:.2g}", f"C={run.flops:.2g}", run.variant, spec.grid.kind] + ([run.role] if run.role != "run" else [])
-    log = replace(run.config.log, wandb_group=spec.name, wandb_tags=tags, progress=False)
+    base_log = run.config.log
+    parts = [spec.name] + ([run.variant] if run.variant != "default" else []) + ([run.role] if run.role != "run" else [])
+    name = " ".join(parts + [f"N={_short(run.n_params)}", f"D={_short(run.tokens)}", f"s{run.seed}"])
+    log = replace(base_log, wandb_group=base_log.wandb_group or spec.name, wandb_tags=list(base_log.wandb_tags) + tags,
+                  wandb_name=name, progress=False)
     cfg = replace(run.config, log=log, name=None)
     init = cfg.train.init_from
     if run.role == "branch" and sweep_dir is not None and init and init.startswith(BRANCH_PREFIX):

@@ -93,15 +93,20 @@ def _init_wandb(run_dir: Path, log: LogConfig, run_id: str, config: dict):
         wandb_id = f"{run_id}-{os.urandom(3).hex()}"
         id_file.write_text(wandb_id)
     mode = os.environ.get("WANDB_MODE", log.wandb) if log.wandb == "offline" else log.wandb
+    import jax
+
     return wandb.init(
         project=log.wandb_project,
         group=log.wandb_group,
         tags=list(log.wandb_tags),
-        name=run_id,
+        name=log.wandb_name or run_id,
         id=wandb_id,
         resume="allow",
         dir=str(run_dir),
         mode=mode,
         config=config,
-        settings=wandb.Settings(console="off", quiet=True, disable_git=True, save_code=False, x_disable_stats=True),
+        # the commit and lock file are in the config (``code``), from the toolkit's own checkout, not the cwd's;
+        # system stats (GPU/TPU utilisation, memory) on accelerators, off on a CPU where they only cost time
+        settings=wandb.Settings(console="off", quiet=True, disable_git=True, save_code=False,
+                                x_disable_stats=jax.default_backend() == "cpu"),
     )

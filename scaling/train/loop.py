@@ -39,6 +39,7 @@ from scaling.accounting import count_params, flops_convention, flops_per_token
 from scaling.config import ConfigError, RunConfig, dump_yaml
 from scaling.data import build_dataset
 from scaling.model.layers import attention_implementation
+from scaling.devices import peak_flops
 from scaling.parallel import InFlight, Parallel, enable_compilation_cache, maybe_initialize_distributed
 from scaling.train import record as rec
 from scaling.train.checkpoint import Checkpointer
@@ -247,6 +248,8 @@ class _Member:
         self.config_dict = cfg.to_dict()
         self.counts = count_params(cfg.model)
         self.fpt = flops_per_token(cfg.model, cfg.train.flops_attention)
+        peak = peak_flops(jax.devices()[0].device_kind)
+        self.peak = peak * jax.device_count() if peak else None  # bf16 peak of all devices (MFU's denominator)
         self.D = self.steps * self.B * self.L
         self.record: dict[str, Any] = rec.read_record(self.run_dir) or {}
         self.finished = self.record.get("status") == "completed" and rec.config_hash(self.record.get("config", {})) == rec.config_hash(self.config_dict)
@@ -335,7 +338,8 @@ class _Member:
             self.run_dir,
             cfg.log,
             self.run_id,
-            {**self.config_dict, "run_id": self.run_id, "N": counts.total, "N_active": counts.active, "D": self.D, "C": self.fpt * self.D},
+            {**self.config_dict, "run_id": self.run_id, "N": counts.total, "N_active": counts.active, "D": self.D, "C": self.fpt * self.D,
+             "code": rec.code_version()},
             resume_step=start,
             enabled=self.is_main,
         )
@@ -372,7 +376,11 @@ class _Member:
             self.recent.append(m["lm_loss"])
             if (s + 1) % log_every == 0 or s + 1 == self.steps:
                 tps = self.session_tokens / self.session_time if self.session_time > 0 else None
-                self.logger.log(s + 1, {**m, **_moe_metrics(out["aux"]), "tokens": (s + 1) * B * L, "tokens_per_sec": tps})
+                tokens = (s + 1) * B * L
+                # cumulative training FLOPs (loss against compute on the dashboard) and MFU where the peak is known
+                mfu = self.fpt * tps / self.peak if tps and self.peak else None
+                self.logger.log(s + 1, {**m, **_moe_metrics(out["aux"]), "tokens": tokens, "flops": self.fpt * tokens,
+                                        "tokens_per_sec": tps, **({"mfu": mfu} if mfu is not None else {})})
                 if self.task is not None:
                     self.progress.update(self.task, completed=s + 1, loss=m["lm_loss"], tps=tps or 0.0)
         if time.monotonic() - self.last_progress_write >= PROGRESS_EVERY_S:
@@ -623,7 +631,8 @@ def _drive(members, state_tuple, graphdef, shardings, eval_fn, par, should_stop,
             members[i].session_tokens += B * L
         if done % eval_every == 0 or done == steps:
             def ev(i):
-                members[i].logger.log(done, members[i].evaluate(eval_fn, state_tuple[i], par), kind="eval")
+                members[i].logger.log(done, {**members[i].evaluate(eval_fn, state_tuple[i], par),
+                                             "flops": members[i].fpt * done * members[i].B * members[i].L}, kind="eval")
             each(ev)
         stopping = should_stop is not None and should_stop()
         if jax.process_count() > 1:

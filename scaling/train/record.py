@@ -10,6 +10,7 @@ started_at, updated_at.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -112,6 +113,27 @@ def diff_configs(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict:
+    """The code that trained: the git commit of this checkout (and whether it had uncommitted changes) and the
+    sha256 of its ``uv.lock`` (the exact library versions), where they exist."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    out: dict = {"git_commit": None, "git_dirty": None, "uv_lock_sha256": None}
+    try:
+        out["git_commit"] = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip() or None
+        if out["git_commit"]:
+            status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+            out["git_dirty"] = bool(status.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    lock = root / "uv.lock"
+    if lock.is_file():
+        out["uv_lock_sha256"] = hashlib.sha256(lock.read_bytes()).hexdigest()
+    return out
+
+
 def library_versions() -> dict:
     import flax
     import jax
@@ -126,7 +148,7 @@ def library_versions() -> dict:
         out["wandb"] = wandb.__version__
     except ImportError:  # pragma: no cover
         pass
-    return out
+    return out | code_version()
 
 
 def device_info() -> dict:
