@@ -221,6 +221,7 @@ def main() -> None:
     ap.add_argument("--gb", type=float, default=4.0, help="GB of text per format (default 4)")
     ap.add_argument("--raw-gb", type=float, default=0.5, help="GB of text the raw throughput is measured on (default 0.5)")
     ap.add_argument("--dir", default="/tmp/scaling_bench_data")
+    ap.add_argument("--runs", default="jsonl,parquet,jsonl_killed", help="which preparations (default all three)")
     args = ap.parse_args()
     d = Path(args.dir)
     d.mkdir(parents=True, exist_ok=True)
@@ -228,7 +229,10 @@ def main() -> None:
     tok = tokenizer(d, jl)
     raw = [raw_throughput(tok, jl, args.raw_gb)]
     runs = {}
+    wanted = args.runs.split(",")
     for name, src, kill in (("jsonl", jl, None), ("parquet", pqf, None), ("jsonl_killed", jl, 0.4)):
+        if name not in wanted:
+            continue
         out = d / f"prepared_{name}"
         if out.exists():
             import shutil
@@ -237,10 +241,12 @@ def main() -> None:
         runs[name] = prepare(src, tok, out, kill)
     raw.append(raw_throughput(tok, jl, args.raw_gb))
     raw_mbps = float(np.mean([r["MBps"] for r in raw]))
-    same = digests(d / "prepared_jsonl") == digests(d / "prepared_jsonl_killed")
-    print(f"\nSIGKILL at {100 * runs['jsonl_killed']['killed_at_fraction']:.0f}% and resume: shards byte-identical to the uninterrupted run: {same}")
+    same = None
+    if "jsonl_killed" in runs:
+        same = digests(d / "prepared_jsonl") == digests(d / "prepared_jsonl_killed")
+        print(f"\nSIGKILL at {100 * runs['jsonl_killed']['killed_at_fraction']:.0f}% and resume: shards byte-identical to the uninterrupted run: {same}")
     print(f"raw throughput (mean of before/after): {raw_mbps:.2f} MB/s")
-    for name in ("jsonl", "parquet"):
+    for name in [n for n in ("jsonl", "parquet") if n in runs]:
         r = runs[name]
         print(f"  prepare {name}: {r['MBps']:.2f} MB/s = {r['MBps'] / raw_mbps:.2f}x raw; peak RSS {r['peak_rss_mb']:.0f} MB")
     st = startup(d / "prepared_jsonl")
@@ -253,8 +259,8 @@ def main() -> None:
     summary = {"raw_MBps": raw_mbps, "raw": raw, "prepare": runs, "resume_identical": same, "startup": st,
                "loader_batches_per_s": {f"{B}x{L}": v for (B, L), v in have.items()},
                "needed_steps_per_s": {f"{n} {B}x{L}": v for (n, B, L), v in need.items()}}
-    (d / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    print(f"\nsummary: {d / 'summary.json'}")
+    (d / f"summary_{'_'.join(wanted)}.json").write_text(json.dumps(summary, indent=1, default=str))
+    print(f"\nsummary: {d / ('summary_' + '_'.join(wanted) + '.json')}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@
     scaling plot KIND RUNS.csv --out FILE
     scaling quickstart [--tiny] [--out DIR]
 
-Exit codes: 0 success, 1 failure, 2 bad input (config, arguments), 3 a run diverged, 75 preempted (SIGUSR2 /
+Exit codes: 0 success, 1 failure, 2 bad input (config, arguments, a damaged file), 3 a run diverged, 74 storage
+failure (disk full, read-only or lost mount: the last checkpoint is kept; rerun to resume), 75 preempted (SIGUSR2 /
 SIGTERM: checkpointed, requeue or rerun to resume), 130 stopped by Ctrl-C (resumable).
 """
 
@@ -60,6 +61,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from scaling.train import DivergedError, StopRequested, train
     from scaling.ui import progress_bar
 
+    from scaling.storage import EX_IOERR, quiet_library_noise, storage_cause, storage_message
+
+    _one_line_warnings()
+    quiet_library_noise()
     try:
         with progress_bar(cfg.log.progress) as progress:
             record = train(cfg, args.out, progress=progress, should_stop=stop, resume_anyway=args.resume_anyway)
@@ -69,12 +74,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     except StopRequested as e:
         print(str(e), file=sys.stderr)
         return stop.exit_code
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        if storage_cause(e):  # before ValueError: orbax and TensorStore report a full disk as one
+            print(f"storage error: {storage_message(e, args.out)}; the last checkpoint is kept: free space or fix the mount, then rerun to resume",
+                  file=sys.stderr)
+            return EX_IOERR
+        if isinstance(e, ConfigError):
+            print(f"config error: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, ValueError):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
     import jax
 
     if jax.process_index() != 0:
@@ -85,6 +96,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"± {record['final_eval_loss_stderr']:.4f}  ({record['tokens_per_sec']:,.0f} tok/s)  -> {args.out}/record.json"
     )
     return 0
+
+
+def _one_line_warnings() -> None:
+    """Measurement warnings (repeated data, a checkpoint set aside, ...) as one 'warning: ...' line each on stderr;
+    the record keeps them too."""
+    import warnings
+
+    from scaling.train.loop import MeasurementWarning
+
+    show = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, MeasurementWarning):
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = one_line
 
 
 def cmd_memory(args: argparse.Namespace) -> int:

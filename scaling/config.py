@@ -146,6 +146,10 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and v < 0:
                 raise ConfigError(f"{where}.{name} must be >= 0 or null, got {v}")
+        for name in ("seed", "init_seed", "data_seed"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise ConfigError(f"{where}.{name} must be >= 0, got {v}")
         if not all(isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in self.keep_steps):
             raise ConfigError(f"{where}.keep_steps must be a list of positive step numbers, got {self.keep_steps!r}")
         if self.init_from is not None:
@@ -271,8 +275,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {str(p)!r} does not exist")
         try:
             loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        except OSError as e:
+            raise ConfigError(f"config file {str(p)!r} cannot be read: {e.strerror or e}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(p)!r} must hold a mapping with sections model/data/train/log")
         raw = merge_dicts(raw, loaded)

@@ -110,6 +110,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return list(value)
+    if tp is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
     return value
 
 
@@ -139,6 +145,8 @@ def set_by_path(tree: dict, dotted: str, value: Any) -> None:
     """``set_by_path(d, 'train.lr', 1e-3)``: set a nested dict entry, creating sections as needed."""
     parts = dotted.split(".")
     node = tree
+    if not isinstance(tree, dict):
+        raise ConfigError(f"--set {dotted}: the config is not a mapping")
     for p in parts[:-1]:
         if node.get(p) is None:
             node[p] = {}

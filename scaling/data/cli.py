@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 from scaling.data.prepare import CHUNK_CHARS
-
-EX_IOERR = 74  # a storage failure (disk full, read-only, lost mount): rerun to go on from what was written
+from scaling.storage import EX_IOERR
 
 
 def _bad_input_types() -> tuple:

@@ -32,6 +32,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from scaling.data import sources
+from scaling.storage import write_atomic
 from scaling.data.sources import Piece, SourceError
 from scaling.data.tokenizer import ByteTokenizer, HFTokenizer, TokenizerError, load_tokenizer_file, token_dtype, tokenizer_kind
 
@@ -90,10 +91,20 @@ def read_manifest(path: str | Path) -> dict:
     for key, typ in (("vocab_size", int), ("dtype", str), ("splits", dict), ("fingerprint", str), ("tokenizer", dict)):
         if not isinstance(m.get(key), typ):
             raise PrepareError(f"{p} is damaged: field {key!r} missing or not a {typ.__name__}")
+    if m["dtype"] not in ("uint16", "uint32"):
+        raise PrepareError(f"{p} is damaged: dtype {m['dtype']!r} (a prepared dataset is uint16 or uint32)")
+    if isinstance(m["vocab_size"], bool) or m["vocab_size"] < 2:
+        raise PrepareError(f"{p} is damaged: vocab_size {m['vocab_size']!r}")
     for split in SPLITS:
         s = m["splits"].get(split)
         if not isinstance(s, dict) or not isinstance(s.get("shards"), list):
             raise PrepareError(f"{p} is damaged: split {split!r} has no list of shards")
+        for i, sh in enumerate(s["shards"]):
+            ok = (isinstance(sh, dict) and isinstance(sh.get("file"), str) and isinstance(sh.get("tokens"), int)
+                  and not isinstance(sh.get("tokens"), bool) and sh["tokens"] >= 0 and (sh.get("sha256") is None or isinstance(sh["sha256"], str))
+                  and ".." not in Path(sh["file"]).parts and not Path(sh["file"]).is_absolute())
+            if not ok:
+                raise PrepareError(f"{p} is damaged: shard {i} of split {split!r} is not {{file, tokens, sha256}} inside the dataset: {sh!r:.120}")
     return m
 
 
@@ -106,15 +117,6 @@ def _sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _bpe_sample(spec: PrepareSpec, chunk_chars: int, note) -> Iterator[str]:
@@ -161,7 +163,7 @@ def _tokenizer(spec: PrepareSpec, out: Path, ids_source: bool, chunk_chars: int,
     else:
         tok = load_tokenizer_file(spec.tokenizer, spec.eos_token)
         if not path.exists() or _sha256_file(path) != _sha256_file(Path(spec.tokenizer).expanduser()):
-            _write_atomic(path, Path(spec.tokenizer).expanduser().read_bytes())
+            write_atomic(path, Path(spec.tokenizer).expanduser().read_bytes())
     return tok, {"kind": kind, "file": "tokenizer.json", "sha256": _sha256_file(path), "vocab_size": tok.vocab_size,
                  "eos_id": tok.eos_id, "eos_token": getattr(tok, "eos_token", None)}
 
@@ -353,11 +355,11 @@ def _prepare_locked(spec: PrepareSpec, out: Path, progress, note, chunk_chars: i
             state["chars"] += sum(p.size for p in chunk.pieces)
             state["bytes"] = bytes_done
             state["seconds"] = start_seconds + time.time() - t0
-            _write_atomic(state_path, json.dumps(state).encode())  # the chunk counts from here on
+            write_atomic(state_path, json.dumps(state).encode())  # the chunk counts from here on
             if progress is not None:
                 progress.update(bytes_done, tokens_done)
     manifest = _manifest(spec, state, dtype)
-    _write_atomic(out / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+    write_atomic(out / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
     shutil.rmtree(partial, ignore_errors=True)
     return manifest
 

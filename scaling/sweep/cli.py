@@ -173,6 +173,9 @@ def cmd_run(args) -> int:
     from scaling.sweep.runner import run_sweep
     from scaling.ui import progress_bar
 
+    from scaling.storage import quiet_library_noise
+
+    quiet_library_noise()
     spec = _load(args.sweep, args.set)
     out = args.out or os.path.join("runs", spec.name)
     if args.devices_per_worker is not None:
@@ -200,6 +203,11 @@ def cmd_run(args) -> int:
         f"sweep {spec.name}: {len(res.completed)} completed now, {len(res.failed)} failed/diverged, "
         f"{len(res.skipped)} skipped (done, failed earlier, or claimed by another worker) -> {out}/runs.csv"
     )
+    if res.storage_error:
+        from scaling.storage import EX_IOERR
+
+        print(f"storage error: {res.storage_error}; the sweep stopped (claims released, checkpoints kept): free space or fix the mount, then rerun", file=sys.stderr)
+        return EX_IOERR
     if res.stopped:
         print(f"{res.stop_status or 'stopped'}: rerun the same command to resume (claims released)", file=sys.stderr)
         return stop.exit_code

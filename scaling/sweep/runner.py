@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -31,7 +32,8 @@ import numpy as np
 import pandas as pd
 
 from scaling.sweep.spec import PlannedRun, SweepSpec, added_sizes, plan_sweep, with_logging
-from scaling.train.record import read_record
+from scaling.storage import storage_cause, storage_message, write_atomic
+from scaling.train.record import read_record_or_damaged as read_record
 
 HEARTBEAT_S = 5.0
 BRANCH_WAIT_S = 1.0  # how often a worker waiting for a trunk's branch point looks again
@@ -163,6 +165,7 @@ class SweepResult:
     skipped: list[str]
     stopped: bool = False
     stop_status: str | None = None  # preempted | stopped, when stopped
+    storage_error: str | None = None  # the sweep stopped on a storage failure (path: cause)
 
     @property
     def preempted(self) -> bool:
@@ -211,6 +214,7 @@ def run_sweep(
     sweep_dir = Path(sweep_dir)
     plan = plan_sweep(spec, check_data=True, sweep_dir=sweep_dir, progress=True)
     if leader:
+        check_owner(sweep_dir, spec)
         (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
         if sweep_yaml is not None:
             write_text_atomic(sweep_dir / "sweep.yaml", sweep_yaml)
@@ -223,9 +227,17 @@ def run_sweep(
         if overall is not None:
             progress.advance(overall)
 
+    damaged_seen: set[str] = set()
+
     def done_or_given_up(rec: dict | None) -> bool:
         status = rec.get("status") if rec else None
-        return status == "completed" or (status in ("failed", "diverged") and not retry_failed)
+        if status == "damaged":  # reported once and skipped: the other runs go on
+            if rec["error"] not in damaged_seen:
+                damaged_seen.add(rec["error"])
+                print(f"skipped: {rec['error']}", file=sys.stderr, flush=True)
+            return True
+        retryable = status == "failed" and str(rec.get("error") or "").startswith("storage:")  # retried once there is room
+        return status == "completed" or (status in ("failed", "diverged") and not retry_failed and not retryable)
 
     pending = [k for k in range(len(plan)) if k % n == i]
     index = {r.run_id: k for k, r in enumerate(plan)}
@@ -353,8 +365,10 @@ def run_sweep(
                 finals = [r if st == "completed" else None for r, st in zip(on_disk, statuses)]
             except DivergedError:
                 statuses = ["diverged"]
-            except Exception:  # recorded as failed by train(); the sweep goes on
+            except Exception as e:  # recorded as failed by train(); the sweep goes on, unless the disk failed
                 statuses = ["failed"] * len(runs)
+                if storage_cause(e):
+                    result.storage_error = storage_message(e, str(dirs[0]))
             for r, st, final in zip(runs, statuses, finals):
                 if st == "completed":
                     result.completed.append(r.run_id)
@@ -371,10 +385,15 @@ def run_sweep(
         for _ in group[1:]:
             advance()
         advance()
-        if result.stopped:
+        if result.stopped or result.storage_error:
             break
     if leader:
-        collect(spec, sweep_dir, plan)
+        try:
+            collect(spec, sweep_dir, plan)
+        except OSError as e:
+            if not result.storage_error:
+                raise
+            print(f"runs.csv not updated: {storage_message(e, str(sweep_dir))}", file=sys.stderr)
     return result
 
 
@@ -436,10 +455,25 @@ def _reset_failed_run(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
+def check_owner(sweep_dir: Path, spec: SweepSpec) -> None:
+    """A sweep directory belongs to one sweep (its ``sweep.yaml``'s name): another sweep would overwrite its plan
+    and table. An edited sweep of the same name is welcome (run ids are config hashes: edits keep the others)."""
+    import yaml
+
+    path = sweep_dir / "sweep.yaml"
+    if not path.exists():
+        return
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is damaged ({str(e).splitlines()[0]}); it names the sweep this directory belongs to: repair or remove it") from None
+    name = raw.get("name", "sweep") if isinstance(raw, dict) else None
+    if name != spec.name:
+        raise ValueError(f"{sweep_dir} holds the sweep {name!r} ({path}); sweep {spec.name!r} would overwrite its plan and runs.csv: use another --out")
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 def collect(spec: SweepSpec, sweep_dir: str | Path, plan: list[PlannedRun] | None = None) -> pd.DataFrame:
@@ -499,6 +533,22 @@ def collect(spec: SweepSpec, sweep_dir: str | Path, plan: list[PlannedRun] | Non
             }
         )
     df = pd.DataFrame(rows)
+    df["in_plan"] = True
+    planned = set(df["run_id"]) if len(df) else set()
+    extra = []  # runs recorded here whose config the (edited) sweep no longer plans: kept, never dropped from the table
+    for d in sorted((sweep_dir / "runs").glob("*/record.json")) if (sweep_dir / "runs").is_dir() else []:
+        if d.parent.name in planned:
+            continue
+        rec = read_record(d.parent) or {}
+        extra.append({"run_id": d.parent.name, "sweep": spec.name, "status": rec.get("status", "pending"), "N": rec.get("n_params"),
+                      "N_active": rec.get("n_params_active"), "N_nonembedding": rec.get("n_params_nonembedding"), "D": rec.get("tokens"),
+                      "C": rec.get("flops"), "loss": rec.get("final_eval_loss"), "eval_loss": rec.get("final_eval_loss"),
+                      "eval_loss_stderr": rec.get("final_eval_loss_stderr"), "train_loss": rec.get("final_train_loss"),
+                      "seed": rec.get("seed"), "role": "run", "error": rec.get("error"), "in_plan": False,
+                      "preemptions": rec.get("preemptions") or 0, "restarts": rec.get("restarts") or 0,
+                      "steps_recomputed": rec.get("steps_recomputed") or 0})
+    if extra:
+        df = pd.concat([df, pd.DataFrame(extra)], ignore_index=True)
     write_text_atomic(sweep_dir / "runs.csv", df.to_csv(index=False))
     try:
         import pyarrow  # noqa: F401

@@ -192,8 +192,10 @@ def load_sweep_raw(path: str | Path, overrides: list[str] | None = None) -> dict
         raise ConfigError(f"sweep file {str(p)!r} does not exist")
     try:
         raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"sweep file {str(p)!r} is not valid YAML: {e}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"sweep file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except OSError as e:
+        raise ConfigError(f"sweep file {str(p)!r} cannot be read: {e.strerror or e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"sweep file {str(p)!r} must hold a mapping (name, base, grid, ...)")
     if overrides:
@@ -238,8 +240,8 @@ def parse_sweep(raw: dict) -> SweepSpec:
     for key, values in (("budgets", g.budgets), ("tokens", g.tokens), ("ratios", g.ratios)):
         if values and g.kind not in used[key]:
             raise ConfigError(f"grid.{key} is not used by grid.kind={g.kind!r}")
-    if not spec.seeds or not all(isinstance(s, int) for s in spec.seeds):
-        raise ConfigError(f"seeds must be a non-empty list of integers, got {spec.seeds!r}")
+    if not spec.seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in spec.seeds):
+        raise ConfigError(f"seeds must be a non-empty list of integers >= 0, got {spec.seeds!r}")
     for name, v in spec.variants.items():
         if not isinstance(v, dict):
             raise ConfigError(f"variants.{name}: expected a partial run config (mapping), got {v!r}")

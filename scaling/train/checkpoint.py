@@ -1,16 +1,70 @@
 """orbax-checkpoint ``CheckpointManager``: periodic, keep-last-k plus pinned steps, atomic (written to a temporary
 directory and renamed on commit, so a kill mid-save leaves the previous checkpoint intact), sharded arrays saved
-and restored in place (a restore may target another mesh: the shardings of ``like`` decide)."""
+and restored in place (a restore may target another mesh: the shardings of ``like`` decide).
+
+Every checkpoint is verified on restore. Its metadata carries two checksums per array, computed on the devices
+before the save: the sum of the array's 32-bit words and the sum of each word times its position, both modulo
+2^32 (integer addition wraps exactly, so the result does not depend on the mesh, the reduction order or the number
+of processes; any single changed word changes the first, a reordering the second). The restored arrays are
+checked against them, so a checkpoint whose files were truncated, overwritten or mixed up is detected whatever
+TensorStore makes of it, and never trained on (``CheckpointDamaged``); the training loop then sets it aside
+(``set_aside``, renamed, not deleted) and falls back to the newest intact one.
+"""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
+from scaling.storage import quiet_library_noise
+
 cm = ocp.checkpoint_managers
+CHECKSUMS = "checksums"
+
+
+class CheckpointDamaged(Exception):
+    """A checkpoint that cannot be used: unreadable, or its arrays do not match the checksums saved with them."""
+
+
+def _words(x: jax.Array) -> jax.Array:
+    """The array's bytes as uint32 words (narrower types widened word by word; 64-bit types split in two)."""
+    size = jnp.dtype(x.dtype).itemsize
+    if size == 4:
+        w = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    elif size == 8:
+        w = jax.lax.bitcast_convert_type(x, jnp.uint32)  # (..., 2)
+    else:
+        w = jax.lax.bitcast_convert_type(x, {1: jnp.uint8, 2: jnp.uint16}[size]).astype(jnp.uint32)
+    return w.reshape(-1)
+
+
+def _checksum(x: jax.Array) -> jax.Array:
+    w = _words(x)
+    pos = jnp.arange(1, w.shape[0] + 1, dtype=jnp.uint32)
+    return jnp.stack([jnp.sum(w, dtype=jnp.uint32), jnp.sum(w * pos, dtype=jnp.uint32)])
+
+
+@jax.jit
+def _all_checksums(leaves: list) -> jax.Array:
+    """One program for the whole state (one set of collectives when arrays span processes): (n_leaves, 2)."""
+    return jnp.stack([_checksum(x) for x in leaves])
+
+
+def checksums(tree: Any) -> dict[str, list[int]]:
+    """``{leaf path: [sum of words, position-weighted sum]}`` (mod 2^32) of every array of ``tree``; a collective
+    when arrays span processes (every process calls it)."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    sums = _all_checksums([x for _, x in flat])
+    if not sums.is_fully_addressable:  # replicated over every process's devices: read this process's copy
+        sums = sums.addressable_data(0)
+    sums = np.asarray(jax.device_get(sums))
+    return {jax.tree_util.keystr(p): [int(v) for v in row] for (p, _), row in zip(flat, sums)}
 
 
 class Checkpointer:
@@ -34,24 +88,60 @@ class Checkpointer:
         return list(self.mgr.all_steps())
 
     def save(self, step: int, state: Any, meta: dict) -> None:
-        """Start an asynchronous save; the previous one is waited for first, so it is then known committed."""
+        """Start an asynchronous save (with the state's checksums in its metadata); the previous one is waited for
+        first, so it is then known committed."""
         self.mgr.wait_until_finished()
         if self._pending is not None:
             self.committed_step = self._pending
+        meta = {**meta, CHECKSUMS: checksums(state)}
         self.mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
         self._pending = step
 
     def restore(self, step: int, like: Any) -> tuple[Any, dict]:
-        """Restore ``step`` into the structure, dtypes and *shardings* of ``like`` (arrays or ShapeDtypeStructs)."""
+        """Restore ``step`` into the structure, dtypes and *shardings* of ``like`` (arrays or ShapeDtypeStructs),
+        verified against its checksums; ``CheckpointDamaged`` (one line) when it cannot be read or does not match."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        out = self.mgr.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
-        )
+        try:
+            out = self.mgr.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+            )
+        except (KeyError, TypeError):  # a structure that does not fit the model: not damage
+            raise
+        except Exception as e:  # TensorStore / JSON / OS errors of a truncated or overwritten file
+            quiet_library_noise()
+            raise CheckpointDamaged(f"checkpoint {step} cannot be read: {_first_line(e)}") from None
+        saved = (out["meta"] or {}).get(CHECKSUMS)
+        if saved is not None:
+            got = checksums(out["state"])
+            bad = [k for k in saved if got.get(k) != saved[k]]
+            if bad or set(got) != set(saved):
+                raise CheckpointDamaged(f"checkpoint {step}: {len(bad)} array(s) do not match their saved checksums ({', '.join(bad[:3])})")
         return out["state"], out["meta"]
 
     def read_meta(self, step: int) -> dict:
-        """The JSON metadata saved with checkpoint ``step`` (without reading the arrays)."""
-        return self.mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        """The JSON metadata saved with checkpoint ``step`` (without reading the arrays); ``CheckpointDamaged``
+        when it cannot be read."""
+        try:
+            return self.mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:
+            quiet_library_noise()
+            raise CheckpointDamaged(f"checkpoint {step}: its metadata cannot be read: {_first_line(e)}") from None
+
+    def set_aside(self, step: int) -> Path:
+        """Rename a damaged checkpoint out of the manager's sight (kept for inspection, never loaded); its new path.
+        Process 0 renames, every process then sees the rest."""
+        src = Path(self.mgr.directory) / str(step)
+        dst = src.with_name(f"damaged-{step}-{time.strftime('%Y%m%dT%H%M%S')}")
+        if jax.process_index() == 0 and src.exists():
+            src.rename(dst)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"set_aside_{step}")
+        self.mgr.reload()
+        if self.committed_step == step:
+            self.committed_step = self.mgr.latest_step()
+        return dst
 
     def wait(self) -> None:
         self.mgr.wait_until_finished()
@@ -61,3 +151,9 @@ class Checkpointer:
         if self._pending is not None:
             self.committed_step = self._pending
         self.mgr.close()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    first = text[0].split(" See full TensorStore details")[0][:200] if text else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__

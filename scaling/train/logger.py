@@ -30,6 +30,20 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def last_logged_step(path: Path) -> int | None:
+    """The last step a metrics file holds (a line cut by a kill is skipped); None for a missing or empty file."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
 class MetricsLogger:
     def __init__(self, run_dir: Path, log: LogConfig, run_id: str, config: dict, resume_step: int, enabled: bool = True):
         self.path = run_dir / "metrics.jsonl"

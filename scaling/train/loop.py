@@ -40,10 +40,11 @@ from scaling.config import ConfigError, RunConfig, dump_yaml
 from scaling.data import build_dataset
 from scaling.model.layers import attention_implementation
 from scaling.devices import peak_flops
+from scaling.storage import storage_cause, storage_message
 from scaling.parallel import InFlight, Parallel, enable_compilation_cache, maybe_initialize_distributed
 from scaling.train import record as rec
-from scaling.train.checkpoint import Checkpointer
-from scaling.train.logger import MetricsLogger
+from scaling.train.checkpoint import CheckpointDamaged, Checkpointer
+from scaling.train.logger import MetricsLogger, last_logged_step
 from scaling.train.optim import lr_table
 from scaling.train.state import TrainState, build, init_state, restore_init_from, restore_state
 from scaling.train.step import make_eval_step, make_stacked_step
@@ -58,6 +59,10 @@ class DivergedError(RuntimeError):
     def __init__(self, message: str, step: int | None = None):
         super().__init__(message)
         self.step = step
+
+
+class CheckpointError(ValueError):
+    """The run has checkpoints but none is intact (each was set aside, named in the message): nothing to resume."""
 
 
 class MeasurementWarning(UserWarning):
@@ -192,6 +197,8 @@ class Preflight:
     latest: int | None
     warnings: list[str] = field(default_factory=list)
     carried: list[str] = field(default_factory=list)  # warnings that travel with the checkpoints
+    set_aside: list[dict] = field(default_factory=list)  # damaged checkpoints renamed out of the way
+    resume: Callable[[dict, int], str | None] | None = None  # check_resume for a candidate checkpoint
 
 
 def preflight(cfg: RunConfig, run_dir: Path, par: Parallel, train_cfg: dict, resume_anyway: bool, warn) -> Preflight:
@@ -212,23 +219,52 @@ def preflight(cfg: RunConfig, run_dir: Path, par: Parallel, train_cfg: dict, res
     eval_micro = eval_micro_batch(cfg, par)
     par.check_batch(eval_micro, "train.eval_batch_size")
     ckpt = Checkpointer(run_dir / "checkpoints", cfg.train.keep_checkpoints, cfg.train.keep_steps)
-    latest = ckpt.latest_step()
-    carried: list[str] = []
-    if latest is not None:
-        meta = ckpt.read_meta(latest)
-        mismatch = check_resume(meta, latest, train_cfg, steps, run_dir, resume_anyway)
-        carried = list(meta.get("carried_warnings", [])) + ([mismatch] if mismatch else [])
-        for w in carried:  # warnings about how the checkpoint came about stay with the run
+    pre = Preflight(ds, epochs, eval_windows, eval_micro, ckpt, None)
+    pre.resume = lambda meta, step: check_resume(meta, step, train_cfg, steps, run_dir, resume_anyway)
+    _newest_readable(pre, warn)
+    return pre
+
+
+def _newest_readable(pre: Preflight, warn) -> None:
+    """Point ``pre`` at the newest checkpoint whose metadata reads (damaged ones are set aside, with a warning) and
+    check that it may be resumed under this config."""
+    pre.latest = pre.ckpt.latest_step()
+    while pre.latest is not None:
+        try:
+            meta = pre.ckpt.read_meta(pre.latest)
+        except CheckpointDamaged as e:
+            _set_aside(pre, pre.latest, str(e), warn)
+            continue
+        mismatch = pre.resume(meta, pre.latest)
+        pre.carried = list(meta.get("carried_warnings", [])) + ([mismatch] if mismatch else [])
+        for w in pre.carried:  # warnings about how the checkpoint came about stay with the run
             warn(w)
-    return Preflight(ds, epochs, eval_windows, eval_micro, ckpt, latest, carried=carried)
+        return
 
 
-def restore_or_init(cfg: RunConfig, pre: Preflight, target: TrainState, shardings: TrainState) -> tuple[TrainState, dict, str]:
-    """Phase 3: (state, loop state, where it came from)."""
+def _set_aside(pre: Preflight, step: int, reason: str, warn) -> None:
+    where = pre.ckpt.set_aside(step)
+    pre.set_aside.append({"step": step, "reason": reason, "moved_to": str(where)})
+    warn(f"{reason}: set aside as {where.name} (kept, never loaded); falling back to the newest intact checkpoint")
+    pre.latest = pre.ckpt.latest_step()
+
+
+def restore_or_init(cfg: RunConfig, pre: Preflight, target: TrainState, shardings: TrainState, warn=lambda m: None) -> tuple[TrainState, dict, str]:
+    """Phase 3: (state, loop state, where it came from). A checkpoint that fails its verification is set aside and
+    the next newest tried; when checkpoints existed but none is intact the run is refused (``CheckpointError``)."""
     fresh_loop = {"recent_losses": [], "train_time_s": 0.0, "tokens_per_sec": None}
-    if pre.latest is not None:
-        state, loop_state = restore_state(pre.ckpt, pre.latest, target)
-        return state, loop_state, f"checkpoint {pre.latest}"
+    while pre.latest is not None:
+        try:
+            state, loop_state = restore_state(pre.ckpt, pre.latest, target)
+            return state, loop_state, f"checkpoint {pre.latest}"
+        except CheckpointDamaged as e:
+            _set_aside(pre, pre.latest, str(e), warn)
+            _newest_readable(pre, warn)
+    if pre.set_aside:
+        raise CheckpointError(
+            f"no intact checkpoint to resume from: {'; '.join(d['reason'] for d in pre.set_aside)} (set aside in "
+            f"{Path(pre.set_aside[0]['moved_to']).parent}); rerun with a new --out to start over"
+        )
     if cfg.train.init_from:
         state, meta = restore_init_from(cfg, target)
         # the source's recent losses describe the same trajectory up to its step: keep them for the final mean
@@ -259,6 +295,12 @@ class _Member:
         self.pending: list[tuple[int, Any]] = []
         self.last_eval: dict = {}
         self.error: BaseException | None = None  # set when this member diverged or failed inside a stack
+        # wall time across attempts: what earlier ones recorded (noted every few seconds, so a killed attempt's
+        # time counts up to its last note) plus this attempt's since its start
+        self.wall_base, self.wall_start = float(self.record.get("wall_time_s") or 0.0), time.perf_counter()
+
+    def wall_time(self) -> float:
+        return self.wall_base + (time.perf_counter() - self.wall_start)
 
     def warn(self, msg: str) -> None:
         self.warnings.append(msg)
@@ -325,11 +367,17 @@ class _Member:
     def start(self, target: TrainState, shardings: TrainState, par: Parallel, progress: Any) -> TrainState:
         """Phase 3 (restore or init) and the metrics logger; the state this member starts from."""
         cfg, record = self.cfg, self.record
-        state, self.loop_state, origin = restore_or_init(cfg, self.pre, target, shardings)
+        state, self.loop_state, origin = restore_or_init(cfg, self.pre, target, shardings, self.warn)
         self.start_step = start = int(jax.device_get(state.step))
         # an earlier attempt that got past its last checkpoint (killed, or preempted without grace) lost those
-        # steps: they are trained again now, and the record counts them (the cost of checkpoint_every)
-        reached = record.get("reached_step")
+        # steps: they are trained again now, and the record counts them (the cost of checkpoint_every). The newest
+        # step reached is the later of the record's note (every few seconds) and the last step metrics.jsonl logged.
+        logged = last_logged_step(self.run_dir / "metrics.jsonl")
+        reached = max((x for x in (record.get("reached_step"), logged) if x is not None), default=None)
+        if self.pre.latest is not None and (logged is None or logged < self.pre.latest):
+            held = "is missing" if logged is None else f"ends at step {logged}"
+            self.warn(f"metrics.jsonl {held} but the checkpoint is at step {self.pre.latest}: the training curve has a gap "
+                      "(the file was truncated or removed)")
         restarted = reached is not None or self.pre.latest is not None
         recomputed = max(0, int(reached or 0) - start)
         self.recent = deque(self.loop_state["recent_losses"], maxlen=FINAL_LOSS_WINDOW)
@@ -350,6 +398,7 @@ class _Member:
             restarts=int(record.get("restarts") or 0) + int(restarted),
             steps_recomputed=int(record.get("steps_recomputed") or 0) + recomputed,
             preemptions=int(record.get("preemptions") or 0),
+            **({"checkpoints_set_aside": list(record.get("checkpoints_set_aside") or []) + self.pre.set_aside} if self.pre.set_aside else {}),
         )
         self.last_progress_write = time.monotonic()
         self.rows = par.local_rows(self.B)
@@ -385,7 +434,7 @@ class _Member:
                     self.progress.update(self.task, completed=s + 1, loss=m["lm_loss"], tps=tps or 0.0)
         if time.monotonic() - self.last_progress_write >= PROGRESS_EVERY_S:
             self.last_progress_write = time.monotonic()
-            self.write_record(reached_step=s + 1)
+            self.write_record(reached_step=s + 1, wall_time_s=self.wall_time())
 
     def evaluate(self, eval_fn, state: TrainState, par: Parallel) -> dict:
         with par.activation_rules():  # traced on first use
@@ -406,7 +455,8 @@ class _Member:
         self.session_time, self.session_tokens = 0.0, 0
         self.pre.ckpt.save(done, state.as_dict(), self.loop_state)
         # saves commit asynchronously: report the newest *committed* checkpoint
-        self.write_record(last_checkpoint_step=self.pre.ckpt.committed_step, progress=done / self.steps, reached_step=done)
+        self.write_record(last_checkpoint_step=self.pre.ckpt.committed_step, progress=done / self.steps, reached_step=done,
+                          wall_time_s=self.wall_time())
 
     def record_stop(self, should_stop) -> tuple[str, str | None]:
         self.pre.ckpt.close()  # waits until the stop checkpoint is committed
@@ -416,6 +466,7 @@ class _Member:
             last_checkpoint_step=self.pre.ckpt.committed_step,
             stop_signal=sig,
             preemptions=self.record["preemptions"] + int(status == "preempted"),
+            wall_time_s=self.wall_time(),
         )
         return status, sig
 
@@ -442,7 +493,7 @@ class _Member:
             "step_time_s": train_time / self.steps if train_time else None,
             "compile_time_s": compile_time,
             "train_time_s": train_time,
-            "wall_time_s": (self.record.get("wall_time_s") or 0.0) + (time.perf_counter() - t0),
+            "wall_time_s": self.wall_time(),
             "params_digest": rec.params_digest(state.params),
             "param_bytes_per_device": shard_bytes(state.params),
             "opt_state_bytes_per_device": shard_bytes(state.opt),
@@ -454,13 +505,20 @@ class _Member:
         return self.record
 
     def fail(self, e: BaseException) -> None:
-        """Record how this member ended when it did not complete."""
-        if isinstance(e, DivergedError):
-            self.write_record(status="diverged", error=str(e), diverged_at_step=e.step)
-        elif isinstance(e, StopRequested):
-            self.write_record(status=e.status, error=None)
-        else:
-            self.write_record(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=-8))
+        """Record how this member ended when it did not complete. A storage failure is recorded as such when the
+        record can still be written (``failed``, ``error`` 'storage: ...': a sweep retries it once there is room);
+        when it cannot, the record stays ``running`` and a rerun resumes from the last checkpoint all the same."""
+        try:
+            if isinstance(e, DivergedError):
+                self.write_record(status="diverged", error=str(e), diverged_at_step=e.step)
+            elif isinstance(e, StopRequested):
+                self.write_record(status=e.status, error=None)
+            elif storage_cause(e):
+                self.write_record(status="failed", error=f"storage: {storage_message(e, str(self.run_dir))}", wall_time_s=self.wall_time())
+            else:
+                self.write_record(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=-8))
+        except OSError:
+            pass  # the disk that failed the run cannot take its record either
 
     def close(self, code: int) -> None:
         if self.logger is not None:

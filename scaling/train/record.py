@@ -22,19 +22,13 @@ from typing import Any
 import numpy as np
 
 SCHEMA_VERSION = 1
-STATUSES = ("running", "completed", "failed", "diverged")
+STATUSES = ("running", "completed", "failed", "diverged", "preempted", "stopped")
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=_json_default)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from scaling.storage import write_atomic
+
+    write_atomic(path, json.dumps(obj, indent=1, default=_json_default) + "\n")
 
 
 def _json_default(o: Any) -> Any:
@@ -45,11 +39,65 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
+class RecordDamaged(ValueError):
+    """A ``record.json`` that cannot be read (named, with the reason): never used, never silently replaced."""
+
+
 def read_record(run_dir: str | Path) -> dict | None:
+    """The run's record, None when it has none; ``RecordDamaged`` (one line naming the file) when it is not a
+    readable JSON object."""
     p = Path(run_dir) / "record.json"
-    if not p.exists():
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
         return None
-    return json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecordDamaged(f"{p} cannot be read: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        out = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RecordDamaged(f"{p} is damaged ({'empty' if not text.strip() else f'not JSON: {e}'}); move it away to run this run again") from None
+    if not isinstance(out, dict):
+        raise RecordDamaged(f"{p} is damaged (a JSON {type(out).__name__}, not an object); move it away to run this run again")
+    problem = _schema_problem(out)
+    if problem:
+        raise RecordDamaged(f"{p} is damaged ({problem}); move it away to run this run again")
+    return out
+
+
+_NUMBERS = ("n_params", "n_params_nonembedding", "n_params_active", "tokens", "steps", "epochs", "flops", "flops_per_token",
+            "final_train_loss", "final_eval_loss", "final_eval_loss_stderr", "final_eval_bpb", "eval_tokens", "eval_windows",
+            "tokens_per_sec", "step_time_s", "compile_time_s", "train_time_s", "wall_time_s", "device_count", "process_count",
+            "seed", "diverged_at_step", "last_checkpoint_step", "reached_step", "preemptions", "restarts", "steps_recomputed",
+            "progress", "stack_size", "resumed_from_step")
+
+
+def _schema_problem(rec: dict) -> str | None:
+    """What makes a record unusable: a status that is not one, a number field that is not a number, a config or
+    warnings of the wrong type (None when it is fine; fields it does not know are left alone)."""
+    status = rec.get("status")
+    if status is not None and status not in STATUSES:
+        return f"status {status!r} is not one of {', '.join(STATUSES)}"
+    for k in _NUMBERS:
+        v = rec.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            return f"{k} is {v!r:.60}, not a number"
+    for k, t in (("config", dict), ("warnings", list), ("data", dict), ("run_id", str), ("error", str)):
+        v = rec.get(k)
+        if v is not None and not isinstance(v, t):
+            return f"{k} is {v!r:.60}, not a {t.__name__}"
+    if not all(isinstance(w, str) for w in rec.get("warnings") or []):
+        return "warnings holds something that is not text"
+    return None
+
+
+def read_record_or_damaged(run_dir: str | Path) -> dict | None:
+    """``read_record`` for a sweep: a damaged record reads as ``{"status": "damaged", "error": ...}`` (reported,
+    skipped), so one bad file does not stop the sweep."""
+    try:
+        return read_record(run_dir)
+    except RecordDamaged as e:
+        return {"status": "damaged", "error": str(e)}
 
 
 # Fields added after runs were recorded: hashed only when set away from their default, so the ids of earlier runs
