@@ -40,6 +40,8 @@ _EXPORTS = {
     "llama3_isoflop_runs": ("analysis.runs", "llama3_isoflop_runs"),
     "load_runs": ("analysis.runs", "load_runs"),
     "bootstrap": ("analysis.uncertainty", "bootstrap"),
+    "calibrate": ("analysis.backtest", "calibrate"),
+    "Calibration": ("analysis.calibration", "Calibration"),
     "seed_scatter": ("analysis.uncertainty", "seed_scatter"),
     "compare_laws": ("analysis.validate", "compare_laws"),
     "leave_largest_out": ("analysis.validate", "leave_largest_out"),

@@ -127,19 +127,34 @@ def _fit_law(df, args, progress: bool):
     law = make_law(args.law, **kw).fit(df, progress=progress)
     if args.bootstrap:
         bootstrap(law, df, n=args.bootstrap, seed=args.seed, progress=progress)
+    cal_text = ""
+    if not getattr(args, "no_calibrate", False):
+        from analysis.backtest import calibrate
+
+        try:
+            calibrate(law, df, progress=progress)
+            c = law.calibration
+            cal_text = (f"\nextrapolation error (backtests inside the table, analysis.calibration): kappa = {c.kappa:.4f} per decade of "
+                        f"compute beyond C = {c.c_max:.3g} (from {c.n_backtests} inner fits, {c.n_residuals} predictions up to "
+                        f"{c.max_distance:.2f} decades out), run scatter sigma0 = {c.sigma0:.4f}; `scaling predict` widens its "
+                        "intervals by it")
+        except AnalysisError as e:
+            law.notes.append(f"not calibrated: {e}")
     out = law.to_dict()
     out.pop("bootstrap_samples")
-    extra = ""
+    if out.get("calibration"):
+        out["calibration"] = {k: v for k, v in out["calibration"].items() if k != "residuals"}
+    extra = cal_text
     if law.name == "chinchilla":
         Cs = np.logspace(np.log10(df["C"].max()), np.log10(df["C"].max()) + 4, 5)
         opt = law.compute_optimal_interval(Cs)
         out["compute_optimal"] = opt.to_dict(orient="records")
-        extra = (
+        extra += (
             f"\ncompute-optimal allocation (C = {law.flops_per_param_token:.3g} N D, the table's median FLOPs per parameter-token):\n"
             + opt.to_string(index=False, float_format=lambda v: f"{v:.4g}")
         )
     if law.name == "frontier" and law.minima is not None:
-        extra = "\nIsoFLOP minima fitted:\n" + law.minima[["budget", "N_opt", "loss_opt"]].to_string(index=False, float_format=lambda v: f"{v:.4g}")
+        extra += "\nIsoFLOP minima fitted:\n" + law.minima[["budget", "N_opt", "loss_opt"]].to_string(index=False, float_format=lambda v: f"{v:.4g}")
     text = (
         f"{args.law} law ({law.form}) on {law.n_points} points: objective {law.objective:.10g}, "
         f"{law.search.get('optimised_starts', '?')} starts, fit {law.fit_time_s:.2f}s\n" + _fmt_params(law) + _fmt_notes(law.notes) + extra
@@ -148,6 +163,8 @@ def _fit_law(df, args, progress: bool):
 
 
 def cmd_fit(args) -> int:
+    if args.bootstrap is not None and args.bootstrap < 0:
+        raise AnalysisError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     df = _load(args)
     progress = not args.json and sys.stderr.isatty()
     results, texts = {}, []
@@ -223,25 +240,49 @@ def _save_path(path: str, label: str | None) -> Path:
     return p if label is None else p.with_name(f"{p.stem}.{label}{p.suffix or '.json'}")
 
 
+def _check_inputs(cols: dict) -> None:
+    """Every value asked for is a finite number > 0 (E and G: >= 1), else one line naming it."""
+    for k, vs in cols.items():
+        for v in vs:
+            if not np.isfinite(v) or v <= 0 or (k in ("E", "G") and v < 1):
+                what = ">= 1" if k in ("E", "G") else "> 0"
+                raise AnalysisError(f"--{k} {v!r}: every value must be a finite number {what}")
+
+
 def cmd_predict(args) -> int:
     from analysis.laws import Law
 
     law = Law.load(args.fit)
     cols = {k: v for k, v in (("N", args.N), ("D", args.D), ("C", args.C), ("E", args.E), ("G", args.G)) if v is not None}
+    _check_inputs(cols)
     lens = {len(v) for v in cols.values()}
     if len(lens) > 1 and not lens <= {1, max(lens)}:
         raise AnalysisError("--N, --D, --C, --E and --G must give the same number of values (or one)")
-    pred = law.predict_interval(include_noise=args.single_run, **cols)
+    extra = [k for k in cols if k not in law.inputs]
+    if extra:
+        raise AnalysisError(f"the {law.name} law predicts from {', '.join(law.inputs)}; --{extra[0]} is not one of them")
+    calibrated = law.calibration is not None and not args.fit_only
+    if calibrated:
+        if "C" not in cols and not {"N", "D"} <= set(cols):
+            raise AnalysisError("the calibrated interval needs the compute of the prediction: give --C (or --N and --D)")
+        pred = law.predict_calibrated(include_noise=args.single_run, **cols)
+    else:
+        pred = law.predict_interval(include_noise=args.single_run, **cols)
+    if not np.all(np.isfinite(pred["loss"].to_numpy(float))):
+        raise AnalysisError(f"the {law.name} fit predicts a non-finite loss for these inputs (its parameters: {law.params})")
     n = len(pred)
-    used = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in cols.items() if k in law.inputs}
+    used = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in cols.items()}
     rows = pred.assign(**used).to_dict(orient="records")
+    kind = "calibrated 95%" if calibrated else "95%, fit only" + ("" if law.calibration is not None else ": the fit has no calibration")
     text = "\n".join(
         ", ".join(f"{k}={r[k]:.4g}" for k in used)
         + f": loss {r['loss']:.4f}"
-        + (f"  (95% [{r['lo']:.4f}, {r['hi']:.4f}])" if "lo" in r else "")
+        + (f"  ({kind} [{r['lo']:.4f}, {r['hi']:.4f}]" if "lo" in r else "")
+        + (f"; fit only [{r['fit_lo']:.4f}, {r['fit_hi']:.4f}]; {r['d']:.2f} decades beyond the fitted compute)" if "fit_lo" in r
+           else (f"; {r['d']:.2f} decades beyond the fitted compute)" if "d" in r else (")" if "lo" in r else "")))
         for r in rows
     )
-    _emit({"law": law.name, "predictions": rows}, args.json, text)
+    _emit({"law": law.name, "interval": "calibrated" if calibrated else "fit-only", "predictions": rows}, args.json, text)
     return 0
 
 
@@ -259,16 +300,20 @@ def _validate_text(label, res: dict, cut: dict) -> str:
     key, val = next(iter(cut.items()))
     what = "C" if key == "flops" else "N"
     head = f"fitted on runs with {what} <= {val:.3g}, predicting the runs above (frontier: the held-out budgets' IsoFLOP minima)"
-    lines = [head if label is None else f"== {label} ==\n{head}", f"{'law':16s} {'fitted':>6s} {'held-out':>8s} {'mean|rel err|':>13s} {'max|rel err|':>12s} {'bias':>7s} {'95% coverage':>12s}"]
+    lines = [head if label is None else f"== {label} ==\n{head}; 95% single-run intervals calibrated by backtests inside the fitted runs (fit-only in brackets)",
+             f"{'law':16s} {'fitted':>6s} {'held-out':>8s} {'mean|rel err|':>13s} {'max|rel err|':>12s} {'bias':>7s} {'95% coverage':>18s} {'half-width':>10s}"]
     for name, r in res.items():
         if "skipped" in r:
             lines.append(f"{name:16s} skipped: {r['skipped']}")
             continue
         s = r["summary"]
         cov = f"{100 * s['coverage']:.0f}%" if s.get("coverage") is not None else "-"
+        if s.get("coverage_fit_only") is not None:
+            cov += f" ({100 * s['coverage_fit_only']:.0f}%)"
+        hw = f"{100 * s['median_half_width']:.2f}%" if s.get("median_half_width") is not None else "-"
         lines.append(
             f"{name:16s} {s['n_fit']:6d} {s['n_heldout']:8d} {100 * s['mean_abs_rel_error']:12.2f}% {100 * s['max_abs_rel_error']:11.2f}% "
-            f"{100 * s['bias']:+6.2f}% {cov:>12s}"
+            f"{100 * s['bias']:+6.2f}% {cov:>18s} {hw:>10s}"
         )
         for n in s["notes"]:
             if n.startswith("degenerate"):
@@ -279,16 +324,21 @@ def _validate_text(label, res: dict, cut: dict) -> str:
 def cmd_validate(args) -> int:
     from analysis.validate import compare_laws, default_cutoff_flops, laws_in_all
 
+    if args.bootstrap < 0:
+        raise AnalysisError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     df = _load(args)
     laws = laws_in_all() if args.law == "all" else [args.law]
     blocks, texts = {}, []
+    validated = 0
     for label, g in _groups(df, args.by):
         cf, cp = args.cutoff_flops, args.cutoff_params
         if cf is None and cp is None:
             cf = default_cutoff_flops(g)
-        res = compare_laws(g, laws, cutoff_flops=cf, cutoff_params=cp, n_bootstrap=args.bootstrap, seed=args.seed, method=args.method, top_starts=args.top_starts)
+        res = compare_laws(g, laws, cutoff_flops=cf, cutoff_params=cp, n_bootstrap=args.bootstrap, seed=args.seed, method=args.method,
+                           top_starts=args.top_starts, progress=len(laws) > 1 and not args.json)
         if len(laws) == 1 and "skipped" in res[laws[0]]:
             raise AnalysisError(res[laws[0]]["skipped"])
+        validated += sum("skipped" not in r for r in res.values())
         cut = {"flops": cf} if cf is not None else {"params": cp}
         block = {"cutoff": cut, "laws": {}}
         for name, r in res.items():
@@ -299,6 +349,9 @@ def cmd_validate(args) -> int:
         if args.wandb:
             _log_validation_to_wandb(args, g, label, res, cut)
         texts.append(_validate_text(None if label is None else f"{args.by} = {label}", res, cut))
+    if not validated:
+        raise AnalysisError("nothing to validate: every law was skipped (" + "; ".join(
+            f"{n}: {r['skipped']}" for b in blocks.values() for n, r in b["laws"].items())[:400] + ")")
     obj = blocks[None] if args.by is None else {"by": args.by, "groups": blocks}
     _emit(obj, args.json, "\n\n".join(texts))
     return 0
@@ -424,6 +477,7 @@ def add_analysis_parsers(sub) -> None:
     f.add_argument("--gap-dex", type=float, default=0.1, help="isoflop/frontier: log10 C gap that separates budgets (without a budget column)")
     f.add_argument("--by", metavar="COLUMN", default=None, help="fit each value of COLUMN separately (e.g. --by variant for dense vs MoE)")
     f.add_argument("--save", metavar="FIT.json", help="save the fit (reload with `scaling predict`); with --by, one file per group")
+    f.add_argument("--no-calibrate", action="store_true", help="skip the backtests that measure the law's extrapolation error (then `predict` gives fit-only intervals)")
     f.add_argument("--json", action="store_true", help="print one JSON object")
     _wandb_args(f)
     f.set_defaults(func=_guard(cmd_fit))
@@ -436,6 +490,7 @@ def add_analysis_parsers(sub) -> None:
     p.add_argument("--E", type=float, nargs="+", help="experts (moe-clark; 1 = dense)")
     p.add_argument("--G", type=float, nargs="+", help="granularity (moe-krajewski)")
     p.add_argument("--single-run", action="store_true", help="interval for one new run (adds the fit's run-to-run scatter)")
+    p.add_argument("--fit-only", action="store_true", help="the bootstrap interval alone (parameters; without the extrapolation error the calibration measured)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_guard(cmd_predict))
 

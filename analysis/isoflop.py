@@ -472,3 +472,16 @@ def isoflop_analysis(
         if k in iv and iv[k]["hi"] - iv[k]["lo"] > 0.5:
             notes.append(f"degenerate fit: the {100 * level:.0f}% interval of {k} is wider than 0.5 ([{iv[k]['lo']:.3g}, {iv[k]['hi']:.3g}])")
     return res
+
+
+def frontier_targets(df: pd.DataFrame, law, cutoff_flops: float) -> pd.DataFrame:
+    """IsoFLOP minima of the budgets above the cut-off (the frontier law's held-out targets)."""
+    d = df.copy()
+    d["budget"] = assign_budgets(d, law.gap_dex)
+    held = d[d["budget"] > cutoff_flops]
+    if len(held) == 0:
+        raise FitError(f"no compute budget above the cut-off {cutoff_flops:.3g} FLOPs to validate the frontier law on")
+    minima, notes = budget_minima(held, method=law.method, gap_dex=law.gap_dex, keep_unbracketed=law.keep_unbracketed)
+    if len(minima) == 0:
+        raise FitError(f"no budget above the cut-off has a minimum to compare with{summarize_left_out(notes)}")
+    return pd.DataFrame({"budget": minima["budget"], "N": minima["N_opt"], "D": minima["D_opt"], "C": minima["budget"], "loss": minima["loss_opt"]})

@@ -93,6 +93,7 @@ class Law(ABC):
         self.fit_time_s: float | None = None
         self.bootstrap_samples: np.ndarray | None = None  # (n_boot, len(theta)); NaN rows: resamples that failed
         self.resid_scale: float | None = None  # robust std of the log residuals (1.4826 MAD)
+        self.calibration = None  # analysis.calibration.Calibration: the extrapolation error backtests measured
         self.search: dict = {}
         self.notes: list[str] = []
         self._prepare_notes: list[str] = []  # what ``prepare`` derived for the last fit_data call
@@ -306,6 +307,9 @@ class Law(ABC):
 
         point = self.predict(df, **cols)
         out = pd.DataFrame({"loss": point})
+        asked = self._asked(df, cols, len(point))  # the inputs asked for come back beside their predictions
+        for k in reversed(list(asked)):
+            out.insert(0, k, asked[k])
         if self.bootstrap_samples is not None:
             s = self.predict_samples(df, **cols)
             scale = noise_scale if noise_scale is not None else (self.resid_scale if include_noise else None)
@@ -316,6 +320,27 @@ class Law(ABC):
                 out["lo"], out["hi"] = np.nanquantile(s, q, axis=0), np.nanquantile(s, 1 - q, axis=0)
                 out["se"] = np.nanstd(s, axis=0, ddof=1)
         return out
+
+    def predict_calibrated(self, df: pd.DataFrame | None = None, level: float = 0.95, include_noise: bool = True,
+                           noise_scale: float | None = None, **cols: Any) -> pd.DataFrame:
+        """The calibrated extrapolation interval (``analysis.calibration``): loss, lo, hi, the log scale ``sigma``,
+        the distance ``d`` in decades of compute beyond the fit, and the fit-only interval (``fit_lo``, ``fit_hi``)."""
+        from analysis.calibration import calibrated_interval
+
+        return calibrated_interval(self, df, level=level, include_noise=include_noise, noise_scale=noise_scale, **cols)
+
+    def _asked(self, df, cols: dict, n: int) -> dict:
+        if df is not None:
+            return {c: df[c].to_numpy() for c in (*self.inputs, "C") if c in df.columns}
+        return {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in cols.items() if v is not None}
+
+    def interval_table(self, level: float = 0.95):
+        """The parameters as a DataFrame (one row each: value, se, lo, hi at ``level``; NaN without a bootstrap)."""
+        import pandas as pd
+
+        iv = self.intervals(level)
+        return pd.DataFrame([{"param": k, "value": v, **{q: iv.get(k, {}).get(q, np.nan) for q in ("se", "lo", "hi")}}
+                             for k, v in self.params.items()]).set_index("param")
 
     def param_samples(self) -> pd.DataFrame:
         if self.bootstrap_samples is None:
@@ -367,6 +392,7 @@ class Law(ABC):
             "interval_level": level,
             "bootstrap_samples": None if self.bootstrap_samples is None else self.bootstrap_samples.tolist(),
             "resid_scale": self.resid_scale,
+            "calibration": None if self.calibration is None else self.calibration.to_dict(),
             "notes": self.notes,
         }
 
@@ -391,9 +417,32 @@ class Law(ABC):
             raise AnalysisError(f"not a saved {name} fit: {e.__class__.__name__}: {e}") from None
         if theta.shape != (law.n_params,) or (bs is not None and (bs.ndim != 2 or bs.shape[1] != law.n_params)):
             raise AnalysisError(f"not a saved {name} fit: theta must hold {law.n_params} numbers ({', '.join(law.theta_names)})")
+        if not np.all(np.isfinite(theta)):
+            raise AnalysisError(f"not a usable {name} fit: theta holds a non-finite number ({theta.tolist()})")
+        saved = d.get("params")
+        if saved is not None:  # the readable parameters must be the ones theta gives: a file edited by hand is refused
+            if not isinstance(saved, dict):
+                raise AnalysisError(f"not a saved {name} fit: params is not an object")
+            want = law.params_from_theta(theta)
+            for k, v in want.items():
+                got = saved.get(k)
+                if not isinstance(got, (int, float)) or isinstance(got, bool) or not np.isfinite(got) or not np.isclose(got, v, rtol=1e-9, atol=0):
+                    raise AnalysisError(f"the {name} fit's params disagree with its theta ({k}: {got!r} in params, {v!r} from theta): the file was edited or damaged")
+        for key, ok in (("notes", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)), ("search", lambda v: isinstance(v, dict)),
+                        ("resid_scale", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v >= 0),
+                        ("objective", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+                        ("n_points", lambda v: isinstance(v, int) and not isinstance(v, bool))):
+            if d.get(key) is not None and not ok(d[key]):
+                raise AnalysisError(f"not a saved {name} fit: its {key} is {d[key]!r:.60}")
         law.theta, law.bootstrap_samples = theta, bs
         law.objective, law.n_points, law.fit_time_s = d.get("objective"), d.get("n_points"), d.get("fit_time_s")
         law.resid_scale = d.get("resid_scale")
+        if d.get("calibration") is not None:
+            from analysis.calibration import Calibration
+
+            if not isinstance(d["calibration"], dict):
+                raise AnalysisError(f"not a saved {name} fit: its calibration is not an object")
+            law.calibration = Calibration.from_dict(d["calibration"])
         law.search = d.get("search") or {}
         law.notes = list(d.get("notes") or [])
         law._restore(d)

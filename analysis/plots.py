@@ -35,16 +35,26 @@ def loss_vs_compute(df: pd.DataFrame, law: Law | None = None, target_C: float | 
         cmax = max(df["C"].max(), target_C or 0)
         Cs = np.logspace(np.log10(df["C"].min()), np.log10(cmax) + 0.1, 100)
         opt = law.compute_optimal_interval(Cs)
-        ax.plot(opt["C"], opt["loss"], "r-", lw=1.5, label="law: compute-optimal loss")
+        ax.plot(opt["C"], opt["loss"], "r-", lw=1.5, label=f"{law.name} law ({law.form}): compute-optimal loss")
         if "loss_lo" in opt:
             ax.fill_between(opt["C"], opt["loss_lo"], opt["loss_hi"], color="r", alpha=0.15, label="95% interval")
     if target_C:
         ax.axvline(target_C, color="gray", ls=":", label=f"target C = {target_C:.2g}")
     if heldout is not None and len(heldout):
         ax.scatter(heldout["C"], heldout["loss"], marker="*", s=160, c="red", edgecolor="k", label="held-out run", zorder=5)
-    ax.set(xscale="log", xlabel="training FLOPs C", ylabel="loss", title="Loss vs compute")
+    fitted = f"; law fitted on C {df['C'].min():.2g}-{df['C'].max():.2g}" if law is not None else ""
+    ax.set(xscale="log", xlabel="training FLOPs C", ylabel="loss", title=f"Loss vs compute{fitted}")
+    _warn_degenerate(ax, law)
     ax.legend(fontsize=8)
     return fig
+
+
+def _warn_degenerate(ax, law) -> None:
+    """A visible warning on a figure whose law has a degenerate parameter (at a bound, or an interval over 10x)."""
+    notes = [n for n in (getattr(law, "notes", None) or []) if n.startswith("degenerate") or "at its bound" in n or "interval spans" in n]
+    if notes:
+        ax.text(0.01, 0.01, "WARNING: " + notes[0][:110] + (" (+ more)" if len(notes) > 1 else ""), transform=ax.transAxes, fontsize=7,
+                color="C3", va="bottom", ha="left", bbox={"facecolor": "white", "edgecolor": "C3", "alpha": 0.9})
 
 
 def extrapolation(df: pd.DataFrame, law, C_target: float, predicted: dict, measured: dict | None = None, other: dict | None = None,
@@ -75,16 +85,27 @@ def extrapolation(df: pd.DataFrame, law, C_target: float, predicted: dict, measu
         if "lo" in pred:
             ax.fill_between(Cs / C_target, pred["lo"], pred["hi"], color="C0", alpha=0.15, lw=0, label="95% band (fit)")
     p = predicted
+    name = p.get("label", "prediction")
     ax.errorbar([1.0], [p["loss"]], yerr=[[p["loss"] - p["lo"]], [p["hi"] - p["loss"]]], fmt="o", mfc="white", mec="C3", ecolor="C3",
-                capsize=4, ms=7, zorder=5, label="prediction (95%, made before the run)")
+                capsize=4, ms=7, zorder=5, label=f"{name} (95%, made before the run)")
     if other:
         ax.errorbar([1.12], [other["loss"]], yerr=[[other["loss"] - other["lo"]], [other["hi"] - other["loss"]]], fmt="s", mfc="white",
                     mec="C2", ecolor="C2", capsize=3, ms=5, zorder=5, label=other.get("label", "other prediction"))
     if measured:
-        ax.errorbar([1.0], [measured["loss"]], yerr=[[2 * measured.get("stderr", 0.0)]], fmt="*", c="C3", mec="k", ms=15, zorder=6,
-                    label="held-out run, measured")
+        # beside the prediction (not on top of it) and in another colour, so a miss is seen as one
+        m, se = measured["loss"], measured.get("stderr", 0.0)
+        inside = p["lo"] <= m <= p["hi"]
+        ax.errorbar([0.89], [m], yerr=[[2 * se]], fmt="*", c="k", mfc="gold", mec="k", ms=15, zorder=6, label="held-out run, measured (± 2 s.e.)")
+        ax.annotate("", xy=(0.89, m), xytext=(1.0, p["loss"]), arrowprops={"arrowstyle": "-", "color": "0.4", "lw": 0.8, "ls": ":"})
+        ax.text(0.02, 0.03, f"{name}: {p['loss']:.4f} [{p['lo']:.4f}, {p['hi']:.4f}]\nmeasured: {m:.4f} ± {se:.4f}, error "
+                f"{100 * (p['loss'] - m) / m:+.2f}%: {'inside' if inside else 'OUTSIDE'} the interval",
+                transform=ax.transAxes, fontsize=8, va="bottom", ha="left",
+                bbox={"facecolor": "white", "edgecolor": "0.3" if inside else "C3", "alpha": 0.9})
+    law_name = f"{getattr(law, 'name', 'law')} law" if law is not None else "law"
     ax.set(xscale="log", xlabel="compute (held-out run = 1)", ylabel="eval loss (nats / token)",
-           title="Predicting the held-out run from runs with up to %.0fx less compute" % (C_target / float(df["C"].max())))
+           title=f"{law_name} fitted on runs up to C = {float(df['C'].max()):.2g}, predicting {C_target:.2g} "
+                 f"({C_target / float(df['C'].max()):.0f}x)")
+    _warn_degenerate(ax, law)
     ax.legend(fontsize=7.5, loc="upper right")
     return fig
 
@@ -169,7 +190,12 @@ def predicted_vs_actual(pred: pd.DataFrame):
         ax.scatter(pred["loss"], pred["predicted"], s=16)
     lo, hi = float(min(pred["loss"].min(), pred["predicted"].min())), float(max(pred["loss"].max(), pred["predicted"].max()))
     ax.plot([lo, hi], [lo, hi], "k--", lw=1)
-    ax.set(xlabel="measured loss", ylabel="predicted loss", title="Held-out runs: predicted vs measured")
+    title = "Held-out runs: predicted vs measured"
+    if "law" in pred.attrs:
+        title += f" ({pred.attrs['law']} law, fitted on C <= {pred.attrs.get('cutoff', float('nan')):.2g})"
+    if "inside_interval" in pred:
+        title += f"\n{100 * pred['inside_interval'].mean():.0f}% inside their 95% intervals"
+    ax.set(xlabel="measured loss", ylabel="predicted loss", title=title)
     return fig
 
 
@@ -199,6 +225,7 @@ def law_contours(law: Law, df: pd.DataFrame | None = None, N_range=None, D_range
     if df is not None:
         ax.scatter(df["N"], df["D"], s=8, c="k", alpha=0.6)
     ax.set(xscale="log", yscale="log", xlim=N_range, ylim=D_range, xlabel="N", ylabel="D", title=f"{law.name} law over (N, D)")
+    _warn_degenerate(ax, law)
     return fig
 
 

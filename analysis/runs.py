@@ -126,8 +126,46 @@ def load_runs(
     if len(df) == 0:
         raise RunsError("no usable runs in the table")
     df = df.reset_index(drop=True)
+    notes += table_notes(df)
     df.attrs["notes"] = notes
     return df
+
+
+LEVERAGE_DEX = 2.0  # a run further than this (decades) from every other run in N, D or C is flagged
+FLOPS_RULE = (1.0, 30.0)  # plausible FLOPs per parameter per token (6 under 6ND; 2-24 for every convention in use)
+
+
+def table_notes(df: pd.DataFrame) -> list[str]:
+    """What can make a fit on this table misleading, as notes: conflicting duplicates (the same N and D with
+    different losses, and their scatter), extreme leverage (a run decades away from every other one), C that does
+    not follow any FLOPs rule (C / (N D) far from 6: a unit error in N, D or C)."""
+    notes = []
+    dup = df.groupby(["N", "D"])["loss"]
+    sizes = dup.transform("size")
+    if (sizes > 1).any():
+        g = df[sizes > 1].groupby(["N", "D"])["loss"]
+        spread = (g.max() / g.min() - 1).max()
+        sd = float(np.sqrt(g.apply(lambda x: np.var(np.log(x), ddof=1)).mean()))
+        notes.append(f"{int(g.ngroups)} (N, D) points appear more than once with losses up to {100 * spread:.2g}% apart "
+                     f"(log scatter {100 * sd:.2g}%): repeated seeds, or conflicting rows; the fit weighs each row")
+    for c in ("N", "D", "C"):
+        x = np.sort(np.log10(df[c].to_numpy(float)))
+        if len(x) < 3:
+            continue
+        gaps = np.diff(x)
+        if gaps[0] > LEVERAGE_DEX or gaps[-1] > LEVERAGE_DEX:
+            which = [f"{c} = {10 ** x[0]:.3g}" for _ in [0] if gaps[0] > LEVERAGE_DEX] + [f"{c} = {10 ** x[-1]:.3g}" for _ in [0] if gaps[-1] > LEVERAGE_DEX]
+            notes.append(f"extreme leverage: the run at {' and '.join(which)} is more than {LEVERAGE_DEX:g} decades from every other run; "
+                         "it alone decides the fit at that end (check it, or drop it)")
+    k = df["C"].to_numpy(float) / (df["N"].to_numpy(float) * df["D"].to_numpy(float))
+    med = float(np.median(k))
+    if not FLOPS_RULE[0] <= med <= FLOPS_RULE[1]:
+        notes.append(f"C / (N D) = {med:.3g} (median): no FLOPs rule gives that (6 N D is 6); N, D or C is probably in other units")
+    else:
+        off = (k < med / 2) | (k > med * 2)
+        if off.any():
+            notes.append(f"{int(off.sum())} runs have C / (N D) more than 2x from the table's median {med:.3g} (from {k.min():.3g} to {k.max():.3g}): check their C")
+    return notes
 
 
 # Shipped tables (sources in analysis/data/SOURCES.md): name -> (file, load_runs keyword arguments).

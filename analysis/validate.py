@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.errors import AnalysisError, FitError
+from analysis.isoflop import frontier_targets as _frontier_targets
 from analysis.laws import LAW_ALIASES, LAWS, Law, make_law
 
 __all__ = ["compare_laws", "default_cutoff_flops", "laws_in_all", "leave_largest_out", "make_law", "validate_extrapolation"]
@@ -66,23 +67,6 @@ def _split(df: pd.DataFrame, cutoff_flops: float | None, cutoff_params: float | 
     return train, test, {key: float(cut)}
 
 
-def _frontier_targets(df: pd.DataFrame, law: Law, cutoff_flops: float) -> pd.DataFrame:
-    """IsoFLOP minima of the budgets above the cut-off (the frontier law's held-out targets)."""
-    from analysis.isoflop import assign_budgets, budget_minima
-
-    d = df.copy()
-    d["budget"] = assign_budgets(d, law.gap_dex)
-    held = d[d["budget"] > cutoff_flops]
-    if len(held) == 0:
-        raise FitError(f"no compute budget above the cut-off {cutoff_flops:.3g} FLOPs to validate the frontier law on")
-    minima, notes = budget_minima(held, method=law.method, gap_dex=law.gap_dex, keep_unbracketed=law.keep_unbracketed)
-    if len(minima) == 0:
-        from analysis.isoflop import summarize_left_out
-
-        raise FitError(f"no budget above the cut-off has a minimum to compare with{summarize_left_out(notes)}")
-    return pd.DataFrame({"budget": minima["budget"], "N": minima["N_opt"], "D": minima["D_opt"], "C": minima["budget"], "loss": minima["loss_opt"]})
-
-
 def validate_extrapolation(
     df: pd.DataFrame,
     law: str | Law = "chinchilla",
@@ -91,13 +75,17 @@ def validate_extrapolation(
     seed: int = 0,
     cutoff_params: float | None = None,
     level: float = 0.95,
+    calibrated: bool = True,
     **law_kw,
 ) -> dict:
     """Fit ``law`` on runs with C <= cutoff_flops (or N <= cutoff_params), predict the rest.
 
     Returns {"summary": {...}, "predictions": DataFrame, "law": fitted law}. The summary has n_fit, n_heldout,
     mean_abs_rel_error, max_abs_rel_error, bias (mean signed relative error), coverage (share of held-out runs
-    inside the ``level`` single-run prediction interval; needs n_bootstrap > 0), mae, rmse, params, notes."""
+    inside the ``level`` single-run prediction interval: with ``calibrated`` (default) the interval widened by the
+    extrapolation error that backtests inside the fitted runs measured, ``analysis.calibration``; else the
+    bootstrap's, which needs n_bootstrap > 0), coverage_fit_only, coverage_68, median_half_width, mae, rmse,
+    params, notes."""
     model = make_law(law, **law_kw) if isinstance(law, str) else law
     name = law if isinstance(law, str) else model.name
     if cutoff_flops is None and cutoff_params is None:
@@ -121,14 +109,31 @@ def validate_extrapolation(
         from analysis.uncertainty import bootstrap
 
         bootstrap(model, train, n=n_bootstrap, seed=seed, level=level)
-    pred = model.predict_interval(test, level=level, include_noise=True)  # single runs: parameters + run scatter
+    from analysis.backtest import calibrate
+    from analysis.calibration import calibrated_interval
+
+    calibration_note = None
+    if calibrated:
+        try:  # backtests inside the fitted runs only: the held-out runs play no part in their interval
+            calibrate(model, train)
+        except AnalysisError as e:
+            calibration_note = str(e)
     out = test[[c for c in ("budget", "N", "D", "C", "loss") if c in test.columns]].reset_index(drop=True).copy()
+    cal = getattr(model, "calibration", None) if calibrated else None
+    if cal is not None:  # single runs: parameters + run scatter + the extrapolation error the backtests measured
+        pred = calibrated_interval(model, test, level=level, include_noise=True)
+        p68 = calibrated_interval(model, test, level=0.68, include_noise=True)
+        out["lo68"], out["hi68"] = p68["lo"].to_numpy(), p68["hi"].to_numpy()
+    else:
+        pred = model.predict_interval(test, level=level, include_noise=True)
     out["predicted"] = pred["loss"].to_numpy()
     out["abs_error"] = out["predicted"] - out["loss"]
     out["rel_error"] = out["abs_error"] / out["loss"]
     if "lo" in pred:
         out["lo"], out["hi"] = pred["lo"].to_numpy(), pred["hi"].to_numpy()
         out["inside_interval"] = (out["loss"] >= out["lo"]) & (out["loss"] <= out["hi"])
+    if "fit_lo" in pred:
+        out["fit_lo"], out["fit_hi"] = pred["fit_lo"].to_numpy(), pred["fit_hi"].to_numpy()
     rel = out["rel_error"].to_numpy(float)
     summary = {
         "law": name,
@@ -141,13 +146,23 @@ def validate_extrapolation(
         "max_abs_rel_error": float(np.max(np.abs(rel))),
         "bias": float(np.mean(rel)),
         "coverage": float(out["inside_interval"].mean()) if "inside_interval" in out else None,
+        "interval": "calibrated" if cal is not None else "fit-only",
         "interval_level": level,
+        "median_half_width": float(np.median((out["hi"] - out["lo"]) / 2 / out["predicted"])) if "lo" in out else None,
         "mean_rel_error": float(np.mean(rel)),
         "mae": float(np.mean(np.abs(out["abs_error"]))),
         "rmse": float(np.sqrt(np.mean(out["abs_error"] ** 2))),
         "params": model.params,
         "notes": list(model.notes),
     }
+    if "fit_lo" in out:
+        summary["coverage_fit_only"] = float(((out["loss"] >= out["fit_lo"]) & (out["loss"] <= out["fit_hi"])).mean())
+    if "lo68" in out:
+        summary["coverage_68"] = float(((out["loss"] >= out["lo68"]) & (out["loss"] <= out["hi68"])).mean())
+    if cal is not None:
+        summary |= {"kappa": cal.kappa, "sigma0": cal.sigma0, "n_backtests": cal.n_backtests}
+    if calibration_note:
+        summary["notes"].append(calibration_note)
     if cutoff_flops is not None:
         summary["cutoff_flops"] = float(cutoff_flops)
     return {"summary": summary, "predictions": out, "law": model}
@@ -162,22 +177,35 @@ def compare_laws(
     seed: int = 0,
     method: str | None = None,
     top_starts: int | None = None,
+    progress: bool = True,
+    calibrated: bool = True,
 ) -> dict[str, dict]:
     """``validate_extrapolation`` for each law on the same split (default: ``laws_in_all()``); a law that refuses
     the table is reported as {"skipped": reason} instead of failing the comparison. ``top_starts`` limits each law's
-    start grid to its best-scoring K starts (faster, may miss a global optimum)."""
+    start grid to its best-scoring K starts (faster, may miss a global optimum). ``progress``: a line per law on
+    stderr as it is done (with its time)."""
+    import sys
+    import time
+
     laws = laws or laws_in_all()
     if cutoff_flops is None and cutoff_params is None:
         cutoff_flops = default_cutoff_flops(df)
     out: dict[str, dict] = {}
-    for name in laws:
+    t0 = time.perf_counter()
+    for i, name in enumerate(laws):
         kw: dict = {"method": method} if method and name == "frontier" else {}
         if top_starts:
             kw["top_starts"] = top_starts
+        t = time.perf_counter()
         try:
-            out[name] = validate_extrapolation(df, name, cutoff_flops=cutoff_flops, cutoff_params=cutoff_params, n_bootstrap=n_bootstrap, seed=seed, **kw)
+            out[name] = validate_extrapolation(df, name, cutoff_flops=cutoff_flops, cutoff_params=cutoff_params, n_bootstrap=n_bootstrap,
+                                               seed=seed, calibrated=calibrated, **kw)
         except AnalysisError as e:
             out[name] = {"skipped": str(e)}
+        if progress:
+            what = "skipped" if "skipped" in out[name] else f"mean |rel err| {100 * out[name]['summary']['mean_abs_rel_error']:.2f}%"
+            print(f"compare_laws: {name} ({i + 1}/{len(laws)}) {what}, {time.perf_counter() - t:.1f}s "
+                  f"(total {time.perf_counter() - t0:.1f}s)", file=sys.stderr, flush=True)
     return out
 
 

@@ -5,8 +5,9 @@
    decays the lr over its last 20%, for the sizes nearest that budget's expected optimum (sizes <= 1.6x apart).
    A few points are repeated with two more seeds to measure the run-to-run scatter. Two worker processes share
    the sweep (both cores).
-2. Fit the compute frontier L_opt(C) = E + A C^-gamma to the IsoFLOP minima (the GPT-4 method: the headline),
-   the Chinchilla law, and the IsoFLOP exponents, with bootstrap intervals.
+2. Fit the IsoFLOP surface (the GPT-4 frontier E + A C^-gamma fitted with each budget's parabola in log N: the
+   headline), the frontier on per-budget minima, the Chinchilla law and the IsoFLOP exponents, with bootstrap
+   intervals.
 3. Choose a held-out run at 10x the largest budget at the compute-optimal size the IsoFLOP fit predicts, and
    *predict* its loss with a 95% interval (fit uncertainty and the measured seed scatter) before training it
    (written to ``prediction.json`` first).
@@ -273,6 +274,23 @@ def _train_heldout(cfg, run_dir: Path, run_id: str, progress: bool, should_stop,
     raise QuickstartError(f"the held-out run failed (exit code {child.returncode}, status {r.get('status')!r}); its record and log are in {run_dir}")
 
 
+def _predict(law, runs, sigma, path: Path, say, **cols):
+    """The held-out prediction with the law's calibrated interval (the fit-only one where the sweep cannot be
+    backtested, said), the law re-saved with its calibration."""
+    from analysis.backtest import calibrate
+    from analysis.errors import AnalysisError
+
+    try:
+        calibrate(law, runs)
+        law.save(path)
+    except AnalysisError as e:
+        say(f"      {law.name} law: intervals not calibrated ({e})")
+    inputs = {k: v for k, v in cols.items() if k in law.inputs or (k == "C" and law.calibration is not None)}
+    if law.calibration is not None:
+        return law.predict_calibrated(noise_scale=sigma, **inputs).iloc[0]
+    return law.predict_interval(noise_scale=sigma, **{k: v for k, v in inputs.items() if k in law.inputs}).iloc[0]
+
+
 def _check_manifest(out: Path, manifest: dict) -> None:
     path = out / "quickstart.json"
     if path.exists():
@@ -390,9 +408,11 @@ def run_quickstart(
     held_cfg = load_config(base=held_raw)
     N_h, D_h = count_params(held_cfg.model).total, held_cfg.steps * held_cfg.tokens_per_step
     C_h = flops_per_token(held_cfg.model) * D_h
-    cp = law.predict_interval(N=N_h, D=D_h, noise_scale=sigma).iloc[0]
-    fp = frontier.predict_interval(C=[C_h], noise_scale=sigma).iloc[0] if frontier is not None else None
-    sp = surface.predict_interval(N=[N_h], C=[C_h], noise_scale=sigma).iloc[0] if surface is not None else None
+    # Every law's interval is calibrated: widened by the extrapolation error its backtests inside the sweep measured
+    # (analysis/backtest.py), with the seeds' run scatter for the one held-out run
+    cp = _predict(law, runs, sigma, report / "fit_chinchilla.json", say, N=[N_h], D=[D_h], C=[C_h])
+    fp = _predict(frontier, runs, sigma, report / "fit_frontier.json", say, C=[C_h]) if frontier is not None else None
+    sp = _predict(surface, runs, sigma, report / "fit_surface.json", say, N=[N_h], C=[C_h]) if surface is not None else None
     headline = "surface" if sp is not None else "frontier" if fp is not None else "chinchilla"
     hp = {"surface": sp, "frontier": fp, "chinchilla": cp}[headline]
     prediction = {
@@ -405,6 +425,9 @@ def run_quickstart(
         "C": C_h,
         "model": model,
         "headline": headline,
+        "interval": "calibrated" if {"surface": surface, "frontier": frontier, "chinchilla": law}[headline].calibration is not None else "fit-only",
+        "kappa": {n: (m.calibration.kappa if m is not None and m.calibration is not None else None)
+                  for n, m in (("surface", surface), ("frontier", frontier), ("chinchilla", law))},
         "predicted_loss": float(hp["loss"]),
         "predicted_lo": float(hp["lo"]),
         "predicted_hi": float(hp["hi"]),
@@ -430,7 +453,7 @@ def run_quickstart(
     say("[4/4] writing the report")
     p = prediction
     plots.save(plots.extrapolation(runs, surface if surface is not None else frontier, C_h,
-                                   {"loss": p["predicted_loss"], "lo": p["predicted_lo"], "hi": p["predicted_hi"]},
+                                   {"loss": p["predicted_loss"], "lo": p["predicted_lo"], "hi": p["predicted_hi"], "label": f"{p.get('headline', 'surface')} law"},
                                    {"loss": measured, "stderr": stderr}, {**p["chinchilla"], "label": "Chinchilla law (95%)"},
                                    minima=frontier.minima if frontier is not None else None),
                report / "extrapolation.png")
@@ -575,9 +598,12 @@ def render_report(s: dict, runs, law, frontier, iso, record, surface=None) -> st
         f"({100 * s['measured_eval_loss_rel_stderr']:.2f}%) | |",
         "",
         f"The measurement is **{'inside' if s['inside_interval'] else 'outside'}** the {p.get('headline', 'frontier')} law's 95% interval "
-        f"(half-width {100 * s['interval_half_width_rel']:.1f}%). The interval combines the fit's bootstrap with the "
+        f"(half-width {100 * s['interval_half_width_rel']:.1f}%). The interval combines the fit's bootstrap"
+        + (f", the extrapolation error its backtests inside the sweep measured (kappa {p['kappa'][p['headline']]:.4f} per decade of compute)"
+           if p.get("interval") == "calibrated" and (p.get("kappa") or {}).get(p.get("headline")) is not None else " (not calibrated: too few budgets to backtest)")
+        + " and the "
         + (f"run-to-run scatter measured on repeated seeds: {100 * sc['sigma']:.2f}% ({sc['n_points']} points, {sc['dof']} degrees of freedom)."
-           if sc.get("sigma") else "fit alone (no repeated seeds finished).")
+           if sc.get("sigma") else "fit's residual scatter (no repeated seeds finished).")
         + " " + HEADLINE_WHY[p.get("headline", "frontier")],
         "",
         "## IsoFLOP surface  L(N, C) = E + A (C/C0)^-gamma (1 + k ln^2(N / N_opt(C))),  N_opt = N0 (C/C0)^a",
@@ -595,7 +621,7 @@ def render_report(s: dict, runs, law, frontier, iso, record, surface=None) -> st
         "| param | value | 95% interval |",
         "|---|---|---|",
         *([f"| {k} | {v:.4g} | [{fv[k]['lo']:.4g}, {fv[k]['hi']:.4g}] |" for k, v in frontier.params.items() if k in fv]
-          if frontier is not None else ["Not fitted on this sweep (fewer bracketed budgets than its 3 parameters): the headline is the Chinchilla law."]),
+          if frontier is not None else [f"Not fitted on this sweep (fewer bracketed budgets than its 3 parameters); the headline is the {p.get('headline', 'chinchilla')} law."]),
         "",
         "## Chinchilla law  L = E + A/N^α + B/D^β",
         "",
