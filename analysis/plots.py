@@ -53,8 +53,10 @@ def _warn_degenerate(ax, law) -> None:
     """A visible warning on a figure whose law has a degenerate parameter (at a bound, or an interval over 10x)."""
     notes = [n for n in (getattr(law, "notes", None) or []) if n.startswith("degenerate") or "at its bound" in n or "interval spans" in n]
     if notes:
-        ax.text(0.01, 0.01, "WARNING: " + notes[0][:110] + (" (+ more)" if len(notes) > 1 else ""), transform=ax.transAxes, fontsize=7,
-                color="C3", va="bottom", ha="left", bbox={"facecolor": "white", "edgecolor": "C3", "alpha": 0.9})
+        # below the axes, clear of the data, the legend and the result box
+        ax.figure.subplots_adjust(bottom=0.2)
+        ax.text(0.0, -0.16, "WARNING: " + notes[0][:120] + (" (+ more)" if len(notes) > 1 else ""), transform=ax.transAxes, fontsize=7.5,
+                color="C3", va="top", ha="left", bbox={"facecolor": "white", "edgecolor": "C3", "alpha": 0.9})
 
 
 def extrapolation(df: pd.DataFrame, law, C_target: float, predicted: dict, measured: dict | None = None, other: dict | None = None,
