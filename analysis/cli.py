@@ -335,7 +335,7 @@ def cmd_validate(args) -> int:
         if cf is None and cp is None:
             cf = default_cutoff_flops(g)
         res = compare_laws(g, laws, cutoff_flops=cf, cutoff_params=cp, n_bootstrap=args.bootstrap, seed=args.seed, method=args.method,
-                           top_starts=args.top_starts, progress=len(laws) > 1 and not args.json)
+                           top_starts=args.top_starts, progress=len(laws) > 1 and not args.json and sys.stderr.isatty())
         if len(laws) == 1 and "skipped" in res[laws[0]]:
             raise AnalysisError(res[laws[0]]["skipped"])
         validated += sum("skipped" not in r for r in res.values())
