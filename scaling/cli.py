@@ -65,9 +65,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     _one_line_warnings()
     quiet_library_noise()
-    try:
-        with progress_bar(cfg.log.progress) as progress:
-            record = train(cfg, args.out, progress=progress, should_stop=stop, resume_anyway=args.resume_anyway)
+    from scaling.remote import local_workdir
+
+    try:  # an object-storage --out is worked in a local copy, pushed periodically and at the end (scaling/remote.py)
+        with local_workdir(args.out) as out, progress_bar(cfg.log.progress) as progress:
+            record = train(cfg, out, progress=progress, should_stop=stop, resume_anyway=args.resume_anyway)
     except DivergedError as e:
         print(f"run diverged: {e}", file=sys.stderr)
         return 3
@@ -175,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("config", nargs="?", help="YAML run config (omit to use the defaults)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. train.lr=1e-3")
-    t.add_argument("--out", required=True, help="run directory (created; reused to resume)")
+    t.add_argument("--out", required=True, help="run directory (created; reused to resume); a gs:// or s3:// URL is worked in a local copy and mirrored to it")
     t.add_argument("--wandb", choices=["offline", "online", "disabled"], help="W&B mode (default from config: offline)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument(

@@ -169,15 +169,26 @@ def cmd_run(args) -> int:
     from scaling.signals import StopFlag
 
     stop = StopFlag().install()  # first: a preemption signal during start-up must not kill the worker
-    from scaling.config import ConfigError
-    from scaling.sweep.runner import run_sweep
-    from scaling.ui import progress_bar
-
     from scaling.storage import quiet_library_noise
 
     quiet_library_noise()
     spec = _load(args.sweep, args.set)
     out = args.out or os.path.join("runs", spec.name)
+    from scaling.remote import RemoteError, local_workdir
+
+    try:  # an object-storage --out is worked in a local copy, pushed periodically and at the end (scaling/remote.py)
+        with local_workdir(out, "sweep") as local:
+            return _run(args, spec, local, out, stop)
+    except RemoteError as e:
+        print(f"sweep error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args, spec, out: str, shown: str, stop) -> int:
+    from scaling.config import ConfigError
+    from scaling.sweep.runner import run_sweep
+    from scaling.ui import progress_bar
+
     if args.devices_per_worker is not None:
         return _run_per_device(args, out)
     if args.target_dex is not None and not args.target_dex > 0:
@@ -201,7 +212,7 @@ def cmd_run(args) -> int:
         return 2
     print(
         f"sweep {spec.name}: {len(res.completed)} completed now, {len(res.failed)} failed/diverged, "
-        f"{len(res.skipped)} skipped (done, failed earlier, or claimed by another worker) -> {out}/runs.csv"
+        f"{len(res.skipped)} skipped (done, failed earlier, or claimed by another worker) -> {shown}/runs.csv"
     )
     if res.storage_error:
         from scaling.storage import EX_IOERR
@@ -215,13 +226,23 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from scaling.remote import RemoteError, local_workdir
+
+    try:  # a sweep on object storage: its records pulled (not its checkpoints) into the staging directory
+        with local_workdir(args.sweep_dir, "sweep", skip=lambda rel: "/checkpoints/" in rel, push=False) as local:
+            return _status(Path(local), args.sweep_dir)
+    except RemoteError as e:
+        print(f"sweep error: {e}", file=sys.stderr)
+        return 2
+
+
+def _status(sweep_dir: Path, shown: str) -> int:
     from scaling.sweep.runner import preemption_summary, status_table
     from scaling.sweep.spec import load_sweep
 
-    sweep_dir = Path(args.sweep_dir)
     spec_path = sweep_dir / "sweep.yaml"
     if not spec_path.exists():
-        print(f"error: {sweep_dir} has no sweep.yaml (not a sweep directory)", file=sys.stderr)
+        print(f"error: {shown} has no sweep.yaml (not a sweep directory)", file=sys.stderr)
         return 2
     from scaling.config import ConfigError
 
@@ -230,7 +251,7 @@ def cmd_status(args) -> int:
     except ConfigError as e:
         print(f"sweep error: {e}", file=sys.stderr)
         return 2
-    table = Table(title=f"{sweep_dir}")
+    table = Table(title=f"{shown}")
     for col in ("run_id", "variant", "status", "progress", "N", "D", "C", "loss", "±"):
         table.add_column(col)
     for _, r in df.iterrows():

@@ -24,7 +24,10 @@ from pathlib import Path
 
 def worker_command(sweep_yaml: str | Path, sweep_dir: str | Path, overrides: list[str] | None = None,
                    devices_per_worker: int | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "scaling", "sweep", "run", str(Path(sweep_yaml).absolute()), "--out", str(Path(sweep_dir).absolute()), "--no-progress"]
+    from scaling.remote import is_url
+
+    out = str(sweep_dir) if is_url(sweep_dir) else str(Path(sweep_dir).absolute())
+    cmd = [sys.executable, "-m", "scaling", "sweep", "run", str(Path(sweep_yaml).absolute()), "--out", out, "--no-progress"]
     cmd += sum((["--set", o] for o in overrides or []), [])
     if devices_per_worker:
         cmd += ["--devices-per-worker", str(devices_per_worker)]
@@ -85,10 +88,20 @@ def submit_slurm(sweep_yaml, sweep_dir, workers: int = 4, partition: str | None 
                  overrides: list[str] | None = None, devices_per_worker: int | None = None) -> str:
     """Submit ``workers`` array tasks (or, with ``dry_run``, go through the same submission with a stub ``sbatch``
     and submit nothing). Either way the script sbatch received is written to ``SWEEP_DIR/slurm/array.sbatch``;
-    returned: the script (dry run) or a line naming the job."""
-    sweep_dir = Path(sweep_dir)
+    returned: the script (dry run) or a line naming the job.
+
+    A sweep directory on object storage (``gs://...``) is worked by one array task (one host: its workers share
+    one staging directory, see ``scaling.remote``); submitit's files then go to ``runs/NAME/slurm`` here, which
+    the compute nodes must see (a shared home or project directory)."""
+    from scaling.remote import is_url
+
+    url = str(sweep_dir) if is_url(sweep_dir) else None
+    if url and (workers > 1 or nodes > 1):
+        raise ValueError(f"{url}: a sweep directory on object storage is worked from one host (--workers 1 --nodes 1, with "
+                         "--devices-per-worker K for several workers there); several hosts need a shared file system path")
+    sweep_dir = Path("runs", name) if url else Path(sweep_dir)
     (sweep_dir / "slurm").mkdir(parents=True, exist_ok=True)
-    cmd = worker_command(sweep_yaml, sweep_dir, overrides, devices_per_worker)
+    cmd = worker_command(sweep_yaml, url or sweep_dir, overrides, devices_per_worker)
     make = lambda: executor(sweep_dir, name, workers, partition, gpus_per_node, timeout_min, nodes, cpus_per_task, extra)  # noqa: E731
     if dry_run:
         with _stub_sbatch() as capture:
