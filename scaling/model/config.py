@@ -55,6 +55,18 @@ class ModelConfig:
     init_std: float = _f(0.02, "Std of the normal init of every matrix; output projections get init_std / sqrt(2 * n_layers).")
     dtype: Literal["auto", "float32", "bfloat16"] = _f("auto", "Compute dtype (params stay float32; softmax and loss in float32). auto: bfloat16 on GPU/TPU, float32 on CPU.")
     moe: Optional[MoEConfig] = _f(None, "Mixture-of-experts feed-forward blocks (null: dense model).")
+    parametrization: Literal["sp", "mup"] = _f(
+        "sp",
+        "sp: the standard parametrization (init_std everywhere, one learning rate). mup: the maximal update "
+        "parametrization (Yang et al. 2022, Tensor Programs V) relative to a base width, so that the best lr and "
+        "init_std found at the base transfer to every width: with m = d_model / mup_base_width, hidden matrices "
+        "(attention, MLP) start at init_std / sqrt(m) and take Adam steps of lr / m; embeddings, norms and the "
+        "unembedding keep init_std and lr; logits are multiplied by 1 / m; attention logits are q.k * "
+        "sqrt(mup_base_head_dim) / head_dim (1 / head_dim scaling). At d_model = mup_base_width (and head_dim = "
+        "mup_base_head_dim) the model, its init and its updates equal sp's exactly.",
+    )
+    mup_base_width: Optional[int] = _f(None, "muP: the base d_model, where muP equals sp (required with parametrization=mup).")
+    mup_base_head_dim: Optional[int] = _f(None, "muP: the base model's head dim (null: mup_base_width / n_heads).")
     attention: Literal["auto", "xla", "cudnn", "blocked"] = _f(
         "auto",
         "Attention kernel: xla or cudnn (passed to jax.nn.dot_product_attention(implementation=...); cudnn is GPU "
@@ -63,6 +75,20 @@ class ModelConfig:
         "until it is measured on a GPU here). The kernel is passed explicitly (JAX runs it or raises) and recorded in "
         "record.json (attention_kernel).",
     )
+
+    @property
+    def width_mult(self) -> float:
+        """muP's m = d_model / mup_base_width (1 under sp)."""
+        return self.d_model / self.mup_base_width if self.parametrization == "mup" else 1.0
+
+    @property
+    def attn_q_mult(self) -> float:
+        """Factor on the queries that turns the kernels' 1/sqrt(head_dim) into muP's sqrt(base head dim) / head_dim
+        (1 under sp)."""
+        if self.parametrization != "mup":
+            return 1.0
+        base = self.mup_base_head_dim or self.mup_base_width // self.n_heads
+        return (base / self.head_dim) ** 0.5
 
     @property
     def head_dim(self) -> int:
@@ -94,6 +120,20 @@ class ModelConfig:
             raise ConfigError(f"{where}: head dim d_model/n_heads={self.head_dim} must be even for rotary embeddings")
         if not self.init_std > 0:
             raise ConfigError(f"{where}.init_std must be > 0, got {self.init_std}")
+        if self.parametrization == "mup":
+            if self.mup_base_width is None or self.mup_base_width <= 0:
+                raise ConfigError(f"{where}.parametrization=mup needs {where}.mup_base_width, a positive d_model (the width its lr was tuned at), got {self.mup_base_width}")
+            if self.mup_base_head_dim is None and self.mup_base_width % self.n_heads:
+                raise ConfigError(f"{where}.mup_base_width={self.mup_base_width} is not a width this model can have with n_heads={self.n_heads} "
+                                  f"(not divisible); set {where}.mup_base_head_dim")
+            if self.mup_base_head_dim is not None and self.mup_base_head_dim <= 0:
+                raise ConfigError(f"{where}.mup_base_head_dim must be a positive head dim, got {self.mup_base_head_dim}")
+            if self.tie_embeddings:
+                raise ConfigError(f"{where}.parametrization=mup unties the embeddings (the input and output layers scale differently); set {where}.tie_embeddings=false")
+            if self.moe is not None:
+                raise ConfigError(f"{where}.parametrization=mup is defined here for dense models only (the router's scaling is not); use sp with {where}.moe")
+        elif self.mup_base_width is not None or self.mup_base_head_dim is not None:
+            raise ConfigError(f"{where}.mup_base_width / mup_base_head_dim are muP settings; set {where}.parametrization=mup or remove them")
         if self.moe is not None:
             self.moe.validate(f"{where}.moe")
             if self.ff_dim % self.moe.granularity:

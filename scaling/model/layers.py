@@ -2,7 +2,9 @@
 (grouped-query) attention and the SwiGLU / GELU feed-forward. Shape letters and logical axes: ``scaling.model.axes``.
 
 Init: every matrix ~ N(0, init_std^2); the two output projections of each block (attention out, MLP down) use
-init_std / sqrt(2 * n_layers) (GPT-2); norms start at one. Parameters are float32; matmuls run in the compute
+init_std / sqrt(2 * n_layers) (GPT-2); norms start at one. Under muP (``model.parametrization``) the hidden
+matrices (all of attention and the MLP) are divided by sqrt(m), m = d_model / mup_base_width, and the queries are
+scaled so that attention logits go as 1 / head_dim; ``hidden_std`` is the one place. Parameters are float32; matmuls run in the compute
 dtype (bfloat16 on accelerators by default); attention softmax, logits and the loss are float32.
 """
 
@@ -83,10 +85,19 @@ def apply_rope(x_BLNH: jax.Array, sin_LR: jax.Array, cos_LR: jax.Array) -> jax.A
     return out.astype(x_BLNH.dtype)
 
 
+def hidden_std(cfg: ModelConfig) -> tuple[float, float]:
+    """Init std of a hidden matrix and of a block's output projection: init_std (/ sqrt(2 n_layers) for the
+    output ones), divided by sqrt(m) under muP (variance ~ 1 / fan_in: the same at every width relative to the
+    base)."""
+    std = cfg.init_std / math.sqrt(cfg.width_mult) if cfg.width_mult != 1.0 else cfg.init_std
+    return std, std / math.sqrt(2 * cfg.n_layers)
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         D, N, G, H = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
-        std, out_std = cfg.init_std, cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        std, out_std = hidden_std(cfg)
+        self.q_mult = cfg.attn_q_mult
         self.wq_DNH = normal(rngs, "DNH", (D, N, H), std)
         self.wk_DGH = normal(rngs, "DGH", (D, G, H), std)
         self.wv_DGH = normal(rngs, "DGH", (D, G, H), std)
@@ -105,6 +116,8 @@ class Attention(nnx.Module):
         if self.q_norm is not None:
             q_BLNH, k_BLGH = self.q_norm(q_BLNH), self.k_norm(k_BLGH)
         q_BLNH, k_BLGH = apply_rope(q_BLNH, sin_LR, cos_LR), apply_rope(k_BLGH, sin_LR, cos_LR)
+        if self.q_mult != 1.0:  # muP: the kernels divide by sqrt(head_dim); this makes it sqrt(base) / head_dim
+            q_BLNH = q_BLNH * jnp.asarray(self.q_mult, q_BLNH.dtype)
         if self.implementation == "blocked":
             o_BLNH = blocked_causal(q_BLNH, k_BLGH, v_BLGH)
         else:
@@ -118,7 +131,7 @@ class MLP(nnx.Module):
     """SwiGLU (gate, up, down) or GELU (up, down) feed-forward without biases."""
 
     def __init__(self, cfg: ModelConfig, d_ff: int, rngs: nnx.Rngs):
-        D, std, out_std = cfg.d_model, cfg.init_std, cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        D, (std, out_std) = cfg.d_model, hidden_std(cfg)
         self.kind = cfg.mlp
         self.w_gate_DF = normal(rngs, "DF", (D, d_ff), std) if cfg.mlp == "swiglu" else None
         self.w_up_DF = normal(rngs, "DF", (D, d_ff), std)

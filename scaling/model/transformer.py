@@ -59,20 +59,36 @@ class Transformer(nnx.Module):
 
     def __call__(self, tokens_BL: jax.Array, remat: str = "none") -> tuple[jax.Array, dict]:
         """``remat`` (``train.remat``): none, block (keep matmul outputs) or full (keep only block inputs)."""
+        return self._forward(tokens_BL, remat, None)
+
+    def activations(self, tokens_BL: jax.Array) -> dict[str, jax.Array]:
+        """The residual stream after the embedding and after each block, and the logits (the coordinate check of
+        ``model.parametrization``)."""
+        seen: dict[str, jax.Array] = {}
+        seen["logits"] = self._forward(tokens_BL, "none", seen)[0]
+        return seen
+
+    def _forward(self, tokens_BL, remat, seen):
         cfg, dt = self.cfg, compute_dtype(self.cfg)
         L = tokens_BL.shape[1]
         sin_LR, cos_LR = rope_tables(L, cfg.head_dim, cfg.rope_theta)
         x_BLD = jnp.take(self.embed_VD[...], tokens_BL, axis=0).astype(dt)
+        if seen is not None:
+            seen["embed"] = x_BLD
         run = _run_block if remat == "none" else nnx.remat(_run_block, policy=REMAT_POLICIES[remat])
         aux_layers = []
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             x_BLD, aux = run(block, x_BLD, sin_LR, cos_LR)
+            if seen is not None:
+                seen[f"block{i}"] = x_BLD
             if aux:
                 aux_layers.append(aux)
         x_BLD = self.final_norm(x_BLD)
         w_DV = self.embed_VD[...].T if self.unembed_DV is None else self.unembed_DV[...]
         # logits accumulate in float32 whatever the compute dtype: the softmax over V is where bf16 would hurt
         logits_BLV = jnp.einsum("bld,dv->blv", x_BLD, w_DV.astype(dt), preferred_element_type=jnp.float32)
+        if cfg.width_mult != 1.0:  # muP's output multiplier: logits stay O(1) as the width grows
+            logits_BLV = logits_BLV * (1.0 / cfg.width_mult)
         return logits_BLV.astype(jnp.float32), stack_aux(aux_layers)
 
 

@@ -650,7 +650,7 @@ def _drive(members, state_tuple, graphdef, shardings, eval_fn, par, should_stop,
     # the kernel is passed explicitly to jax.nn.dot_product_attention, which runs it or raises: no fallback to hide
     for m in members:
         m.write_record(attention_kernel=attention_implementation(cfg.model), attention_requested=cfg.model.attention,
-                       stack_size=len(members))
+                       stack_size=len(members), parametrization=cfg.model.parametrization, mup_width_mult=cfg.model.width_mult)
 
     live = list(range(len(members)))  # members still training (a diverged one is dropped, the others go on)
     eval_every = cfg.train.eval_every or steps  # 0: only the final evaluation

@@ -5,7 +5,8 @@ The learning rate is an *array* that enters the train step each step (not a Pyth
 at compile time), so one compiled step serves runs that differ in lr, schedule or length, and a stack of models can
 carry one lr each. ``lr_table`` evaluates the schedule for every step of a run once, before training; the schedules
 are optax's own (the same arithmetic as ``optax.warmup_cosine_decay_schedule`` & co.). The update is optax's AdamW
-chain with the lr applied last, exactly as ``optax.adamw`` does.
+chain with the lr applied last, exactly as ``optax.adamw`` does; under muP (``model.parametrization``) the lr of
+each hidden matrix is divided by the width multiplier there (``lr_multiplier``).
 """
 
 from __future__ import annotations
@@ -88,6 +89,17 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(*parts)
 
 
-def apply_lr(updates, lr: jax.Array):
+def lr_multiplier(path, x, width_mult: float) -> float:
+    """muP's per-parameter learning-rate factor: 1 / m for the hidden matrices (the blocks' matrices: attention and
+    MLP), 1 for embeddings, the unembedding and norm scales (whose fan-in or fan-out stays finite)."""
+    hidden = x.ndim >= 2 and any(getattr(k, "key", None) == "blocks" for k in path)
+    return 1.0 / width_mult if hidden else 1.0
+
+
+def apply_lr(updates, lr: jax.Array, width_mult: float = 1.0):
+    """Multiply by -lr (times muP's per-parameter factor when ``width_mult`` != 1; sp's arithmetic is unchanged)."""
     step_size = -1 * lr
-    return jax.tree.map(lambda u: jnp.array(step_size, dtype=u.dtype) * u, updates)
+    if width_mult == 1.0:
+        return jax.tree.map(lambda u: jnp.array(step_size, dtype=u.dtype) * u, updates)
+    return jax.tree_util.tree_map_with_path(
+        lambda p, u: jnp.array(step_size * lr_multiplier(p, u, width_mult), dtype=u.dtype) * u, updates)

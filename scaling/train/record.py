@@ -108,6 +108,9 @@ HASHED_WHEN_SET = {
     ("data", "vocab_size"): None,
     ("data", "bpe_sample_bytes"): 128 * 2**20,
     ("data", "eos_token"): None,
+    ("model", "parametrization"): "sp",
+    ("model", "mup_base_width"): None,
+    ("model", "mup_base_head_dim"): None,
 }
 
 

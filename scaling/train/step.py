@@ -54,6 +54,7 @@ def train_step_fn(graphdef: nnx.GraphDef, cfg: RunConfig) -> Callable:
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     tx = make_optimizer(cfg.train)
     A = cfg.train.grad_accum
+    width_mult = cfg.model.width_mult  # muP: hidden matrices step lr / m (scaling.train.optim.lr_multiplier)
     bias_rate = cfg.model.moe.bias_update_rate if cfg.model.moe is not None and cfg.model.moe.bias_balancing else None
 
     def step(state: TrainState, tokens_BL1, lr):
@@ -76,7 +77,7 @@ def train_step_fn(graphdef: nnx.GraphDef, cfg: RunConfig) -> Callable:
         metrics["grad_norm"] = optax.global_norm(grads)
         metrics["lr"] = lr
         updates, opt = tx.update(grads, state.opt, params)
-        params = optax.apply_updates(params, apply_lr(updates, lr))
+        params = optax.apply_updates(params, apply_lr(updates, lr, width_mult))
         if bias_rate is not None:
             rest = update_router_biases(rest, aux["load"], bias_rate)
         return TrainState(state.step + 1, params, rest, opt), {"metrics": metrics, "aux": aux}
