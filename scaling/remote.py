@@ -236,14 +236,18 @@ class Mirror:
         if self._state.get(rel) == [st.st_size, st.st_mtime_ns]:
             return 0
         dst = self._remote_path(rel)
-        if rel.endswith(".jsonl"):  # appended to while we read: up to the last complete line
-            data = src.read_bytes()
-            data = data[: data.rfind(b"\n") + 1]
-            with dst.open("wb") as f:
-                f.write(data)
-        else:
-            with open(src, "rb") as f, dst.open("wb") as g:
-                shutil.copyfileobj(f, g, 1 << 22)
+        try:
+            f = open(src, "rb")  # once open, the file reads whole even if orbax prunes it meanwhile
+        except FileNotFoundError:
+            return 0
+        with f:
+            if rel.endswith(".jsonl"):  # appended to while we read: up to the last complete line
+                data = f.read()
+                with dst.open("wb") as g:
+                    g.write(data[: data.rfind(b"\n") + 1])
+            else:
+                with dst.open("wb") as g:
+                    shutil.copyfileobj(f, g, 1 << 22)
         self._state[rel] = [st.st_size, st.st_mtime_ns]
         return 1
 

@@ -92,3 +92,18 @@ def test_coordinate_check_flat_in_width_under_mup_and_growing_under_sp(coordinat
 def test_mup_settings_are_checked(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, tiny_overrides() + override)
+
+
+def test_sweep_plan_says_where_each_runs_lr_comes_from(tmp_path):
+    import yaml
+
+    from .conftest import ROOT, run_cli
+
+    raw = yaml.safe_load((ROOT / "sweeps" / "tiny_isoflop.yaml").read_text())
+    raw["base"]["model"].update(parametrization="mup", mup_base_width=16, mup_base_head_dim=16)
+    raw["recipe"] = {"lr_base": 1e-2, "lr_exponent": 0}  # muP: one lr for every width
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    p = run_cli("sweep", "plan", str(tmp_path / "s.yaml"))
+    assert "learning rate: recipe lr = 0.01; per-run overrides win" in p.stdout
+    assert "parametrization: muP relative to d_model 16" in p.stdout
+    assert p.stdout.count("1.00e-02") == 6  # every run of the plan table

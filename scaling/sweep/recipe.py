@@ -29,6 +29,14 @@ class Recipe:
     min_batch_size: int = _f(8, "Smallest batch size min_steps may reduce to.")
     respect_base: bool = _f(False, "Keep train.lr from base when it is set there.")
 
+    def describe(self, basis: str = "N") -> str:
+        """Where a run's learning rate comes from, in one line (``sweep plan``)."""
+        if not self.enabled:
+            return "train.lr from base for every run (recipe disabled)"
+        rule = (f"{self.lr_base:.3g}" if self.lr_exponent == 0 else
+                f"{self.lr_base:.3g} x ({basis} / {self.lr_ref_params:.3g})^{self.lr_exponent:g}, clipped to [{self.lr_min:.3g}, {self.lr_max:.3g}]")
+        return f"recipe lr = {rule}" + (" unless base sets train.lr" if self.respect_base else "") + "; per-run overrides win"
+
     def lr(self, n_params: float) -> float:
         lr = self.lr_base * (n_params / self.lr_ref_params) ** self.lr_exponent
         return float(min(self.lr_max, max(self.lr_min, lr)))
