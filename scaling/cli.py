@@ -77,6 +77,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(str(e), file=sys.stderr)
         return stop.exit_code
     except Exception as e:
+        from scaling.remote import PushFailed
+
+        if isinstance(e, PushFailed):
+            print(f"storage error: {e}", file=sys.stderr)
+            return EX_IOERR
         if storage_cause(e):  # before ValueError: orbax and TensorStore report a full disk as one
             print(f"storage error: {storage_message(e, args.out)}; the last checkpoint is kept: free space or fix the mount, then rerun to resume",
                   file=sys.stderr)

@@ -50,6 +50,10 @@ class RemoteError(ValueError):
     """Object storage that cannot be used: a missing fsspec package, an unreachable or missing bucket (one line)."""
 
 
+class PushFailed(RemoteError):
+    """The final push did not reach the bucket: a storage failure (exit 74); the staging directory keeps everything."""
+
+
 def is_url(path: str | os.PathLike | None) -> bool:
     """True for an object-storage URL (``gs://bucket/dir``); local paths and ``file://`` are not."""
     return path is not None and "://" in str(path) and not str(path).startswith("file://")
@@ -183,7 +187,7 @@ class Mirror:
                 (self.local / rel).unlink()
                 removed += 1
         _prune_empty_dirs(self.local)
-        self._state = {k: v for k, v in state.items() if k in wanted}
+        self._state = {k: v for k, v in state.items() if k in wanted or (skip and skip(k))}
         self._write_state()
         return {"downloaded": got, "unchanged": kept, "removed": removed, "incomplete_checkpoints": sorted(incomplete)}
 
@@ -286,7 +290,7 @@ class Mirror:
         try:
             return self.push()
         except Exception as e:
-            raise RemoteError(f"{self.url}: the final push failed ({type(e).__name__}: {e}); {self.local} keeps every file, "
+            raise PushFailed(f"{self.url}: the final push failed ({type(e).__name__}: {e}); {self.local} keeps every file, "
                               "rerun the command on this machine to push them") from None
 
     def __enter__(self) -> "Mirror":
@@ -347,4 +351,4 @@ def _prune_empty_dirs(root: Path) -> None:
                 pass
 
 
-__all__ = ["Mirror", "RemoteError", "is_url", "local_workdir", "staging_dir"]
+__all__ = ["Mirror", "PushFailed", "RemoteError", "is_url", "local_workdir", "staging_dir"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from scaling.remote import COMMIT, Mirror, RemoteError
+from scaling.remote import COMMIT, Mirror, PushFailed, RemoteError
 
 from .conftest import ROOT, run_cli, tiny_overrides
 from .support.fake_bucket import register
@@ -73,6 +73,24 @@ def test_the_bucket_holds_complete_checkpoints_whole_files_and_lines(bucket, tmp
     assert m.push()["deleted"] == 2 and not _files(store / "run" / "checkpoints" / "10")
     (local / "events.jsonl").write_text('{"e": 1}\n')
     assert m.pull()["removed"] == 0 and (local / "events.jsonl").exists()
+
+
+def test_a_failed_final_push_keeps_everything_for_the_next_command(bucket, tmp_path, monkeypatch):
+    store, _ = bucket
+    m = Mirror("gs://bkt/run", local=tmp_path / "work")
+    m.check()
+    m.pull()
+    (tmp_path / "work" / "record.json").write_text('{"status": "completed"}')
+
+    def down(rel):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(m, "_upload_if_changed", down)
+    with pytest.raises(PushFailed, match="the final push failed .*rerun the command on this machine"):
+        m.close()
+    again = Mirror("gs://bkt/run", local=tmp_path / "work")  # the next command: the unpushed file survives its pull
+    again.pull()
+    assert again.push()["uploaded"] == 1 and (store / "run" / "record.json").read_text() == '{"status": "completed"}'
 
 
 def test_a_bucket_that_cannot_be_used_is_one_line(bucket, tmp_path):

@@ -179,11 +179,16 @@ def cmd_run(args) -> int:
     quiet_library_noise()
     spec = _load(args.sweep, args.set)
     out = args.out or os.path.join("runs", spec.name)
-    from scaling.remote import RemoteError, local_workdir
+    from scaling.remote import PushFailed, RemoteError, local_workdir
 
     try:  # an object-storage --out is worked in a local copy, pushed periodically and at the end (scaling/remote.py)
         with local_workdir(out, "sweep") as local:
             return _run(args, spec, local, out, stop)
+    except PushFailed as e:
+        from scaling.storage import EX_IOERR
+
+        print(f"storage error: {e}", file=sys.stderr)
+        return EX_IOERR
     except RemoteError as e:
         print(f"sweep error: {e}", file=sys.stderr)
         return 2
