@@ -109,6 +109,22 @@ def _fit_isoflop(df, args) -> tuple[dict, str]:
     return out, text
 
 
+def _option_kwargs(args) -> dict:
+    """The constructor arguments of ``args.law`` from its declared options (``Law.options``); a flag another law
+    declares as ``only`` is refused with this one."""
+    from analysis.laws import LAW_ALIASES, LAWS, law_options
+
+    cls = LAWS[LAW_ALIASES[args.law][0] if args.law in LAW_ALIASES else args.law]
+    kw = {}
+    for opt, owners in law_options():
+        value = getattr(args, opt.dest, opt.default)
+        if opt in cls.options:
+            kw[opt.kwarg] = (not value) if opt.invert else value
+        elif opt.only and value not in (None, False, opt.default):
+            raise AnalysisError(f"{opt.flag} applies to the {' / '.join(owners)} law only")
+    return kw
+
+
 def _fit_law(df, args, progress: bool):
     from analysis.laws import make_law
     from analysis.uncertainty import bootstrap
@@ -116,14 +132,7 @@ def _fit_law(df, args, progress: bool):
     kw: dict = {"delta": args.delta}
     if args.top_starts is not None:  # else the law's own default (the surface law optimises its 256 best starts)
         kw["top_starts"] = args.top_starts
-    if args.law == "power":
-        kw.update(x=args.x, offset=not args.no_offset)
-    if args.tie_exponents:
-        if args.law not in ("chinchilla", "chinchilla-tied"):
-            raise AnalysisError("--tie-exponents applies to the chinchilla law only")
-        kw["tie_exponents"] = True
-    if args.law == "frontier":
-        kw.update(method=args.method, gap_dex=args.gap_dex, keep_unbracketed=args.keep_unbracketed)
+    kw.update(_option_kwargs(args))
     law = make_law(args.law, **kw).fit(df, progress=progress)
     if args.bootstrap:
         bootstrap(law, df, n=args.bootstrap, seed=args.seed, progress=progress)
@@ -144,17 +153,9 @@ def _fit_law(df, args, progress: bool):
     out.pop("bootstrap_samples")
     if out.get("calibration"):
         out["calibration"] = {k: v for k, v in out["calibration"].items() if k != "residuals"}
-    extra = cal_text
-    if law.name == "chinchilla":
-        Cs = np.logspace(np.log10(df["C"].max()), np.log10(df["C"].max()) + 4, 5)
-        opt = law.compute_optimal_interval(Cs)
-        out["compute_optimal"] = opt.to_dict(orient="records")
-        extra += (
-            f"\ncompute-optimal allocation (C = {law.flops_per_param_token:.3g} N D, the table's median FLOPs per parameter-token):\n"
-            + opt.to_string(index=False, float_format=lambda v: f"{v:.4g}")
-        )
-    if law.name == "frontier" and law.minima is not None:
-        extra += "\nIsoFLOP minima fitted:\n" + law.minima[["budget", "N_opt", "loss_opt"]].to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    fields, summary = law.fit_summary(df)
+    out.update(fields)
+    extra = cal_text + summary
     text = (
         f"{args.law} law ({law.form}) on {law.n_points} points: objective {law.objective:.10g}, "
         f"{law.search.get('optimised_starts', '?')} starts, fit {law.fit_time_s:.2f}s\n" + _fmt_params(law) + _fmt_notes(law.notes) + extra
@@ -458,23 +459,22 @@ def _runs_args(p: argparse.ArgumentParser) -> None:
 
 def add_analysis_parsers(sub) -> None:
     from analysis.errors import ISOFLOP_METHODS as METHODS
-    from analysis.laws import law_names
+    from analysis.laws import law_names, law_options
 
     fit_choices = law_names() + ["isoflop"]
     f = _one_line_errors(sub.add_parser("fit", help="fit a scaling law to a runs table", description="Fit a scaling law; --json prints one JSON object."))
     f.add_argument("law", choices=fit_choices, help=f"one of {', '.join(fit_choices)}")
     _runs_args(f)
-    f.add_argument("--x", choices=["N", "D", "C"], default="C", help="power law: the variable (default C)")
-    f.add_argument("--no-offset", action="store_true", help="power law without the irreducible term E")
-    f.add_argument("--tie-exponents", action="store_true", help="chinchilla: beta = alpha (Gadre et al. 2024; same as law chinchilla-tied)")
+    for opt, _ in law_options():  # each law form's own flags (analysis/laws/<form>.py: Law.options)
+        if opt.store_true:
+            f.add_argument(opt.flag, action="store_true", help=opt.help)
+        else:
+            f.add_argument(opt.flag, choices=list(opt.choices) if opt.choices else None, type=opt.type, default=opt.default, help=opt.help)
     f.add_argument("--bootstrap", type=int, default=None, metavar="N", help="bootstrap resamples for intervals (default 0; isoflop 1000)")
     f.add_argument("--jobs", type=int, default=None, help=argparse.SUPPRESS)  # accepted for compatibility; the batched bootstrap runs in one process
     f.add_argument("--delta", type=float, default=1e-3, help="Huber delta on log residuals")
     f.add_argument("--all-starts", action="store_true", help="optimise every start of the grid (the default; kept for compatibility)")
     f.add_argument("--top-starts", type=int, default=None, metavar="K", help="optimise only the K best-scoring grid starts (faster, may miss the optimum)")
-    f.add_argument("--method", choices=METHODS, default=None, help="isoflop/frontier: minimum per budget (default local)")
-    f.add_argument("--keep-unbracketed", action="store_true", help="isoflop/frontier: keep budgets whose lowest loss is at an end of the sizes")
-    f.add_argument("--gap-dex", type=float, default=0.1, help="isoflop/frontier: log10 C gap that separates budgets (without a budget column)")
     f.add_argument("--by", metavar="COLUMN", default=None, help="fit each value of COLUMN separately (e.g. --by variant for dense vs MoE)")
     f.add_argument("--save", metavar="FIT.json", help="save the fit (reload with `scaling predict`); with --by, one file per group")
     f.add_argument("--no-calibrate", action="store_true", help="skip the backtests that measure the law's extrapolation error (then `predict` gives fit-only intervals)")

@@ -26,7 +26,8 @@ One law form per file (``chinchilla``, ``power``, ``kaplan``, ``frontier``, ``mo
 by ``@register`` from ``base``; importing this package registers them all, in this order (``law_names``).
 """
 
-from analysis.laws.base import LAW_ALIASES, LAWS, Law, law_names, load_fit, make_law, register, table_flops_per_param_token
+from analysis.laws.base import (LAW_ALIASES, LAWS, Law, Option, law_names, law_options, load_fit, make_law, register,
+                                table_flops_per_param_token)
 from analysis.laws.chinchilla import ChinchillaLaw, compute_optimal_from_theta
 from analysis.laws.power import PowerLaw
 from analysis.laws.kaplan import KaplanLaw
@@ -36,6 +37,6 @@ from analysis.laws.surface import HUBER_K, SurfaceLaw
 
 __all__ = [
     "HUBER_K", "LAWS", "LAW_ALIASES", "ChinchillaLaw", "ClarkLaw", "FrontierLaw", "KaplanLaw", "KrajewskiLaw", "Law",
-    "PowerLaw", "SurfaceLaw", "compute_optimal_from_theta", "law_names", "load_fit", "make_law", "moe_inputs",
+    "Option", "PowerLaw", "SurfaceLaw", "compute_optimal_from_theta", "law_names", "law_options", "load_fit", "make_law", "moe_inputs",
     "register", "table_flops_per_param_token",
 ]

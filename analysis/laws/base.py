@@ -7,6 +7,7 @@ import itertools
 import json
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -15,6 +16,36 @@ import numpy as np
 from analysis.errors import AnalysisError, FitError
 from analysis.optim import Model, huber, minimize_batched, polish
 from analysis.progress import progress_bar
+
+
+@dataclass(frozen=True)
+class Option:
+    """A fit option a law form declares: its command-line flag (``scaling fit``) and the keyword argument of the
+    law's constructor it sets. ``invert``: a store_true flag that sets the argument False (``--no-offset``);
+    ``only``: passing the flag with another law is refused (else it is ignored by laws that do not declare it)."""
+
+    flag: str
+    kwarg: str
+    help: str
+    store_true: bool = False
+    invert: bool = False
+    choices: tuple | None = None
+    type: Any = None
+    default: Any = None
+    only: bool = False
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+def law_options() -> list[tuple[Option, list[str]]]:
+    """Every registered law's options, each with the laws that declare it (first declaration of a flag wins)."""
+    out: dict[str, tuple[Option, list[str]]] = {}
+    for name, cls in LAWS.items():
+        for opt in cls.options:
+            out.setdefault(opt.flag, (opt, []))[1].append(name)
+    return list(out.values())
 
 
 LAWS: dict[str, type["Law"]] = {}
@@ -58,6 +89,11 @@ class Law(ABC):
     theta_names: tuple[str, ...]
     form: str = ""
     validate_in_all: ClassVar[bool] = False  # compared by `scaling validate --law all`
+    options: ClassVar[tuple[Option, ...]] = ()  # constructor arguments `scaling fit` exposes as flags
+
+    def fit_summary(self, df: "pd.DataFrame") -> tuple[dict, str]:
+        """What `scaling fit` adds for this law beyond its parameters: (fields for the JSON, text lines)."""
+        return {}, ""
 
     def __init__(self, delta: float = 1e-3, grid: dict[str, list[float]] | None = None, top_starts: int | None = None):
         self.delta = delta

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from analysis.laws.base import Law, _lse_design, register, table_flops_per_param_token
+from analysis.laws.base import Law, Option, _lse_design, register, table_flops_per_param_token
 from analysis.optim import LSEAffineModel
 
 
@@ -20,6 +20,16 @@ class ChinchillaLaw(Law):
     name = "chinchilla"
     inputs = ("N", "D")
     validate_in_all = True
+    options = (Option("--tie-exponents", "tie_exponents", "chinchilla: beta = alpha (Gadre et al. 2024; same as law chinchilla-tied)",
+                      store_true=True, only=True),)
+
+    def fit_summary(self, df: pd.DataFrame) -> tuple[dict, str]:
+        """The compute-optimal allocation over four decades above the table's largest budget."""
+        Cs = np.logspace(np.log10(df["C"].max()), np.log10(df["C"].max()) + 4, 5)
+        opt = self.compute_optimal_interval(Cs)
+        text = (f"\ncompute-optimal allocation (C = {self.flops_per_param_token:.3g} N D, the table's median FLOPs per parameter-token):\n"
+                + opt.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        return {"compute_optimal": opt.to_dict(orient="records")}, text
 
     def __init__(self, tie_exponents: bool = False, flops_per_param_token: float | None = None, **kw):
         super().__init__(**kw)

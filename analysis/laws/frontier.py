@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from analysis.errors import DEFAULT_ISOFLOP_METHOD, FitError
-from analysis.laws.base import register
+from analysis.errors import DEFAULT_ISOFLOP_METHOD, ISOFLOP_METHODS, FitError
+from analysis.laws.base import Option, register
 from analysis.laws.power import PowerLaw
 
 
@@ -18,6 +18,15 @@ class FrontierLaw(PowerLaw):
 
     name = "frontier"
     validate_in_all = True
+    # the same three as `scaling fit isoflop` (analysis.isoflop), which reads them too
+    options = (Option("--method", "method", "isoflop/frontier: minimum per budget (default local)", choices=tuple(ISOFLOP_METHODS)),
+               Option("--keep-unbracketed", "keep_unbracketed", "isoflop/frontier: keep budgets whose lowest loss is at an end of the sizes", store_true=True),
+               Option("--gap-dex", "gap_dex", "isoflop/frontier: log10 C gap that separates budgets (without a budget column)", type=float, default=0.1))
+
+    def fit_summary(self, df) -> tuple[dict, str]:
+        if self.minima is None:
+            return {}, ""
+        return {}, "\nIsoFLOP minima fitted:\n" + self.minima[["budget", "N_opt", "loss_opt"]].to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
     def __init__(self, method: str | None = None, gap_dex: float = 0.1, keep_unbracketed: bool = False, **kw):
         kw.pop("x", None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from analysis.errors import FitError
-from analysis.laws.base import Law, _lse_design, register
+from analysis.laws.base import Law, Option, _lse_design, register
 from analysis.optim import LSEAffineModel
 
 
@@ -15,6 +15,8 @@ class PowerLaw(Law):
 
     name = "power"
     theta_names = ("a", "alpha", "e")
+    options = (Option("--x", "x", "power law: the variable (default C)", choices=("N", "D", "C"), default="C"),
+               Option("--no-offset", "offset", "power law without the irreducible term E", store_true=True, invert=True))
 
     def __init__(self, x: str = "C", offset: bool = True, **kw):
         if x not in ("N", "D", "C"):
