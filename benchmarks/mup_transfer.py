@@ -66,7 +66,9 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--lr-min", type=float, default=2e-3)
     ap.add_argument("--n-lr", type=int, default=13)
-    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--seeds", type=int, default=1, help="seeds per point (losses averaged)")
+    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--parametrizations", nargs="+", choices=["sp", "mup"], default=["sp", "mup"])
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     lrs = grid(args.lr_min, args.n_lr)
@@ -77,9 +79,10 @@ def main() -> int:
     best: dict[tuple[str, int], float] = {}
     t0 = time.time()
     with tempfile.TemporaryDirectory() as d:
-        for par in ("sp", "mup"):
+        for par in args.parametrizations:
             for w in args.widths:
-                losses = np.mean([run(par, w, base, lrs, args.steps, s, Path(d)) for s in range(args.seeds)], axis=0)
+                seeds = range(args.first_seed, args.first_seed + args.seeds)
+                losses = np.mean([run(par, w, base, lrs, args.steps, s, Path(d)) for s in seeds], axis=0)
                 g, p = best_lr(lrs, list(losses))
                 best[(par, w)] = p
                 row = " | ".join("div" if not math.isfinite(v) else f"{v:.4f}" for v in losses)
@@ -87,7 +90,7 @@ def main() -> int:
                 print(lines[-1], f"({time.time() - t0:.0f} s)", flush=True)
     lines.append("")
     top = max(args.widths)
-    for par in ("sp", "mup"):
+    for par in args.parametrizations:
         drift = math.log(best[(par, top)] / best[(par, base)]) / math.log(math.sqrt(2))
         lines.append(f"{par}: best lr {best[(par, base)]:.3g} at width {base}, {best[(par, top)]:.3g} at width {top}: "
                      f"{drift:+.2f} sqrt(2) steps ({'within' if abs(drift) <= 1 else 'beyond'} one step)")
