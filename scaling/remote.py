@@ -320,7 +320,11 @@ def local_workdir(out: str, what: str = "run", skip: Callable[[str], bool] | Non
     say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     m = Mirror(out, log=say)
     m.check()
-    got = m.pull(skip=skip)
+    try:
+        got = m.pull(skip=skip)
+    except Exception as e:  # the store answered the check, then failed mid-pull (network, permissions)
+        raise RemoteError(f"{out}: the pull into {m.local} failed ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
+                          "rerun when the store is reachable (what was pulled is kept)") from None
     gap = f", {len(got['incomplete_checkpoints'])} incomplete checkpoint(s) left out" if got["incomplete_checkpoints"] else ""
     say(f"{out}: working in {m.local} (pulled {got['downloaded']} file(s), {got['unchanged']} unchanged{gap})"
         + (f"; pushed every {m.every:.0f} s and at the end" if push else ""))

@@ -93,6 +93,20 @@ def test_a_failed_final_push_keeps_everything_for_the_next_command(bucket, tmp_p
     assert again.push()["uploaded"] == 1 and (store / "run" / "record.json").read_text() == '{"status": "completed"}'
 
 
+def test_a_pull_that_fails_mid_way_is_one_line(bucket, tmp_path, monkeypatch):
+    """The store answers the reachability check, then the connection drops while listing: one line, no traceback."""
+    from scaling.remote import local_workdir
+
+    def reset(self):
+        raise ConnectionError("connection reset by peer")
+
+    monkeypatch.setattr(Mirror, "_list_remote", reset)
+    monkeypatch.setenv("SCALING_STAGING", str(tmp_path / "staging"))
+    with pytest.raises(RemoteError, match=r"the pull into .* failed \(ConnectionError: connection reset by peer\)"):
+        with local_workdir("gs://bkt/run"):
+            pass
+
+
 def test_a_bucket_that_cannot_be_used_is_one_line(bucket, tmp_path):
     with pytest.raises(RemoteError, match="the bucket gs://nobucket does not exist"):
         Mirror("gs://nobucket/run", local=tmp_path / "w").check()
