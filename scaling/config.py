@@ -24,6 +24,7 @@ from scaling.configbase import (
     _deepcopy,
     describe_fields as _describe_fields,
     from_dict,
+    load_yaml_file,
     merge_dicts,
     parse_overrides,
     set_by_path,
@@ -271,14 +272,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raw = _deepcopy(base)
     if path is not None:
         p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-        except OSError as e:
-            raise ConfigError(f"config file {str(p)!r} cannot be read: {e.strerror or e}") from None
+        loaded = load_yaml_file(p, "config file")
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(p)!r} must hold a mapping with sections model/data/train/log")
         raw = merge_dicts(raw, loaded)

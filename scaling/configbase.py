@@ -141,6 +141,22 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
     return cls(**kwargs)
 
 
+def load_yaml_file(path: Any, what: str) -> Any:
+    """The YAML document in ``path``; ``ConfigError`` naming ``what`` (e.g. 'config file') and the path when the file
+    is missing, unreadable or not YAML (an empty file reads as ``{}``)."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{what} {str(p)!r} does not exist")
+    try:
+        return yaml.safe_load(p.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{what} {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except OSError as e:
+        raise ConfigError(f"{what} {str(p)!r} cannot be read: {e.strerror or e}") from None
+
+
 def set_by_path(tree: dict, dotted: str, value: Any) -> None:
     """``set_by_path(d, 'train.lr', 1e-3)``: set a nested dict entry, creating sections as needed."""
     parts = dotted.split(".")

@@ -117,7 +117,9 @@ class Mirror:
         scheme = self.url.split("://", 1)[0]
         try:
             self.root.exists()
-            bucket = self._remote_path(self.url.split("://", 1)[1].split("/", 1)[0], bucket=True)
+            from etils import epath
+
+            bucket = epath.Path(f"{scheme}://{self.url.split('://', 1)[1].split('/', 1)[0]}")
             if not bucket.exists():
                 raise RemoteError(f"{self.url}: the bucket {scheme}://{bucket.name} does not exist or cannot be read")
         except RemoteError:
@@ -128,11 +130,7 @@ class Mirror:
         except Exception as e:
             raise RemoteError(f"{self.url}: cannot reach the object store ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})") from None
 
-    def _remote_path(self, rel: str, bucket: bool = False):
-        from etils import epath
-
-        if bucket:
-            return epath.Path(f"{self.url.split('://', 1)[0]}://{rel}")
+    def _remote_path(self, rel: str):
         return self.root / rel if rel else self.root
 
     # -- pull ---------------------------------------------------------------------------------------------------

@@ -41,6 +41,14 @@ STALE_AFTER_S = 60.0
 # a stacked run's train_time_s / step_time_s are its share of the stack's (they add up to the stack's time);
 # tokens_per_sec is the stack's rate; stack_size says how many trained together
 TIMING_COLUMNS = ("tokens_per_sec", "step_time_s", "compile_time_s", "wall_time_s", "train_time_s", "stack_size")
+# runs.csv, column by column (what a plan gives and what each run's record gives: ``collect``)
+RUNS_COLUMNS = (
+    "run_id", "sweep", "status", "kind", "variant", "N", "N_active", "N_nonembedding", "D", "C", "budget", "loss",
+    "eval_loss", "eval_loss_stderr", "eval_bpb", "train_loss", "progress", "seed", "d_model", "n_layers", "n_heads",
+    "n_experts", "top_k", "granularity", "params_basis", "epochs", "eval_tokens", "warnings", "lr", "batch_size",
+    "steps", "role", "trunk_id", "branch_step", "C_spent", "flops_convention", *TIMING_COLUMNS, "error", "preemptions",
+    "restarts", "steps_recomputed",
+)
 
 
 class Claim:
@@ -217,8 +225,8 @@ def run_sweep(
         check_owner(sweep_dir, spec)
         (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
         if sweep_yaml is not None:
-            write_text_atomic(sweep_dir / "sweep.yaml", sweep_yaml)
-        write_text_atomic(sweep_dir / "plan.csv", pd.DataFrame([r.row() for r in plan]).to_csv(index=False))
+            write_atomic(sweep_dir / "sweep.yaml", sweep_yaml)
+        write_atomic(sweep_dir / "plan.csv", pd.DataFrame([r.row() for r in plan]).to_csv(index=False))
     owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     result = SweepResult([], [], [])
     overall = progress.add_task(f"sweep {spec.name}", total=len(plan), loss=float("nan"), tps=0.0) if progress else None
@@ -442,7 +450,7 @@ def _refine(spec, sweep_dir: Path, plan: list[PlannedRun], target_dex, max_added
     if not added:  # every proposed size snapped to a model the budget already has
         _event(sweep_dir, event="refine_stopped", round=round_, reason="the size rule has no new width where sizes were asked for", owner=owner)
         return None
-    write_text_atomic(sweep_dir / "plan.csv", pd.DataFrame([r.row() for r in new]).to_csv(index=False))
+    write_atomic(sweep_dir / "plan.csv", pd.DataFrame([r.row() for r in new]).to_csv(index=False))
     return new
 
 
@@ -472,8 +480,27 @@ def check_owner(sweep_dir: Path, spec: SweepSpec) -> None:
         raise ValueError(f"{sweep_dir} holds the sweep {name!r} ({path}); sweep {spec.name!r} would overwrite its plan and runs.csv: use another --out")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    write_atomic(path, text)
+def _record_columns(rec: dict) -> dict:
+    """The runs-table columns a run's record gives (planned or not): its status, losses, timing and interruptions."""
+    return {
+        "status": rec.get("status", "pending"),
+        "N_nonembedding": rec.get("n_params_nonembedding"),
+        "loss": rec.get("final_eval_loss"),
+        "eval_loss": rec.get("final_eval_loss"),
+        "eval_loss_stderr": rec.get("final_eval_loss_stderr"),
+        "eval_bpb": rec.get("final_eval_bpb"),
+        "train_loss": rec.get("final_train_loss"),
+        "progress": rec.get("progress", 0.0),
+        "eval_tokens": rec.get("eval_tokens"),
+        "warnings": " | ".join(rec.get("warnings") or []) or None,
+        "flops_convention": rec.get("flops_convention"),
+        **{c: rec.get(c) for c in TIMING_COLUMNS},
+        "error": rec.get("error"),
+        # interruptions: clean preemptions, restarts over an unfinished attempt, steps trained twice
+        "preemptions": rec.get("preemptions") or 0,
+        "restarts": rec.get("restarts") or 0,
+        "steps_recomputed": rec.get("steps_recomputed") or 0,
+    }
 
 
 def collect(spec: SweepSpec, sweep_dir: str | Path, plan: list[PlannedRun] | None = None) -> pd.DataFrame:
@@ -488,21 +515,14 @@ def collect(spec: SweepSpec, sweep_dir: str | Path, plan: list[PlannedRun] | Non
             {
                 "run_id": run.run_id,
                 "sweep": spec.name,
-                "status": rec.get("status", "pending"),
                 "kind": "moe" if cfg.model.moe else "dense",
                 "variant": run.variant,
+                **_record_columns(rec),
                 "N": rec.get("n_params", run.n_params),
                 "N_active": rec.get("n_params_active", run.n_params_active),
-                "N_nonembedding": rec.get("n_params_nonembedding"),
                 "D": rec.get("tokens", run.tokens),
                 "C": rec.get("flops", run.flops),
                 "budget": run.budget,
-                "loss": rec.get("final_eval_loss"),
-                "eval_loss": rec.get("final_eval_loss"),
-                "eval_loss_stderr": rec.get("final_eval_loss_stderr"),
-                "eval_bpb": rec.get("final_eval_bpb"),
-                "train_loss": rec.get("final_train_loss"),
-                "progress": rec.get("progress", 0.0),
                 "seed": run.seed,
                 "d_model": cfg.model.d_model,
                 "n_layers": cfg.model.n_layers,
@@ -512,8 +532,6 @@ def collect(spec: SweepSpec, sweep_dir: str | Path, plan: list[PlannedRun] | Non
                 "granularity": cfg.model.moe.granularity if cfg.model.moe else None,
                 "params_basis": spec.grid.params,
                 "epochs": rec.get("epochs", run.epochs),
-                "eval_tokens": rec.get("eval_tokens"),
-                "warnings": " | ".join(rec.get("warnings") or []) or None,
                 "lr": cfg.train.lr,
                 "batch_size": cfg.train.batch_size,
                 "steps": run.steps,
@@ -523,16 +541,9 @@ def collect(spec: SweepSpec, sweep_dir: str | Path, plan: list[PlannedRun] | Non
                 "trunk_id": run.trunk_id,
                 "branch_step": run.branch_step,
                 "C_spent": run.spent_flops,
-                "flops_convention": rec.get("flops_convention"),
-                **{c: rec.get(c) for c in TIMING_COLUMNS},
-                "error": rec.get("error"),
-                # interruptions: clean preemptions, restarts over an unfinished attempt, steps trained twice
-                "preemptions": rec.get("preemptions") or 0,
-                "restarts": rec.get("restarts") or 0,
-                "steps_recomputed": rec.get("steps_recomputed") or 0,
             }
         )
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows, columns=list(RUNS_COLUMNS))
     df["in_plan"] = True
     planned = set(df["run_id"]) if len(df) else set()
     extra = []  # runs recorded here whose config the (edited) sweep no longer plans: kept, never dropped from the table
@@ -540,16 +551,12 @@ def collect(spec: SweepSpec, sweep_dir: str | Path, plan: list[PlannedRun] | Non
         if d.parent.name in planned:
             continue
         rec = read_record(d.parent) or {}
-        extra.append({"run_id": d.parent.name, "sweep": spec.name, "status": rec.get("status", "pending"), "N": rec.get("n_params"),
-                      "N_active": rec.get("n_params_active"), "N_nonembedding": rec.get("n_params_nonembedding"), "D": rec.get("tokens"),
-                      "C": rec.get("flops"), "loss": rec.get("final_eval_loss"), "eval_loss": rec.get("final_eval_loss"),
-                      "eval_loss_stderr": rec.get("final_eval_loss_stderr"), "train_loss": rec.get("final_train_loss"),
-                      "seed": rec.get("seed"), "role": "run", "error": rec.get("error"), "in_plan": False,
-                      "preemptions": rec.get("preemptions") or 0, "restarts": rec.get("restarts") or 0,
-                      "steps_recomputed": rec.get("steps_recomputed") or 0})
+        extra.append({"run_id": d.parent.name, "sweep": spec.name, **_record_columns(rec), "N": rec.get("n_params"),
+                      "N_active": rec.get("n_params_active"), "D": rec.get("tokens"), "C": rec.get("flops"), "seed": rec.get("seed"),
+                      "role": "run", "in_plan": False})
     if extra:
         df = pd.concat([df, pd.DataFrame(extra)], ignore_index=True)
-    write_text_atomic(sweep_dir / "runs.csv", df.to_csv(index=False))
+    write_atomic(sweep_dir / "runs.csv", df.to_csv(index=False))
     try:
         import pyarrow  # noqa: F401
 

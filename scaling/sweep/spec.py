@@ -36,10 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
-
 from scaling.accounting import count_params, flops_per_token
 from scaling.config import ConfigError, RunConfig, _f, from_dict, load_config, merge_dicts, parse_overrides, set_by_path
+from scaling.configbase import load_yaml_file
 from scaling.sweep.recipe import Recipe
 from scaling.train.record import config_hash
 
@@ -188,14 +187,7 @@ def load_sweep_raw(path: str | Path, overrides: list[str] | None = None) -> dict
     """A sweep file as a dict, with ``--set key=value`` overrides applied to its ``base`` run config (e.g.
     ``data.source=DIR``); the dict is what a sweep directory records as its ``sweep.yaml``."""
     p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"sweep file {str(p)!r} does not exist")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"sweep file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-    except OSError as e:
-        raise ConfigError(f"sweep file {str(p)!r} cannot be read: {e.strerror or e}") from None
+    raw = load_yaml_file(p, "sweep file")
     if not isinstance(raw, dict):
         raise ConfigError(f"sweep file {str(p)!r} must hold a mapping (name, base, grid, ...)")
     if overrides:

@@ -470,7 +470,7 @@ class _Member:
         )
         return status, sig
 
-    def finalize(self, state: TrainState, eval_fn, par: Parallel, compile_time: float, t0: float) -> dict:
+    def finalize(self, state: TrainState, eval_fn, par: Parallel, compile_time: float) -> dict:
         """Phase 5: the final evaluation and the completed record."""
         self.flush()
         self.pre.ckpt.close()
@@ -705,7 +705,7 @@ def _drive(members, state_tuple, graphdef, shardings, eval_fn, par, should_stop,
                 status, sig = members[i].record_stop(should_stop)
             raise StopRequested(f"{status} at step {done}/{steps} ({sig or 'stop requested'}); rerun to resume", done, status, sig)
     each(lambda i: members[i].flush())
-    each(lambda i: members[i].finalize(state_tuple[i], eval_fn, par, compile_time, t0))
+    each(lambda i: members[i].finalize(state_tuple[i], eval_fn, par, compile_time))
 
 
 def load_params(run_dir: str | Path, cfg: RunConfig) -> nnx.Module:
