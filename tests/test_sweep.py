@@ -351,7 +351,8 @@ def test_example_sweeps_plan():
 def test_optimum_centred_grid_brackets_the_prior_optimum_at_every_budget():
     """The GPU example: 7 sizes per budget over ~10x in N around Chinchilla's N_opt = (C/120)^0.5, distinct models,
     every run's C within 1% of its budget (checked by the planner), and the plan prints where the optimum falls."""
-    from scaling.sweep.spec import budget_summary, centred_targets, prior_optimum
+    from scaling.sweep.schema import centred_targets, prior_optimum
+    from scaling.sweep.spec import budget_summary
 
     spec = load_sweep(ROOT / "sweeps" / "chinchilla_isoflop_gpu.yaml")
     plan = plan_sweep(spec, n_devices=1)

@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from scaling.sweep.spec import ADDED_FILE, added_sizes
+from scaling.sweep.schema import ADDED_FILE, added_sizes
 
 TARGET_DEX = 0.1  # default: the 95% interval of log10 N_opt at each budget narrower than 0.1 dex (x1.26)
 BOOTSTRAP = 200

@@ -93,13 +93,13 @@ def cmd_plan(args) -> int:
             print(f"data {c['source']}: {c['train_tokens']:,} training tokens (fingerprint {c['fingerprint']}); the sweep needs "
                   f"{c['max_tokens']:.3g} for one pass over fresh data{cap}")
     g = spec.grid
-    print(f"parameters basis for the recipe{' and tokens_per_param' if g.kind == 'tokens_per_param' else ''}: N_{g.params}")
+    print(f"parameters basis for the recipe{' and tokens_per_param' if g.ratios else ''}: N_{g.params}")
     print(f"learning rate: {spec.recipe.describe(f'N_{g.params}')}")
     pars = {(r.config.model.parametrization, r.config.model.mup_base_width) for r in plan}
     for par, base in sorted(pars, key=str):
         if par == "mup":
             print(f"parametrization: muP relative to d_model {base} (hidden lr / (d_model / {base}) inside each run; an lr tuned at the base transfers across width)")
-    if g.kind == "isoflop" or (g.kind == "wsd_branches" and g.budgets):
+    if any(r.budget for r in plan):
         worst = max(abs(r.flops / r.budget - 1) for r in plan if r.budget)
         print(f"budget check: every run's C within {100 * worst:.2f}% of its budget (limit 1%)")
         for b in budget_summary(spec, plan):

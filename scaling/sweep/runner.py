@@ -31,7 +31,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from scaling.sweep.spec import PlannedRun, SweepSpec, added_sizes, plan_sweep, with_logging
+from scaling.sweep.grids import grid_kind
+from scaling.sweep.schema import PlannedRun, SweepSpec, added_sizes
+from scaling.sweep.spec import plan_sweep, with_logging
 from scaling.storage import storage_cause, storage_message, write_atomic
 from scaling.train.record import read_record_or_damaged as read_record
 
@@ -217,7 +219,7 @@ def run_sweep(
 
     leader, multi = jax.process_index() == 0, jax.process_count() > 1
     i, n = parse_shard(shard)
-    if adaptive and (spec.grid.kind != "isoflop" or multi or n > 1 or len(spec.variants) > 1):
+    if adaptive and (not grid_kind(spec.grid.kind).adaptive or multi or n > 1 or len(spec.variants) > 1):
         raise ValueError("--adaptive refines an isoflop grid of one variant from one worker process (no --shard, one host)")
     sweep_dir = Path(sweep_dir)
     plan = plan_sweep(spec, check_data=True, sweep_dir=sweep_dir, progress=True)
@@ -411,9 +413,9 @@ def _refine(spec, sweep_dir: Path, plan: list[PlannedRun], target_dex, max_added
     from dataclasses import asdict
 
     from scaling.accounting import count_params
-    from scaling.config import ConfigError
+    from scaling.config import ConfigError, merge_dicts
     from scaling.sweep import adaptive as ad
-    from scaling.sweep.spec import merge_dicts, resolve_model
+    from scaling.sweep.schema import resolve_model
 
     budgets = [float(b) for b in spec.grid.budgets]
     cap = 3 * len(budgets) if max_added is None else max_added
