@@ -23,6 +23,8 @@ import os
 import sys
 import textwrap
 
+from scaling import exits
+
 
 def config_help() -> str:
     from scaling.config import describe_fields
@@ -56,12 +58,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, overrides)
     except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+        return exits.fail(str(e), prefix="config error")
     from scaling.train import DivergedError, StopRequested, train
     from scaling.ui import progress_bar
 
-    from scaling.storage import EX_IOERR, quiet_library_noise, storage_cause, storage_message
+    from scaling.storage import quiet_library_noise, storage_cause, storage_message
 
     _one_line_warnings()
     quiet_library_noise()
@@ -72,7 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             record = train(cfg, out, progress=progress, should_stop=stop, resume_anyway=args.resume_anyway)
     except DivergedError as e:
         print(f"run diverged: {e}", file=sys.stderr)
-        return 3
+        return exits.DIVERGED
     except StopRequested as e:
         print(str(e), file=sys.stderr)
         return stop.exit_code
@@ -80,18 +81,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         from scaling.remote import PushFailed
 
         if isinstance(e, PushFailed):
-            print(f"storage error: {e}", file=sys.stderr)
-            return EX_IOERR
+            return exits.fail(str(e), exits.IOERR, prefix="storage error")
         if storage_cause(e):  # before ValueError: orbax and TensorStore report a full disk as one
             print(f"storage error: {storage_message(e, args.out)}; the last checkpoint is kept: free space or fix the mount, then rerun to resume",
                   file=sys.stderr)
-            return EX_IOERR
+            return exits.IOERR
         if isinstance(e, ConfigError):
-            print(f"config error: {e}", file=sys.stderr)
-            return 2
+            return exits.fail(str(e), prefix="config error")
         if isinstance(e, ValueError):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            return exits.fail(str(e))
         raise
     import jax
 
@@ -133,15 +131,13 @@ def cmd_memory(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.set)
         plan = plan_memory(cfg, args.device.lower(), args.devices)
     except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+        return exits.fail(str(e), prefix="config error")
     out = plan.as_dict()
     if args.xla:
         try:
             out["xla"] = xla_memory(cfg)
         except ConfigError as e:
-            print(f"config error: {e} (--xla compiles on this machine's devices)", file=sys.stderr)
-            return 2
+            return exits.fail(f"{e} (--xla compiles on this machine's devices)", prefix="config error")
     if args.json:
         print(json.dumps(out))
         return 0

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+from scaling import exits
 from scaling.config import ConfigError
 
 
@@ -676,11 +677,9 @@ def cmd_quickstart(args) -> int:
         out = args.out or ("quickstart_out" + (f"_seed{args.seed}" if args.seed else "") + ("_tiny" if args.tiny else ""))
         run_quickstart(out, tiny=args.tiny, data=args.data, wandb=args.wandb, progress=not args.no_progress, should_stop=stop, seed=args.seed)
     except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+        return exits.fail(str(e), prefix="config error")
     except QuickstartError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return exits.fail(str(e), exits.FAILED)
     except (KeyboardInterrupt, StopRequested):
         print(f"{stop.status if stop.stop else 'stopped'}: rerun the same command to resume", file=sys.stderr)
         return stop.exit_code

@@ -5,7 +5,7 @@ Two kinds of stop, told apart by the signal:
 * **preemption** (``SIGUSR2``, ``SIGTERM``): what a cluster sends before it takes the machine away. slurm sends
   ``SIGUSR2`` ahead of the time limit when asked (``scaling sweep submit`` asks for ``--signal=USR2@90``) and
   ``SIGTERM`` at preemption, ``scancel`` or the limit itself. The run's record says ``preempted`` and the process
-  exits with ``EXIT_PREEMPTED`` (75, ``EX_TEMPFAIL``: "try again"), which the slurm worker turns into a requeue.
+  exits with ``exits.PREEMPTED`` (75, ``EX_TEMPFAIL``: "try again"), which the slurm worker turns into a requeue.
   Repeated preemption signals change nothing (slurm may signal every process of a step, and the worker forwards
   the signal too); ``SIGKILL`` after the grace time loses only the steps since the last checkpoint.
 * **interrupt** (``SIGINT``, Ctrl-C): the record says ``stopped``, exit code 130; a second Ctrl-C aborts at once.
@@ -18,8 +18,8 @@ from __future__ import annotations
 import signal
 import sys
 
-EXIT_PREEMPTED = 75  # sysexits' EX_TEMPFAIL: preempted or at its time limit, checkpointed; requeue or rerun
-EXIT_STOPPED = 130  # Ctrl-C: checkpointed; rerun to resume
+from scaling import exits
+
 PREEMPT_SIGNALS = ("SIGUSR2", "SIGTERM")
 
 
@@ -59,10 +59,10 @@ class StopFlag:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_PREEMPTED if self.preempted else EXIT_STOPPED
+        return exits.PREEMPTED if self.preempted else exits.STOPPED
 
     def __call__(self) -> bool:
         return self.stop
 
 
-__all__ = ["EXIT_PREEMPTED", "EXIT_STOPPED", "PREEMPT_SIGNALS", "StopFlag"]
+__all__ = ["PREEMPT_SIGNALS", "StopFlag"]

@@ -8,7 +8,6 @@ import errno
 import os
 from pathlib import Path
 
-EX_IOERR = 74  # sysexits' EX_IOERR: a storage failure; free space or fix the mount, then rerun to resume
 
 _ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
            errno.EIO: "input/output error", errno.ESTALE: "stale file handle (lost mount)", errno.ENOTCONN: "lost mount",
@@ -118,4 +117,4 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
         raise
 
 
-__all__ = ["EX_IOERR", "quiet_library_noise", "storage_cause", "storage_message", "write_atomic"]
+__all__ = ["quiet_library_noise", "storage_cause", "storage_message", "write_atomic"]

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from scaling.data.prepare import CHUNK_CHARS
-from scaling.storage import EX_IOERR
+from scaling import exits
 
 
 def _bad_input_types() -> tuple:
@@ -28,14 +28,11 @@ def cmd_prepare(args) -> int:
     for name in ("vocab_size", "max_bytes", "bpe_sample_bytes", "shard_chars"):
         v = getattr(args, name)
         if v is not None and v <= 0:
-            print(f"error: --{name.replace('_', '-')} must be > 0, got {v}", file=sys.stderr)
-            return 2
+            return exits.fail(f"--{name.replace('_', '-')} must be > 0, got {v}")
     if not 0 < args.eval_fraction < 1:
-        print(f"error: --eval-fraction must be in (0, 1), got {args.eval_fraction}", file=sys.stderr)
-        return 2
+        return exits.fail(f"--eval-fraction must be in (0, 1), got {args.eval_fraction}")
     if tokenizer_kind(args.tokenizer) == "bpe" and args.vocab_size is None:
-        print("error: --tokenizer bpe needs --vocab-size (the vocabulary to train, e.g. 8192)", file=sys.stderr)
-        return 2
+        return exits.fail("--tokenizer bpe needs --vocab-size (the vocabulary to train, e.g. 8192)")
     spec = PrepareSpec(
         source=args.source, tokenizer=args.tokenizer, vocab_size=args.vocab_size, eval_fraction=args.eval_fraction,
         max_chars=args.max_bytes, bpe_sample_bytes=args.bpe_sample_bytes, eos_token=args.eos_token,
@@ -47,14 +44,12 @@ def cmd_prepare(args) -> int:
         with RateMeter(f"prepare {args.source}", total, enabled=not args.no_progress) as meter:
             m = prepare(spec, args.out, progress=meter, note=meter.note, chunk_chars=args.shard_chars)
     except _bad_input_types() as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return exits.fail(str(e))
     except OSError as e:
-        print(f"error: {getattr(e, 'filename', None) or args.out}: {e.strerror or e} (what was prepared is kept: rerun to go on)", file=sys.stderr)
-        return EX_IOERR
+        return exits.fail(f"{getattr(e, 'filename', None) or args.out}: {e.strerror or e} (what was prepared is kept: rerun to go on)", exits.IOERR)
     except KeyboardInterrupt:
         print(f"stopped: rerun the same command to go on from the last completed chunk in {args.out}", file=sys.stderr)
-        return 130
+        return exits.STOPPED
     s = m["splits"]
     print(
         f"prepared {args.out}: {s['train']['tokens']:,} training tokens in {len(s['train']['shards'])} shards, "
@@ -79,8 +74,7 @@ def cmd_inspect(args) -> int:
             if args.verify:
                 info["max_id"] = max(o.train.max_id(), o.eval.max_id())
     except _bad_input_types() as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return exits.fail(str(e))
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
@@ -88,7 +82,7 @@ def cmd_inspect(args) -> int:
         if isinstance(v, list) and len(v) > 6:
             v = v[:3] + [f"... {len(v) - 6} more ..."] + v[-3:]
         print(f"{k:>14}: {v}")
-    return 1 if info.get("damaged") else 0
+    return exits.FAILED if info.get("damaged") else exits.OK
 
 
 def _inspect_prepared(root: Path, verify: bool) -> dict:

@@ -9,6 +9,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from scaling import exits
+
 
 def _human(x: float) -> str:
     for unit, div in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -63,8 +65,7 @@ def cmd_plan(args) -> int:
         plan = plan_sweep(spec, n_devices=n_devices)
         corpora = count_epochs(plan, progress=True)
     except (ConfigError, ValueError, *_bad_input_types()) as e:
-        print(f"sweep error: {e}", file=sys.stderr)
-        return 2
+        return exits.fail(str(e), prefix="sweep error")
     table = Table(title=f"sweep {spec.name}: {len(plan)} runs on {dev.count}x {dev.kind}")
     for col in ("run_id", "variant", "role", "N", "N_active", "D", "C", "budget", "steps", "batch", "lr", "seed", "epochs", "memory", "est. time"):
         table.add_column(col, justify="right" if col not in ("run_id", "variant", "role") else "left")
@@ -74,8 +75,7 @@ def cmd_plan(args) -> int:
         try:
             est = estimate(r.config, dev)
         except ConfigError as e:
-            print(f"sweep error: run {r.run_id}: {e}", file=sys.stderr)
-            return 2
+            return exits.fail(f"run {r.run_id}: {e}", prefix="sweep error")
         est["time_s"] *= r.spent_flops / r.flops  # a branch trains only its cooldown
         total_C += r.spent_flops
         total_t += est["time_s"]
@@ -138,8 +138,8 @@ def cmd_plan(args) -> int:
     if problems:
         for p in problems:
             print(f"cannot run: {p}", file=sys.stderr)
-        return 2
-    return 0
+        return exits.BAD_INPUT
+    return exits.OK
 
 
 def _run_per_device(args, out: str) -> int:
@@ -147,16 +147,14 @@ def _run_per_device(args, out: str) -> int:
     from scaling.sweep.workers import run_per_device
 
     if args.adaptive or args.shard:
-        print("sweep error: --devices-per-worker starts its own workers; it does not combine with --adaptive or --shard", file=sys.stderr)
-        return 2
+        return exits.fail("--devices-per-worker starts its own workers; it does not combine with --adaptive or --shard", prefix="sweep error")
     argv = [args.sweep, "--out", out, "--no-progress", "--stack", str(args.stack)]
     argv += sum((["--set", o] for o in args.set or []), [])
     argv += ["--retry-failed"] if args.retry_failed else []
     try:
         return run_per_device(argv, args.devices_per_worker)
     except ConfigError as e:
-        print(f"sweep error: {e}", file=sys.stderr)
-        return 2
+        return exits.fail(str(e), prefix="sweep error")
 
 
 def _recorded_yaml(path: str, overrides: list[str] | None) -> str:
@@ -185,13 +183,9 @@ def cmd_run(args) -> int:
         with local_workdir(out, "sweep") as local:
             return _run(args, spec, local, out, stop)
     except PushFailed as e:
-        from scaling.storage import EX_IOERR
-
-        print(f"storage error: {e}", file=sys.stderr)
-        return EX_IOERR
+        return exits.fail(str(e), exits.IOERR, prefix="storage error")
     except RemoteError as e:
-        print(f"sweep error: {e}", file=sys.stderr)
-        return 2
+        return exits.fail(str(e), prefix="sweep error")
 
 
 def _run(args, spec, out: str, shown: str, stop) -> int:
@@ -202,14 +196,11 @@ def _run(args, spec, out: str, shown: str, stop) -> int:
     if args.devices_per_worker is not None:
         return _run_per_device(args, out)
     if args.target_dex is not None and not args.target_dex > 0:
-        print(f"sweep error: --target-dex must be > 0, got {args.target_dex}", file=sys.stderr)
-        return 2
+        return exits.fail(f"--target-dex must be > 0, got {args.target_dex}", prefix="sweep error")
     if args.max_added is not None and args.max_added < 0:
-        print(f"sweep error: --max-added must be >= 0, got {args.max_added}", file=sys.stderr)
-        return 2
+        return exits.fail(f"--max-added must be >= 0, got {args.max_added}", prefix="sweep error")
     if args.stack < 1:
-        print(f"sweep error: --stack must be >= 1, got {args.stack}", file=sys.stderr)
-        return 2
+        return exits.fail(f"--stack must be >= 1, got {args.stack}", prefix="sweep error")
     try:
         with progress_bar(not args.no_progress) as progress:
             res = run_sweep(
@@ -218,21 +209,17 @@ def _run(args, spec, out: str, shown: str, stop) -> int:
                 max_added=args.max_added, stack=args.stack,
             )
     except (ConfigError, ValueError) as e:
-        print(f"sweep error: {e}", file=sys.stderr)
-        return 2
+        return exits.fail(str(e), prefix="sweep error")
     print(
         f"sweep {spec.name}: {len(res.completed)} completed now, {len(res.failed)} failed/diverged, "
         f"{len(res.skipped)} skipped (done, failed earlier, or claimed by another worker) -> {shown}/runs.csv"
     )
     if res.storage_error:
-        from scaling.storage import EX_IOERR
-
-        print(f"storage error: {res.storage_error}; the sweep stopped (claims released, checkpoints kept): free space or fix the mount, then rerun", file=sys.stderr)
-        return EX_IOERR
+        return exits.fail(f"{res.storage_error}; the sweep stopped (claims released, checkpoints kept): free space or fix the mount, then rerun", exits.IOERR, prefix="storage error")
     if res.stopped:
         print(f"{res.stop_status or 'stopped'}: rerun the same command to resume (claims released)", file=sys.stderr)
         return stop.exit_code
-    return 1 if res.failed else 0
+    return exits.FAILED if res.failed else exits.OK
 
 
 def cmd_status(args) -> int:
@@ -242,8 +229,7 @@ def cmd_status(args) -> int:
         with local_workdir(args.sweep_dir, "sweep", skip=lambda rel: "/checkpoints/" in rel, push=False) as local:
             return _status(Path(local), args.sweep_dir)
     except RemoteError as e:
-        print(f"sweep error: {e}", file=sys.stderr)
-        return 2
+        return exits.fail(str(e), prefix="sweep error")
 
 
 def _status(sweep_dir: Path, shown: str) -> int:
@@ -252,15 +238,13 @@ def _status(sweep_dir: Path, shown: str) -> int:
 
     spec_path = sweep_dir / "sweep.yaml"
     if not spec_path.exists():
-        print(f"error: {shown} has no sweep.yaml (not a sweep directory)", file=sys.stderr)
-        return 2
+        return exits.fail(f"{shown} has no sweep.yaml (not a sweep directory)")
     from scaling.config import ConfigError
 
     try:
         df = status_table(load_sweep(spec_path), sweep_dir)
     except ConfigError as e:
-        print(f"sweep error: {e}", file=sys.stderr)
-        return 2
+        return exits.fail(str(e), prefix="sweep error")
     table = Table(title=f"{shown}")
     for col in ("run_id", "variant", "status", "progress", "N", "D", "C", "loss", "±"):
         table.add_column(col)
@@ -288,15 +272,12 @@ def cmd_submit(args) -> int:
     out = args.out or os.path.join("runs", spec.name)
     for flag in ("workers", "gpus", "nodes", "cpus_per_task", "timeout_min"):
         if getattr(args, flag) < 1:
-            print(f"sweep error: --{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}", file=sys.stderr)
-            return 2
+            return exits.fail(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}", prefix="sweep error")
     if args.devices_per_worker is not None and (args.devices_per_worker < 1 or args.gpus % args.devices_per_worker):
-        print(f"sweep error: --devices-per-worker {args.devices_per_worker} must divide --gpus {args.gpus}", file=sys.stderr)
-        return 2
+        return exits.fail(f"--devices-per-worker {args.devices_per_worker} must divide --gpus {args.gpus}", prefix="sweep error")
     bad = [kv for kv in args.slurm or [] if "=" not in kv]
     if bad:
-        print(f"sweep error: --slurm expects KEY=VALUE, got {bad[0]!r}", file=sys.stderr)
-        return 2
+        return exits.fail(f"--slurm expects KEY=VALUE, got {bad[0]!r}", prefix="sweep error")
     try:
         res = submit_slurm(
             args.sweep, out, workers=args.workers, partition=args.partition, gpus_per_node=args.gpus, timeout_min=args.timeout_min, nodes=args.nodes,
@@ -304,8 +285,7 @@ def cmd_submit(args) -> int:
             overrides=args.set, devices_per_worker=args.devices_per_worker,
         )
     except ValueError as e:
-        print(f"sweep error: {e}", file=sys.stderr)
-        return 2
+        return exits.fail(str(e), prefix="sweep error")
     print(res)
     return 0
 

@@ -155,14 +155,14 @@ class Worker(_checkpointable_base()):
     def __call__(self, cmd: list[str]) -> int:
         import subprocess
 
-        from scaling.signals import EXIT_PREEMPTED
+        from scaling import exits
 
         self._proc = subprocess.Popen(cmd)
         # poll, not Popen.wait(): submitit calls checkpoint() from a signal handler on this same thread, and
         # Popen.wait() holds the lock that a nested wait in the handler would block on until its timeout
         while (rc := self._proc.poll()) is None:
             time.sleep(POLL_S)
-        if rc == EXIT_PREEMPTED and not self.requeue_asked:
+        if rc == exits.PREEMPTED and not self.requeue_asked:
             _requeue_self()  # stopped by SIGTERM, which submitit does not turn into a requeue
         return rc
 

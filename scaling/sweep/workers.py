@@ -19,7 +19,7 @@ import sys
 import time
 
 from scaling.config import ConfigError
-from scaling.signals import EXIT_PREEMPTED, EXIT_STOPPED
+from scaling import exits
 
 PROBE = "import jax, json; d = jax.local_devices(); print(json.dumps({'n': len(d), 'platform': d[0].platform}))"
 
@@ -82,10 +82,10 @@ def run_per_device(argv: list[str], k: int) -> int:
         for s, h in old.items():
             signal.signal(s, h)
     codes = [p.returncode for p in procs]
-    if EXIT_PREEMPTED in codes:
-        return EXIT_PREEMPTED
-    if EXIT_STOPPED in codes or received:
-        return EXIT_STOPPED if signal.SIGINT in received or EXIT_STOPPED in codes else EXIT_PREEMPTED
+    if exits.PREEMPTED in codes:
+        return exits.PREEMPTED
+    if exits.STOPPED in codes or received:
+        return exits.STOPPED if signal.SIGINT in received or exits.STOPPED in codes else exits.PREEMPTED
     if 2 in codes:
         return 2
     return 1 if any(codes) else 0
