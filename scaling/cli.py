@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     from analysis.cli import add_analysis_parsers
 
     add_analysis_parsers(sub)
-    from scaling.quickstart import add_quickstart_parser
+    from scaling.quickstart.cli import add_quickstart_parser
 
     add_quickstart_parser(sub)
     return p

@@ -61,7 +61,7 @@ def test_report_renders_an_isoflop_result():
     import numpy as np
 
     from analysis.isoflop import isoflop_analysis
-    from scaling.quickstart import _iso_lines
+    from scaling.quickstart.report import iso_lines as _iso_lines
 
     rows = []
     for C in (1e18, 1e19, 1e20):
@@ -80,7 +80,7 @@ def test_heldout_trains_data_parallel_in_a_child_and_resumes_after_a_stop(tmp_pa
     import os
 
     from scaling.config import load_config
-    from scaling.quickstart import _train_heldout
+    from scaling.quickstart.processes import train_heldout as _train_heldout
 
     from .conftest import tiny_overrides
 

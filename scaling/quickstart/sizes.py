@@ -1,0 +1,116 @@
+"""The quickstart's two sizes (full and ``--tiny``), its one recipe, and the sweep files it trains."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def _m(d: int, L: int, H: int) -> dict:
+    return {"d_model": d, "n_layers": L, "n_heads": H}
+
+
+@dataclass(frozen=True)
+class QuickstartSize:
+    budgets: tuple[float, ...]
+    ladder: tuple[dict, ...]  # model shapes <= 1.6x apart in N; the held-out run picks from these too
+    sizes_per_budget: int
+    prior: dict  # N_opt(C) = k C^a: where each budget's sizes are centred (measured on this corpus)
+    batch_size: int
+    seq_len: int
+    bootstrap: int
+    eval_fraction: float  # share of the corpus held out: every run is scored on all of it
+    noise_budgets: int = 2  # the smallest budgets' ...
+    noise_sizes: int = 3  # ... sizes nearest the optimum are repeated with ...
+    noise_seeds: int = 2  # ... this many more seeds
+    heldout_factor: float = 10.0
+    workers: int = 2
+    eval_tokens: int | None = None  # None: the whole eval split
+    warmup_steps: int | None = None  # every trunk's and the held-out run's warmup (None: 5% of the shortest branch)
+
+
+FULL = QuickstartSize(
+    budgets=tuple(1.25e11 * 2 ** (k / 2) for k in range(7)),  # 1.25e11 .. 1e12, sqrt(2) apart
+    # One shape family (two layers) from 14k to 461k parameters: a one-layer model cannot compose attention heads
+    # (no induction heads) and scales on another law, so a ladder that changes depth mid-way bends the frontier.
+    ladder=tuple(_m(d, 2, h) for d, h in ((16, 2), (20, 2), (24, 3), (32, 4), (40, 5), (48, 6), (56, 7), (64, 8),
+                                          (80, 10), (96, 12), (112, 14), (128, 16))),  # heads of 8 dims (d20: 10)
+    sizes_per_budget=7,
+    prior={"a": 0.52, "k": 0.061},  # 25k parameters at 6.25e10 FLOPs, C^0.52 (pilot sweeps of this corpus)
+    batch_size=16,
+    seq_len=64,
+    bootstrap=1000,
+    eval_fraction=0.04,
+    # One fixed warmup for every run, so the sweep and the held-out run follow one recipe. The planner's default (5%
+    # of a trunk's shortest branch) gave the large trunks 10-22 steps: at 271k parameters and 5e11 FLOPs, 16 warmup
+    # steps left the loss 4.2% higher and 4.8x more seed-dependent (sd 2.16% over 3 inits x 3 data orders) than 100
+    # steps (50-150 steps: the same within 0.6%). It did not make the prediction better (benchmarks/RESULTS.md).
+    warmup_steps=100,
+)
+TINY = QuickstartSize(
+    budgets=(1e10, 2e10, 4e10, 8e10),
+    ladder=(_m(16, 1, 1), _m(20, 1, 1), _m(24, 1, 1), _m(32, 1, 2), _m(40, 1, 2), _m(48, 1, 3), _m(64, 1, 2)),
+    sizes_per_budget=4,
+    prior={"a": 0.52, "k": 0.094},  # batch 8 x 32 tokens moves the optimum up: 15k parameters at 1e10 FLOPs
+    batch_size=8,
+    seq_len=32,
+    bootstrap=100,
+    eval_fraction=0.02,
+    noise_budgets=1,
+    noise_sizes=3,
+    noise_seeds=1,
+    eval_tokens=2**15,
+    warmup_steps=40,  # 2 / (1 - beta2) steps, the shortest `sweep plan` does not warn about; cooldowns start at >= 239
+)
+NOISE_SEED_STEP = 1000  # the repeat seeds of quickstart --seed s are s + 1000, s + 2000, ...
+
+
+def _base(size: QuickstartSize, data: str, wandb: str, seed: int, eval_tokens: int) -> dict:
+    return {
+        "data": {"source": data, "eval_fraction": size.eval_fraction},
+        "model": {"seq_len": size.seq_len, "vocab_size": 256},
+        # one evaluation at the end, on the same fixed held-out set for every run
+        "train": {"batch_size": size.batch_size, "log_every": 20, "eval_tokens": eval_tokens, "eval_every": 10**9,
+                  "seed": seed, **({} if size.warmup_steps is None else {"warmup_steps": size.warmup_steps})},
+        "log": {"wandb": wandb, "wandb_group": "quickstart"},  # the sweep, its repeat seeds, the held-out run and the fits
+    }
+
+
+# One batch size for every run (the sweep and the held-out run): the loss at a given compute depends on it, so
+# halving it for short runs (the recipe's min_steps) would change the law between sizes.
+# lr_base 5e-3: at 26k, 58k and 130k parameters (two budgets, three seeds each) half the earlier 1e-2 reached a
+# lower mean loss at every point, and 1e-2 had seeds 5-8% apart.
+RECIPE = {"lr_base": 5e-3, "lr_ref_params": 3e4, "lr_exponent": -0.25, "min_steps": 0}
+
+
+def sweep_dict(size: QuickstartSize, data: str, wandb: str, seed: int = 0, eval_tokens: int = 2**18) -> dict:
+    return {
+        "name": "quickstart",
+        "base": _base(size, data, wandb, seed, eval_tokens),
+        "grid": {"kind": "wsd_branches", "sizes": list(size.ladder), "budgets": list(size.budgets),
+                 "sizes_per_budget": size.sizes_per_budget, "prior": dict(size.prior), "cooldown_fraction": 0.2,
+                 "trunk_eval_tokens": 16 * size.seq_len * 16},
+        "seeds": [seed],
+        "recipe": dict(RECIPE),
+    }
+
+
+def noise_dict(size: QuickstartSize, data: str, wandb: str, seed: int = 0, eval_tokens: int = 2**18) -> dict:
+    """The repeat-seed sweep: the smallest budgets' sizes nearest the optimum, with more seeds."""
+    raw = sweep_dict(size, data, wandb, seed, eval_tokens)
+    raw["name"] = "quickstart-noise"
+    raw["base"]["log"] = {**raw["base"]["log"], "wandb_tags": ["repeat-seed"]}
+    raw["grid"] = {**raw["grid"], "budgets": list(size.budgets[: size.noise_budgets]), "sizes_per_budget": size.noise_sizes}
+    raw["seeds"] = [seed + NOISE_SEED_STEP * (i + 1) for i in range(size.noise_seeds)]
+    return raw
+
+
+def eval_tokens_for(size: QuickstartSize, data: str) -> int:
+    """Every run is scored on the whole eval split (``size.eval_tokens`` caps it): the same windows for all."""
+    if size.eval_tokens is not None:
+        return size.eval_tokens
+    from scaling.config import load_config
+    from scaling.data import build_dataset
+
+    cfg = load_config(base={"data": {"source": data, "eval_fraction": size.eval_fraction}, "model": {"seq_len": size.seq_len, "vocab_size": 256}})
+    _, avail = build_dataset(cfg.data, cfg.model).eval_windows(1, size.seq_len)
+    return int(avail) * size.seq_len if avail else 2**20
