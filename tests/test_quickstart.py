@@ -36,6 +36,11 @@ def test_quickstart_tiny_end_to_end_and_resume(tmp_path, cache_dir):
         (pred["predicted_loss"] - summary["measured_eval_loss"]) / summary["measured_eval_loss"])
     text = (rep / "report.md").read_text()
     assert "(before training)" in text and "Chinchilla law" in text
+    # the report says what the interval is: calibrated (kappa from backtests inside the sweep) or fit-only
+    calibrated = pred["kappa"][pred["headline"]] is not None
+    assert pred["interval_kind"] == ("calibrated" if calibrated else "fit-only")
+    assert ("the extrapolation error its backtests inside the sweep measured" in text) == calibrated
+    assert ("not calibrated" in text) == (not calibrated)
     # the prediction was written before the held-out run trained
     held = json.loads((out / "heldout").glob("*/record.json").__next__().read_text())
     assert held["config"]["train"]["schedule"] == "wsd"

@@ -75,6 +75,7 @@ def predict_heldout(fits: Fits, held: Heldout, runs, report: Path, seed: int, sa
     sp = predict(surface, runs, sigma, report / "fit_surface.json", say, N=[N_h], C=[C_h]) if surface is not None else None
     headline = "surface" if sp is not None else "frontier" if fp is not None else "chinchilla"
     hp = {"surface": sp, "frontier": fp, "chinchilla": cp}[headline]
+    calibrated = {"surface": surface, "frontier": frontier, "chinchilla": law}[headline].calibration is not None
     prediction = {
         "seed": seed,
         "C_target": held.C_target,
@@ -85,7 +86,6 @@ def predict_heldout(fits: Fits, held: Heldout, runs, report: Path, seed: int, sa
         "C": C_h,
         "model": held.model,
         "headline": headline,
-        "interval": "calibrated" if {"surface": surface, "frontier": frontier, "chinchilla": law}[headline].calibration is not None else "fit-only",
         "kappa": {n: (m.calibration.kappa if m is not None and m.calibration is not None else None)
                   for n, m in (("surface", surface), ("frontier", frontier), ("chinchilla", law))},
         "predicted_loss": float(hp["loss"]),
@@ -94,8 +94,11 @@ def predict_heldout(fits: Fits, held: Heldout, runs, report: Path, seed: int, sa
         "chinchilla": {"loss": float(cp["loss"]), "lo": float(cp["lo"]), "hi": float(cp["hi"])},
         "frontier": None if fp is None else {"loss": float(fp["loss"]), "lo": float(fp["lo"]), "hi": float(fp["hi"])},
         "seed_scatter": fits.scatter,
-        "interval": "95% prediction interval for one run: the fit's bootstrap (runs resampled within each budget) times "
-                    "exp(N(0, sigma^2)), sigma the run-to-run scatter measured on repeated seeds",
+        "interval_kind": "calibrated" if calibrated else "fit-only",
+        "interval": "95% prediction interval for one run: the fit's bootstrap (runs resampled within each budget)"
+                    + (", widened by the extrapolation error the law's backtests inside the sweep measured (kappa per decade "
+                       "of compute beyond the fitted range)" if calibrated else "")
+                    + ", times exp(N(0, sigma^2)), sigma the run-to-run scatter measured on repeated seeds",
     }
     pred_path = report / "prediction.json"
     if not pred_path.exists():  # the prediction is written before the held-out run trains, and kept

@@ -166,7 +166,7 @@ def render_report(s: dict, runs, law, frontier, iso, record, surface=None) -> st
         f"The measurement is **{'inside' if s['inside_interval'] else 'outside'}** the {p.get('headline', 'frontier')} law's 95% interval "
         f"(half-width {100 * s['interval_half_width_rel']:.1f}%). The interval combines the fit's bootstrap"
         + (f", the extrapolation error its backtests inside the sweep measured (kappa {p['kappa'][p['headline']]:.4f} per decade of compute)"
-           if p.get("interval") == "calibrated" and (p.get("kappa") or {}).get(p.get("headline")) is not None else " (not calibrated: too few budgets to backtest)")
+           if (p.get("kappa") or {}).get(p.get("headline")) is not None else " (not calibrated: too few budgets to backtest)")
         + " and the "
         + (f"run-to-run scatter measured on repeated seeds: {100 * sc['sigma']:.2f}% ({sc['n_points']} points, {sc['dof']} degrees of freedom)."
            if sc.get("sigma") else "fit's residual scatter (no repeated seeds finished).")
