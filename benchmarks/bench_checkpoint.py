@@ -27,7 +27,7 @@ def main() -> int:
     import numpy as np
     import orbax.checkpoint as ocp
 
-    from scaling.accounting import count_params
+    from scaling.model.accounting import count_params
     from scaling.config import load_config
     from scaling.parallel import Parallel
     from scaling.train.checkpoint import Checkpointer, checksums

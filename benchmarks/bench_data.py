@@ -14,7 +14,7 @@ start-up on the prepared dataset; loader batches/s against what an accelerator n
    the uninterrupted .jsonl preparation's.
 4. Start-up on the prepared dataset in a fresh process: opening it, the fixed eval windows and the first batch.
 5. Loader: batches/s at 64 x 512 and 256 x 2048 from the prepared dataset, against the step rate an H100 needs at
-   50% MFU for the largest model of each shipped GPU sweep (``scaling.accounting``).
+   50% MFU for the largest model of each shipped GPU sweep (``scaling.model.accounting``).
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def startup(prepared: Path) -> dict:
 
 def needed_steps_per_s() -> dict:
     """Steps/s an H100 at 50% MFU runs for the largest model of each shipped GPU sweep, at 64 x 512 and 256 x 2048."""
-    from scaling.accounting import flops_per_token
+    from scaling.model.accounting import flops_per_token
     from scaling.sweep.spec import load_sweep, plan_sweep
 
     out = {}

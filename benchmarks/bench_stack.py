@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     a = ap.parse_args()
     warnings.simplefilter("ignore")
-    from scaling.accounting import count_params
+    from scaling.model.accounting import count_params
     from scaling.config import load_config
     from scaling.model.presets import head_dim_for_width
     from scaling.train import train

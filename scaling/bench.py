@@ -1,6 +1,6 @@
 """Benchmark a config: compile time, step time, training tokens/s and, where the device's peak is known, MFU.
 
-MFU = (training FLOPs per token under ``scaling.accounting``) x tokens/s / (peak dense bf16 FLOP/s x devices).
+MFU = (training FLOPs per token under ``scaling.model.accounting``) x tokens/s / (peak dense bf16 FLOP/s x devices).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from scaling.devices import PEAK_FLOPS, peak_flops  # noqa: F401  (re-exported: 
 
 def bench_config(cfg, steps: int = 20, warmup: int = 2) -> dict:
     """Time ``steps`` train steps of ``cfg`` on random tokens (after compile and ``warmup`` steps)."""
-    from scaling.accounting import count_params, flops_per_token
+    from scaling.model.accounting import count_params, flops_per_token
     from scaling.model import compute_dtype
     from scaling.parallel import Parallel
     from scaling.train.state import build, init_state

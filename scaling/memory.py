@@ -33,7 +33,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from scaling.accounting import expert_ff_dim, moe_layer_indices
+from scaling.model.accounting import expert_ff_dim, moe_layer_indices
 from scaling.config import RunConfig
 from scaling.devices import DEVICES, GB  # noqa: F401
 from scaling.model.attention import BLOCKED_MIN_SEQ, block_size

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from scaling.accounting import count_params, flops_per_token, training_flops
+from scaling.model.accounting import count_params, flops_per_token, training_flops
 from scaling.config import ModelConfig, MoEConfig
 from scaling.model import Transformer, count_model_params
 from scaling.model.presets import PRESETS, config_for_params

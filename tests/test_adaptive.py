@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from analysis.isoflop import isoflop_analysis
-from scaling.accounting import count_params, flops_per_token
+from scaling.model.accounting import count_params, flops_per_token
 from scaling.sweep.runner import run_sweep
 from scaling.sweep.spec import parse_sweep
 from scaling.train.record import SCHEMA_VERSION, write_json_atomic

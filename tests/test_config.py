@@ -43,7 +43,7 @@ def test_preset_and_target_params_expand(tmp_path):
     cfg = load_config(None, ["model.preset=1m", "model.n_layers=3"])
     assert cfg.model.d_model == 128 and cfg.model.n_layers == 3
     cfg = load_config(None, ["model.target_params=1e5"])
-    from scaling.accounting import count_params
+    from scaling.model.accounting import count_params
 
     assert 6e4 < count_params(cfg.model).total < 1.6e5
 

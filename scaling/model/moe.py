@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from scaling.accounting import expert_ff_dim
+from scaling.model.accounting import expert_ff_dim
 from scaling.model.axes import constrain
 from scaling.model.config import ModelConfig
 from scaling.model.layers import MLP, normal

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from scaling.accounting import count_params
+from scaling.model.accounting import count_params
 from scaling.model.config import ModelConfig
 
 ASPECT_RATIO = 64

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from scaling.accounting import moe_layer_indices
+from scaling.model.accounting import moe_layer_indices
 from scaling.model.config import ModelConfig
 from scaling.model.layers import MLP, Attention, RMSNorm, compute_dtype, normal, rope_tables
 from scaling.model.moe import MoE

@@ -31,7 +31,7 @@ def choose_heldout(size: QuickstartSize, base: dict, fits: Fits, runs) -> Heldou
     that fit is well-posed (every minimum inside the trained sizes, a plausible exponent), else the Chinchilla law's
     optimum; then the ladder shape nearest it (in log N). A standalone WSD run (warmup, constant lr, the last 20%
     decayed) of C_target FLOPs, its lr from the sweep's recipe."""
-    from scaling.accounting import count_params, flops_per_token
+    from scaling.model.accounting import count_params, flops_per_token
     from scaling.config import load_config
     from scaling.model.config import ModelConfig
     from scaling.sweep.recipe import Recipe

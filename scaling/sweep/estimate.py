@@ -17,7 +17,7 @@ from functools import lru_cache
 import jax
 import jax.numpy as jnp
 
-from scaling.accounting import flops_per_token
+from scaling.model.accounting import flops_per_token
 from scaling.devices import peak_flops
 from scaling.config import RunConfig
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from scaling.accounting import count_params, flops_per_token
+from scaling.model.accounting import count_params, flops_per_token
 from scaling.config import ConfigError, RunConfig, _f, load_config, merge_dicts, set_by_path
 from scaling.sweep.recipe import Recipe
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from scaling.accounting import count_params, flops_per_token
+from scaling.model.accounting import count_params, flops_per_token
 from scaling.config import ConfigError, merge_dicts
 from scaling.sweep.schema import (
     PlannedRun, SweepSpec, apply_overrides, check_budget, load_run, positive_numbers, probe_run,

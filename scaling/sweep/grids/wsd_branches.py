@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from scaling.accounting import count_params, flops_per_token
+from scaling.model.accounting import count_params, flops_per_token
 from scaling.config import ConfigError, merge_dicts
 from scaling.sweep.grids.base import GridKind, register_grid
 from scaling.sweep.schema import (
