@@ -108,7 +108,7 @@ def _one_line_warnings() -> None:
     the record keeps them too."""
     import warnings
 
-    from scaling.train.loop import MeasurementWarning
+    from scaling.train.errors import MeasurementWarning
 
     show = warnings.showwarning
 

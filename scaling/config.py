@@ -122,7 +122,7 @@ class TrainConfig:
     keep_steps: list = _f([], "Also checkpoint at these steps and keep them (never rotated away): the branch points other runs start from with init_from.")
     eval_every: int = _f(0, "Evaluate every this many steps (0: only at the end); always at the end.")
     eval_tokens: int = _f(2**18, "Held-out tokens per evaluation: a fixed set of eval_tokens // seq_len windows (the same for every run with this data and seq_len, whatever its batch size), each scored once; the mean and its standard error are over windows. A smaller split is used whole, with a warning.")
-    eval_batch_size: Optional[int] = _f(None, "Sequences per evaluation micro-batch (null: on a CPU, sized so one call's activations stay in cache, scaling.train.loop.eval_micro_batch; elsewhere batch_size / grad_accum, the training micro-batch). Changes memory and speed, not the result.")
+    eval_batch_size: Optional[int] = _f(None, "Sequences per evaluation micro-batch (null: on a CPU, sized so one call's activations stay in cache, scaling.train.evaluate.eval_micro_batch; elsewhere batch_size / grad_accum, the training micro-batch). Changes memory and speed, not the result.")
     log_every: int = _f(10, "Log train metrics every this many steps.")
     checkpoint_every: int = _f(0, "Checkpoint every this many steps (0: about ten times per run); always at the end.")
     keep_checkpoints: int = _f(2, "Checkpoints kept on disk (the newest).")

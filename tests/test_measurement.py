@@ -45,7 +45,7 @@ def _record(run_dir: Path) -> dict:
 
 def test_epochs_are_recorded_warned_about_and_capped(tmp_path, cache_dir, small_corpus):
     from scaling.data import build_dataset
-    from scaling.train.loop import MeasurementWarning
+    from scaling.train.errors import MeasurementWarning
 
     cfg0 = load_config(None, tiny_overrides(**small_corpus))
     windows = build_dataset(cfg0.data, cfg0.model).train_windows_per_epoch(cfg0.model.seq_len)
@@ -98,7 +98,8 @@ def test_router_gets_lm_loss_gradient_for_every_k(k):
 def test_eval_set_is_fixed_and_independent_of_the_batch_size(tmp_path, cache_dir, small_corpus):
     from scaling.data import build_dataset
     from scaling.parallel import Parallel
-    from scaling.train.loop import evaluate, load_params
+    from scaling.train.evaluate import evaluate
+    from scaling.train.loop import load_params
     from scaling.train.step import make_eval_step
 
     over = tiny_overrides(**small_corpus, **{"train.eval_tokens": 4096})
