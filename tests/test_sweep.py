@@ -199,7 +199,7 @@ def test_two_workers_never_run_the_same_run(tmp_path):
 def test_stale_claim_of_a_dead_worker_is_taken_over(tmp_path):
     import socket
 
-    from scaling.sweep.runner import Claim
+    from scaling.sweep.claims import Claim
 
     path = tmp_path / "claim.json"
     path.write_text(json.dumps({"owner": "dead", "host": "elsewhere", "pid": 1, "heartbeat": time.time() - 3600}))
@@ -214,12 +214,12 @@ def test_stale_claim_of_a_dead_worker_is_taken_over(tmp_path):
 def test_a_taker_that_loses_the_race_puts_the_winners_claim_back(tmp_path, monkeypatch):
     """Two workers judge the same dead claim stale; A takes it over first. B's rename then moves A's fresh claim:
     B must see that what it moved is not what it judged stale, put it back and leave the run to A."""
-    import scaling.sweep.runner as runner
+    import scaling.sweep.claims as claims
 
     path = tmp_path / "claim.json"
     path.write_text(json.dumps({"owner": "dead", "host": "elsewhere", "pid": 1, "heartbeat": time.time() - 3600}))
     fresh = json.dumps({"owner": "A", "host": "elsewhere", "pid": 2, "heartbeat": time.time()})
-    real, calls = runner._read_text, []
+    real, calls = claims._read_text, []
 
     def racing(p):
         out = real(p)
@@ -228,8 +228,8 @@ def test_a_taker_that_loses_the_race_puts_the_winners_claim_back(tmp_path, monke
             path.write_text(fresh)
         return out
 
-    monkeypatch.setattr(runner, "_read_text", racing)
-    assert not runner.Claim(path, "B").try_acquire(stale_after=60)
+    monkeypatch.setattr(claims, "_read_text", racing)
+    assert not claims.Claim(path, "B").try_acquire(stale_after=60)
     assert json.loads(path.read_text())["owner"] == "A" and not list(tmp_path.glob(".claim.stale-*"))
 
 

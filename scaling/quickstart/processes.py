@@ -38,7 +38,8 @@ def run_sweeps(sweeps: list[tuple[dict, Path]], size: QuickstartSize, progress: 
     ``scaling sweep run`` on the same directories (runs are claimed, so none is trained twice)."""
     import yaml
 
-    from scaling.sweep.runner import collect, run_sweep
+    from scaling.sweep.collect import collect
+    from scaling.sweep.runner import run_sweep
     from scaling.sweep.spec import parse_sweep
     from scaling.ui import progress_bar
 

@@ -53,40 +53,11 @@ def _devices(args):
     return dev, dev.count
 
 
-def cmd_plan(args) -> int:
-    from scaling.config import ConfigError
-    from scaling.data.cli import _bad_input_types
-    from scaling.sweep.estimate import estimate
-    from scaling.sweep.spec import branch_savings, budget_summary, count_epochs, plan_sweep
+def _plan_notes(spec, plan, corpora) -> None:
+    """What `sweep plan` says below its table: data needed, the recipe and parametrization, each budget's sizes, data
+    repeats, the WSD branches' savings and trunk warmups."""
+    from scaling.sweep.spec import branch_savings, budget_summary
 
-    spec = _load(args.sweep, args.set)
-    try:
-        dev, n_devices = _devices(args)
-        plan = plan_sweep(spec, n_devices=n_devices)
-        corpora = count_epochs(plan, progress=True)
-    except (ConfigError, ValueError, *_bad_input_types()) as e:
-        return exits.fail(str(e), prefix="sweep error")
-    table = Table(title=f"sweep {spec.name}: {len(plan)} runs on {dev.count}x {dev.kind}")
-    for col in ("run_id", "variant", "role", "N", "N_active", "D", "C", "budget", "steps", "batch", "lr", "seed", "epochs", "memory", "est. time"):
-        table.add_column(col, justify="right" if col not in ("run_id", "variant", "role") else "left")
-    problems = []
-    total_C, total_t = 0.0, 0.0
-    for r in plan:
-        try:
-            est = estimate(r.config, dev)
-        except ConfigError as e:
-            return exits.fail(f"run {r.run_id}: {e}", prefix="sweep error")
-        est["time_s"] *= r.spent_flops / r.flops  # a branch trains only its cooldown
-        total_C += r.spent_flops
-        total_t += est["time_s"]
-        if est["memory_bytes"] > dev.memory_bytes:
-            problems.append(f"run {r.run_id} needs ~{_human(est['memory_bytes'])}B of device memory; {dev.kind} has {_human(dev.memory_bytes)}B")
-        table.add_row(
-            r.run_id, r.variant, r.role if r.role != "branch" else f"branch@{r.branch_step}", _human(r.n_params), _human(r.n_params_active), _human(r.tokens), f"{r.flops:.3g}",
-            f"{r.budget:.3g}" if r.budget else "-", str(r.steps), str(r.config.train.batch_size), f"{r.config.train.lr:.2e}",
-            str(r.seed), "-" if r.epochs is None else f"{r.epochs:.2f}", f"{_human(est['memory_bytes'])}B", _duration(est["time_s"]),
-        )
-    Console(width=200).print(table)
     for c in corpora:
         if c["train_tokens"] is not None:
             cap = "" if c["cap"] is None else f", {c['max_tokens'] / c['cap']:.3g} at data.max_epochs={c['cap']:g}"
@@ -133,6 +104,43 @@ def cmd_plan(args) -> int:
                 "train.warmup_fraction of its shortest branch: set train.warmup_steps in base (every size the same warmup) to at least that",
                 file=sys.stderr,
             )
+
+
+def cmd_plan(args) -> int:
+    from scaling.config import ConfigError
+    from scaling.data.cli import _bad_input_types
+    from scaling.sweep.estimate import estimate
+    from scaling.sweep.spec import count_epochs, plan_sweep
+
+    spec = _load(args.sweep, args.set)
+    try:
+        dev, n_devices = _devices(args)
+        plan = plan_sweep(spec, n_devices=n_devices)
+        corpora = count_epochs(plan, progress=True)
+    except (ConfigError, ValueError, *_bad_input_types()) as e:
+        return exits.fail(str(e), prefix="sweep error")
+    table = Table(title=f"sweep {spec.name}: {len(plan)} runs on {dev.count}x {dev.kind}")
+    for col in ("run_id", "variant", "role", "N", "N_active", "D", "C", "budget", "steps", "batch", "lr", "seed", "epochs", "memory", "est. time"):
+        table.add_column(col, justify="right" if col not in ("run_id", "variant", "role") else "left")
+    problems = []
+    total_C, total_t = 0.0, 0.0
+    for r in plan:
+        try:
+            est = estimate(r.config, dev)
+        except ConfigError as e:
+            return exits.fail(f"run {r.run_id}: {e}", prefix="sweep error")
+        est["time_s"] *= r.spent_flops / r.flops  # a branch trains only its cooldown
+        total_C += r.spent_flops
+        total_t += est["time_s"]
+        if est["memory_bytes"] > dev.memory_bytes:
+            problems.append(f"run {r.run_id} needs ~{_human(est['memory_bytes'])}B of device memory; {dev.kind} has {_human(dev.memory_bytes)}B")
+        table.add_row(
+            r.run_id, r.variant, r.role if r.role != "branch" else f"branch@{r.branch_step}", _human(r.n_params), _human(r.n_params_active), _human(r.tokens), f"{r.flops:.3g}",
+            f"{r.budget:.3g}" if r.budget else "-", str(r.steps), str(r.config.train.batch_size), f"{r.config.train.lr:.2e}",
+            str(r.seed), "-" if r.epochs is None else f"{r.epochs:.2f}", f"{_human(est['memory_bytes'])}B", _duration(est["time_s"]),
+        )
+    Console(width=200).print(table)
+    _plan_notes(spec, plan, corpora)
     where = "this machine" if args.device is None else f"{dev.count} x {dev.kind}"
     print(f"total compute {total_C:.3e} FLOPs; estimated time {_duration(total_t)} on {where} ({dev.basis}), one worker on all devices")
     if problems:
@@ -233,7 +241,7 @@ def cmd_status(args) -> int:
 
 
 def _status(sweep_dir: Path, shown: str) -> int:
-    from scaling.sweep.runner import preemption_summary, status_table
+    from scaling.sweep.collect import preemption_summary, status_table
     from scaling.sweep.spec import load_sweep
 
     spec_path = sweep_dir / "sweep.yaml"
