@@ -34,10 +34,7 @@ def calibrate(law, df: pd.DataFrame, max_cutoffs: int = MAX_CUTOFFS, min_fit_fra
             inner.top_starts = 256  # the best-scoring starts only: the same optimum on every table tried, ~8x faster
         try:
             inner.fit(below)
-            if law.name == "frontier":  # it predicts compute-optimal losses: its targets are the minima above the cut
-                from analysis.isoflop import frontier_targets
-
-                above = frontier_targets(df, inner, cut)
+            above = inner.targets_above(df, above, cut)  # the frontier law's: the minima above the cut
             pred = inner.predict(above)
         except (FitError, AnalysisError, ValueError):
             continue  # a cut that leaves this law underdetermined (e.g. too few budgets) is not a backtest

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis.cli_wandb import add_wandb_args, log_fit_to_wandb, log_validation_to_wandb
 from analysis.errors import AnalysisError
 from analysis.jsonutil import json_safe
 
@@ -180,60 +181,12 @@ def cmd_fit(args) -> int:
                 _write(_save_path(args.save, label), json.dumps(json_safe(law.to_dict()), indent=1))
         results[label] = out
         if args.wandb:
-            _log_fit_to_wandb(args, g, label, out, None if args.law == "isoflop" else law)
+            log_fit_to_wandb(args, g, label, out, None if args.law == "isoflop" else law,
+                             _save_path(args.save, label) if args.save else None)
         texts.append(text if label is None else f"== {args.by} = {label} ({len(g)} runs) ==\n{text}")
     obj = results[None] if args.by is None else {"by": args.by, "fits": results}
     _emit(obj, args.json, "\n\n".join(texts))
     return 0
-
-
-def _wandb_target(args, df) -> tuple[str, Path, str | None]:
-    from analysis.wandb_log import default_group, sweep_project
-
-    runs_path = args.runs if isinstance(args.runs, (str, Path)) else None
-    group = args.wandb_group or default_group(df, runs_path)
-    directory = Path(args.wandb_dir) if args.wandb_dir else (Path(runs_path).parent if runs_path else Path("."))
-    return group, directory, args.wandb_project or sweep_project(runs_path)
-
-
-def _log_fit_to_wandb(args, df, label, out: dict, law) -> None:
-    """One W&B run for this fit: parameters and intervals in the summary, predictions as a Table, plots as images."""
-    import matplotlib.pyplot as plt
-
-    from analysis import plots
-    from analysis.wandb_log import lock_artifact, log_fit, predictions_table, summary_of
-
-    group, directory, project = _wandb_target(args, df)
-    name = f"fit-{args.law}" + (f"-{label}" if label is not None else "")
-    artifacts = {f"runs-{group}": ("runs", Path(args.runs) if not isinstance(args.runs, list) else None), **lock_artifact()}
-    if args.save:
-        artifacts[name] = ("fit", _save_path(args.save, label))
-    figures: dict = {}
-    if law is None:  # isoflop
-        res = args._isoflop_result
-        summary = summary_of(out)
-        tables = {"minima": res.minima_table()}
-        figures = {"isoflop": plots.isoflop_curves(df, res), "allocation": plots.optimal_allocation(res)}
-    else:
-        summary = summary_of(law.to_dict())
-        if law.name == "frontier":
-            m = law.minima.rename(columns={"loss_opt": "loss"}).assign(C=law.minima["budget"])
-            tables = {"predictions": m.assign(predicted=law.predict(m))[["budget", "N_opt", "loss", "predicted"]]}
-            figures = {"frontier": plots.frontier(law, df)}
-        else:
-            tables = {"predictions": predictions_table(law, df)}
-            if law.name == "chinchilla":
-                figures = {"contours": plots.law_contours(law, df), "loss_vs_compute": plots.loss_vs_compute(df, law)}
-        if "compute_optimal" in out:
-            import pandas as pd
-
-            tables["compute_optimal"] = pd.DataFrame(out["compute_optimal"])
-    where = log_fit(name, summary, tables=tables, figures=figures, group=group, mode=args.wandb, directory=directory, project=project,
-                    config={"law": args.law, "runs": str(args.runs), "n_runs": len(df), "by": args.by, "label": label}, artifacts=artifacts)
-    for f in figures.values():
-        plt.close(f)
-    if not args.json:
-        print(f"W&B ({args.wandb}): {name} in group {group} -> {where}", file=sys.stderr)
 
 
 def _save_path(path: str, label: str | None) -> Path:
@@ -348,7 +301,7 @@ def cmd_validate(args) -> int:
             block.update(block["laws"][laws[0]])
         blocks[label] = block
         if args.wandb:
-            _log_validation_to_wandb(args, g, label, res, cut)
+            log_validation_to_wandb(args, g, label, res, cut)
         texts.append(_validate_text(None if label is None else f"{args.by} = {label}", res, cut))
     if not validated:
         raise AnalysisError("nothing to validate: every law was skipped (" + "; ".join(
@@ -356,40 +309,6 @@ def cmd_validate(args) -> int:
     obj = blocks[None] if args.by is None else {"by": args.by, "groups": blocks}
     _emit(obj, args.json, "\n\n".join(texts))
     return 0
-
-
-def _log_validation_to_wandb(args, df, label, res: dict, cut: dict) -> None:
-    import matplotlib.pyplot as plt
-
-    from analysis import plots
-    from analysis.jsonutil import json_safe
-    from analysis.wandb_log import log_fit
-
-    group, directory, project = _wandb_target(args, df)
-    summary, tables, figures = {"cutoff/" + k: v for k, v in cut.items()}, {}, {}
-    for name, r in res.items():
-        if "skipped" in r:
-            summary[f"{name}/skipped"] = r["skipped"]
-            continue
-        for k in ("n_fit", "n_heldout", "mean_abs_rel_error", "max_abs_rel_error", "bias", "coverage"):
-            summary[f"{name}/{k}"] = r["summary"].get(k)
-        tables[f"predictions/{name}"] = r["predictions"]
-        figures[f"heldout/{name}"] = plots.predicted_vs_actual(r["predictions"])
-    name = "validate" + (f"-{label}" if label is not None else "")
-    where = log_fit(name, json_safe(summary), tables=tables, figures=figures, group=group, mode=args.wandb, directory=directory, project=project,
-                    job_type="validate", config={"laws": list(res), "runs": str(args.runs), "cutoff": cut, "label": label})
-    for f in figures.values():
-        plt.close(f)
-    if not args.json:
-        print(f"W&B ({args.wandb}): {name} in group {group} -> {where}", file=sys.stderr)
-
-
-def _wandb_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--wandb", nargs="?", const="offline", choices=["offline", "online"], default=None,
-                   help="also log the result as a W&B run in the sweep's group (offline unless 'online'): summary, tables, plots")
-    p.add_argument("--wandb-group", default=None, help="W&B group (default: the table's sweep column, else its file name)")
-    p.add_argument("--wandb-dir", default=None, help="where W&B writes (default: the runs table's directory)")
-    p.add_argument("--wandb-project", default=None, help="W&B project (default: the sweep's, from sweep.yaml beside the table; else $WANDB_PROJECT or scaling)")
 
 
 def cmd_plot(args) -> int:
@@ -479,7 +398,7 @@ def add_analysis_parsers(sub) -> None:
     f.add_argument("--save", metavar="FIT.json", help="save the fit (reload with `scaling predict`); with --by, one file per group")
     f.add_argument("--no-calibrate", action="store_true", help="skip the backtests that measure the law's extrapolation error (then `predict` gives fit-only intervals)")
     f.add_argument("--json", action="store_true", help="print one JSON object")
-    _wandb_args(f)
+    add_wandb_args(f)
     f.set_defaults(func=_guard(cmd_fit))
 
     p = _one_line_errors(sub.add_parser("predict", help="predict loss from a saved fit"))
@@ -506,7 +425,7 @@ def add_analysis_parsers(sub) -> None:
     v.add_argument("--top-starts", type=int, default=None, metavar="K", help="optimise only the K best-scoring grid starts of each law (faster; default all)")
     v.add_argument("--by", metavar="COLUMN", default=None, help="validate each value of COLUMN separately")
     v.add_argument("--json", action="store_true")
-    _wandb_args(v)
+    add_wandb_args(v)
     v.set_defaults(func=_guard(cmd_validate))
 
     mr = _one_line_errors(sub.add_parser(

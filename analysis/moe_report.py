@@ -83,25 +83,9 @@ def expert_family(runs: pd.DataFrame) -> tuple[float | None, float | None]:
     return counts.idxmax()
 
 
-def write_report(study_dir: str | Path, balance_dir: str | Path | None = None, out: str | Path | None = None,
-                 n_bootstrap: int = 200, seed: int = 0) -> dict:
-    t0 = time.perf_counter()
-    study_dir = Path(study_dir)
-    table = study_dir / "runs.csv" if study_dir.is_dir() else study_dir
-    out = Path(out) if out else (table.parent / "moe_report")
-    out.mkdir(parents=True, exist_ok=True)
-    runs = load_runs(table)
-    missing = [c for c in REQUIRED if c not in runs.columns]
-    if missing:
-        raise FitError(f"{table} lacks column(s) {', '.join(missing)}: write it with a current `scaling sweep collect`")
-    runs["N_total"] = runs["N"]
-    runs["N"] = runs["N_active"].fillna(runs["N"])
-    runs["expansion"] = (runs["n_experts"] / runs["granularity"].fillna(1)).where(runs["n_experts"] >= 2)
-    summary: dict = {"study": str(table), "n_runs": int(len(runs)), "variants": {}}
-    md = ["# Dense vs mixture-of-experts", "", f"Runs: `{table}` ({len(runs)} runs; trunks left out). N is the active parameter count.", ""]
-
-    # 1. variants and their IsoFLOP minima
-    desc = {v: _describe(g) for v, g in runs.groupby("variant", sort=False)}
+def _minima_section(runs: pd.DataFrame, desc: dict, out: Path) -> tuple[list[str], pd.DataFrame]:
+    """1. Each variant's IsoFLOP minimum per budget and its gap to dense."""
+    md: list[str] = []
     mins = variant_minima(runs)
     md += ["## Variants and IsoFLOP minima", ""]
     if len(mins):
@@ -115,8 +99,12 @@ def write_report(study_dir: str | Path, balance_dir: str | Path | None = None, o
         md += [f"Left out or noted: {'; '.join(mins.attrs['notes'])}", ""] if mins.attrs.get("notes") else []
         mins.to_csv(out / "minima.csv", index=False)
         plots.save(plots.loss_by_variant(runs, mins), out / "loss_by_variant.png")
+    return md, mins
 
-    # 2. dense law and effective parameters
+
+def _effective_params_section(runs: pd.DataFrame, desc: dict, out: Path, summary: dict, n_bootstrap: int, seed: int) -> tuple[list[str], pd.DataFrame, tuple]:
+    """2. The dense Chinchilla law, each MoE run's effective parameters and the multiplier per variant (and budget)."""
+    md: list[str] = []
     dense, moe_runs = moe.split_dense(runs)
     dlaw = bootstrap(ChinchillaLaw().fit(dense), dense, n=n_bootstrap, seed=seed)
     dlaw.save(out / "fit_dense_chinchilla.json")
@@ -138,8 +126,12 @@ def write_report(study_dir: str | Path, balance_dir: str | Path | None = None, o
     if len(fam) >= 2:
         plots.save(plots.moe_multiplier(fam, x="n_experts"), out / "multiplier_vs_experts.png")
     plots.save(plots.moe_multiplier(by_vb, x="budget"), out / "multiplier_vs_compute.png")
+    return md, dense, (k_fam, g_fam)
 
-    # 3. compute multiplier at the IsoFLOP minima
+
+def _compute_multiplier_section(dense: pd.DataFrame, mins: pd.DataFrame, summary: dict, n_bootstrap: int, seed: int) -> list[str]:
+    """3. The compute a compute-optimal dense model needs to reach each variant's minimum, over the budget."""
+    md: list[str] = []
     dense_iso = dense[dense["budget"].notna()]
     try:
         front = bootstrap(FrontierLaw().fit(dense_iso), dense_iso, n=n_bootstrap, seed=seed)
@@ -152,9 +144,13 @@ def write_report(study_dir: str | Path, balance_dir: str | Path | None = None, o
         summary["compute_multiplier"] = json_safe(cm[cols].to_dict(orient="records"))
     except FitError as e:
         md += ["## Compute multiplier", "", f"Not computed: {e}", ""]
+    return md
 
-    # 4. the published MoE laws
-    md += ["## MoE laws", ""]
+
+def _moe_laws_section(runs: pd.DataFrame, family: tuple, out: Path, summary: dict, n_bootstrap: int, seed: int) -> list[str]:
+    """4. The published MoE laws: moe-clark at one token count, moe-krajewski at one expansion rate."""
+    k_fam, g_fam = family
+    md = ["## MoE laws", ""]
     fixed = runs[runs["budget"].isna()]
     clark_rows = fixed[(fixed["n_experts"].isna()) | ((fixed["granularity"] == g_fam) & (fixed["top_k"] == k_fam))]
     for name in ("moe-clark-bilinear", "moe-clark"):
@@ -192,8 +188,12 @@ def write_report(study_dir: str | Path, balance_dir: str | Path | None = None, o
             md += [f"**moe-krajewski**: not fitted: {e}", ""]
     else:
         md += ["**moe-krajewski**: not fitted: no expansion rate has runs at 3 or more granularities", ""]
+    return md
 
-    # 5. held-out check
+
+def _heldout_section(runs: pd.DataFrame, out: Path, summary: dict, n_bootstrap: int, seed: int) -> list[str]:
+    """5. Everything fitted below the second-largest budget, the largest budget's MoE losses predicted."""
+    md: list[str] = []
     budgets = sorted(runs["budget"].dropna().unique())
     if len(budgets) >= 2:
         cut = budgets[-2] * 1.01
@@ -215,29 +215,63 @@ def write_report(study_dir: str | Path, balance_dir: str | Path | None = None, o
                                   "by_variant": json_safe(agg.to_dict(orient="records"))}
         except FitError as e:
             md += ["## Held-out check", "", f"Not run: {e}", ""]
+    return md
 
-    # 6. expert balance
+
+def _balance_section(balance_dir: str | Path, out: Path, summary: dict) -> list[str]:
+    """6. The expert balance of every run of a balance sweep, with per-layer load heatmaps."""
+    md: list[str] = []
+    bdir = Path(balance_dir)
+    bruns = load_runs(bdir / "runs.csv", status=None) if (bdir / "runs.csv").exists() else None
+    dirs = {}
+    if bruns is not None and "run_id" in bruns.columns:
+        for r in bruns.itertuples():
+            d = bdir / "runs" / str(r.run_id)
+            if (d / "metrics.jsonl").exists():
+                dirs[str(getattr(r, "variant", r.run_id))] = d
+    if dirs:
+        bal = moe.balance_summary(dirs)
+        stats = {k: moe.expert_load(d) for k, d in dirs.items()}
+        for k, s in stats.items():
+            plots.save(plots.expert_load_heatmap(s, f"expert load: {k}"), out / f"load_heatmap_{k}.png")
+        plots.save(plots.max_load_over_training(stats), out / "max_load_over_training.png")
+        if bruns is not None:
+            lmap = bruns.set_index(bruns["variant"].astype(str))["loss"].to_dict() if "variant" in bruns else {}
+            bal["eval_loss"] = bal["run"].map(lmap)
+        md += ["## Expert balance", "", f"Runs in `{bdir}` ({', '.join(dirs)}); end = mean over the last 10% of logged steps.", "",
+               _md(bal), ""]
+        summary["balance"] = json_safe(bal.to_dict(orient="records"))
+    return md
+
+
+def write_report(study_dir: str | Path, balance_dir: str | Path | None = None, out: str | Path | None = None,
+                 n_bootstrap: int = 200, seed: int = 0) -> dict:
+    t0 = time.perf_counter()
+    study_dir = Path(study_dir)
+    table = study_dir / "runs.csv" if study_dir.is_dir() else study_dir
+    out = Path(out) if out else (table.parent / "moe_report")
+    out.mkdir(parents=True, exist_ok=True)
+    runs = load_runs(table)
+    missing = [c for c in REQUIRED if c not in runs.columns]
+    if missing:
+        raise FitError(f"{table} lacks column(s) {', '.join(missing)}: write it with a current `scaling sweep collect`")
+    runs["N_total"] = runs["N"]
+    runs["N"] = runs["N_active"].fillna(runs["N"])
+    runs["expansion"] = (runs["n_experts"] / runs["granularity"].fillna(1)).where(runs["n_experts"] >= 2)
+    summary: dict = {"study": str(table), "n_runs": int(len(runs)), "variants": {}}
+    md = ["# Dense vs mixture-of-experts", "", f"Runs: `{table}` ({len(runs)} runs; trunks left out). N is the active parameter count.", ""]
+
+    # the six sections (see the module docstring)
+    desc = {v: _describe(g) for v, g in runs.groupby("variant", sort=False)}
+    part, mins = _minima_section(runs, desc, out)
+    md += part
+    part, dense, family = _effective_params_section(runs, desc, out, summary, n_bootstrap, seed)
+    md += part
+    md += _compute_multiplier_section(dense, mins, summary, n_bootstrap, seed)
+    md += _moe_laws_section(runs, family, out, summary, n_bootstrap, seed)
+    md += _heldout_section(runs, out, summary, n_bootstrap, seed)
     if balance_dir is not None:
-        bdir = Path(balance_dir)
-        bruns = load_runs(bdir / "runs.csv", status=None) if (bdir / "runs.csv").exists() else None
-        dirs = {}
-        if bruns is not None and "run_id" in bruns.columns:
-            for r in bruns.itertuples():
-                d = bdir / "runs" / str(r.run_id)
-                if (d / "metrics.jsonl").exists():
-                    dirs[str(getattr(r, "variant", r.run_id))] = d
-        if dirs:
-            bal = moe.balance_summary(dirs)
-            stats = {k: moe.expert_load(d) for k, d in dirs.items()}
-            for k, s in stats.items():
-                plots.save(plots.expert_load_heatmap(s, f"expert load: {k}"), out / f"load_heatmap_{k}.png")
-            plots.save(plots.max_load_over_training(stats), out / "max_load_over_training.png")
-            if bruns is not None:
-                lmap = bruns.set_index(bruns["variant"].astype(str))["loss"].to_dict() if "variant" in bruns else {}
-                bal["eval_loss"] = bal["run"].map(lmap)
-            md += ["## Expert balance", "", f"Runs in `{bdir}` ({', '.join(dirs)}); end = mean over the last 10% of logged steps.", "",
-                   _md(bal), ""]
-            summary["balance"] = json_safe(bal.to_dict(orient="records"))
+        md += _balance_section(balance_dir, out, summary)
     summary["out"] = str(out)
     summary["report_time_s"] = time.perf_counter() - t0
     (out / "report.md").write_text("\n".join(md) + "\n")

@@ -61,6 +61,15 @@ class Model(Protocol):
     def derivs(self, theta: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]]: ...
 
 
+def lse_design(n: int, terms: list[list[tuple[int, np.ndarray | float]]], p: int) -> np.ndarray:
+    """Design G (n, K, p) from terms given as [(param index, coefficient per run or scalar), ...]."""
+    G = np.zeros((n, len(terms), p))
+    for k, term in enumerate(terms):
+        for j, coef in term:
+            G[:, k, j] = coef
+    return G
+
+
 class LSEAffineModel:
     """pred_i(theta) = logsumexp_k (G[i, k] . theta + c[i, k]) for a fixed design G (n, K, p) and offsets c (n, K).
 

@@ -12,23 +12,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from analysis.isoflop import assign_budgets
+
 HERE = Path(__file__).resolve().parent
-
-
-def _budget_clusters(C: np.ndarray, gap_dex: float = 0.1) -> np.ndarray:
-    """Geometric-mean C of clusters of log10 C separated by more than gap_dex."""
-    lc = np.log10(C)
-    order = np.argsort(lc, kind="stable")
-    group = np.zeros(len(lc), int)
-    g = 0
-    for prev, cur in zip(order[:-1], order[1:]):
-        if lc[cur] - lc[prev] > gap_dex:
-            g += 1
-        group[cur] = g
-    return 10 ** pd.Series(lc).groupby(group).transform("mean").to_numpy()
 
 
 def llama3(src: Path) -> None:
@@ -55,7 +43,7 @@ def marin(src: Path) -> None:
         grid = t[~is_opt].copy()
         # The budget in a run's name is about 2ND; the table's own FLOPs (total_gflops) are 3x it. Budgets are
         # the clusters of the table's C.
-        grid["budget"] = _budget_clusters(grid["C"].to_numpy())
+        grid["budget"] = assign_budgets(grid[["C"]]).to_numpy()  # clusters of log10 C, labelled by their geometric mean
         grid.drop(columns=["run"]).sort_values(["budget", "N"]).to_csv(HERE / f"marin2026_isoflop_{name}.csv", index=False)
         o = t[is_opt].drop(columns=["run"]).assign(dataset=name)
         optimal.append(o)

@@ -1,5 +1,5 @@
-"""The law registry (``register``, ``make_law``, ``law_names``) and the ``Law`` base: table checks, multi-start
-fitting, notes, intervals, the bootstrap and JSON; helpers the forms share."""
+"""The ``Law`` base: table checks, multi-start fitting, notes, intervals, the bootstrap and JSON; helpers the forms
+share. The registry is ``analysis.laws.registry``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import itertools
 import json
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,67 +15,7 @@ import numpy as np
 from analysis.errors import AnalysisError, FitError
 from analysis.optim import Model, huber, minimize_batched, polish
 from analysis.progress import progress_bar
-
-
-@dataclass(frozen=True)
-class Option:
-    """A fit option a law form declares: its command-line flag (``scaling fit``) and the keyword argument of the
-    law's constructor it sets. ``invert``: a store_true flag that sets the argument False (``--no-offset``);
-    ``only``: passing the flag with another law is refused (else it is ignored by laws that do not declare it)."""
-
-    flag: str
-    kwarg: str
-    help: str
-    store_true: bool = False
-    invert: bool = False
-    choices: tuple | None = None
-    type: Any = None
-    default: Any = None
-    only: bool = False
-
-    @property
-    def dest(self) -> str:
-        return self.flag.lstrip("-").replace("-", "_")
-
-
-def law_options() -> list[tuple[Option, list[str]]]:
-    """Every registered law's options, each with the laws that declare it (first declaration of a flag wins)."""
-    out: dict[str, tuple[Option, list[str]]] = {}
-    for name, cls in LAWS.items():
-        for opt in cls.options:
-            out.setdefault(opt.flag, (opt, []))[1].append(name)
-    return list(out.values())
-
-
-LAWS: dict[str, type["Law"]] = {}
-LAW_ALIASES: dict[str, tuple[str, dict]] = {}
-
-
-def register(cls: type["Law"] | None = None, *, aliases: dict[str, dict] | None = None):
-    """Class decorator adding a law to the registry (``@register`` or ``@register(aliases={name: kwargs})``)."""
-
-    def deco(c: type["Law"]) -> type["Law"]:
-        LAWS[c.name] = c
-        for alias, kw in (aliases or {}).items():
-            LAW_ALIASES[alias] = (c.name, dict(kw))
-        return c
-
-    return deco(cls) if cls is not None else deco
-
-
-def law_names(aliases: bool = True) -> list[str]:
-    """Registered law names (and aliases such as ``chinchilla-tied``), in registration order."""
-    return list(LAWS) + (list(LAW_ALIASES) if aliases else [])
-
-
-def make_law(name: str, **kw) -> "Law":
-    """A registered law by name or alias; keyword arguments override the alias's."""
-    if name in LAW_ALIASES:
-        base, extra = LAW_ALIASES[name]
-        return LAWS[base](**{**extra, **kw})
-    if name not in LAWS:
-        raise FitError(f"unknown law {name!r}; known: {', '.join(law_names())}")
-    return LAWS[name](**kw)
+from analysis.laws.registry import LAWS, Option
 
 
 class Law(ABC):
@@ -94,6 +33,20 @@ class Law(ABC):
     def fit_summary(self, df: "pd.DataFrame") -> tuple[dict, str]:
         """What `scaling fit` adds for this law beyond its parameters: (fields for the JSON, text lines)."""
         return {}, ""
+
+    # What a held-out check compares this law's predictions with. A law of single runs predicts the runs beyond the
+    # cut-off; a law of something else (the frontier: compute-optimal losses) says what its targets are there.
+    target_kind: ClassVar[str] = "held-out runs"
+
+    def holdout(self, df: "pd.DataFrame", train: "pd.DataFrame", test: "pd.DataFrame", cutoff_flops: float | None):
+        """(runs to fit, targets to predict) of a held-out check at a cut-off (``validate``): by default the runs
+        at or below it and the runs above it (``train``, ``test``)."""
+        return train, test
+
+    def targets_above(self, df: "pd.DataFrame", above: "pd.DataFrame", cut: float) -> "pd.DataFrame":
+        """The targets above an internal compute cut-off (the backtests of ``analysis.backtest``), this law
+        fitted below it: by default the runs there."""
+        return above
 
     def __init__(self, delta: float = 1e-3, grid: dict[str, list[float]] | None = None, top_starts: int | None = None):
         self.delta = delta
@@ -479,26 +432,6 @@ class Law(ABC):
             return f"{type(self).__name__}(unfitted)"
         ps = ", ".join(f"{k}={v:.4g}" for k, v in self.params.items())
         return f"{type(self).__name__}({ps})"
-
-
-def _lse_design(n: int, terms: list[list[tuple[int, np.ndarray | float]]], p: int) -> np.ndarray:
-    """Design G (n, K, p) from terms given as [(param index, coefficient per run or scalar), ...]."""
-    G = np.zeros((n, len(terms), p))
-    for k, term in enumerate(terms):
-        for j, coef in term:
-            G[:, k, j] = coef
-    return G
-
-
-def table_flops_per_param_token(df: pd.DataFrame) -> float:
-    """The table's FLOPs per parameter per token: median of C / (N D) (6 under the 6ND convention)."""
-    if not {"N", "D", "C"} <= set(df.columns):
-        return 6.0
-    k = (df["C"] / (df["N"] * df["D"])).to_numpy(float)
-    k = k[np.isfinite(k) & (k > 0)]
-    return float(np.median(k)) if len(k) else 6.0
-
-
 
 
 def load_fit(path: str | Path) -> Law:

@@ -3,12 +3,12 @@ compute-optimal allocation."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
-from analysis.laws.base import Law, Option, _lse_design, register, table_flops_per_param_token
-from analysis.optim import LSEAffineModel
+from analysis.laws.base import Law
+from analysis.runs import table_flops_per_param_token
+from analysis.laws.registry import Option, register
+from analysis.optim import LSEAffineModel, lse_design
 
 
 @register(aliases={"chinchilla-tied": {"tie_exponents": True}})
@@ -60,7 +60,7 @@ class ChinchillaLaw(Law):
     def model(self, X):
         lN, lD = np.log(X[:, 0]), np.log(X[:, 1])
         beta = 3 if self.tie_exponents else 4
-        G = _lse_design(len(X), [[(0, 1.0), (3, -lN)], [(1, 1.0), (beta, -lD)], [(2, 1.0)]], self.n_params)
+        G = lse_design(len(X), [[(0, 1.0), (3, -lN)], [(1, 1.0), (beta, -lD)], [(2, 1.0)]], self.n_params)
         return LSEAffineModel(G)
 
     def full_theta(self, thetas: np.ndarray) -> np.ndarray:

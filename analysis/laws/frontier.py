@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from analysis.errors import DEFAULT_ISOFLOP_METHOD, ISOFLOP_METHODS, FitError
-from analysis.laws.base import Option, register
+from analysis.laws.registry import Option, register
 from analysis.laws.power import PowerLaw
 
 
@@ -91,6 +91,25 @@ class FrontierLaw(PowerLaw):
         Y = np.log(np.where(np.isfinite(L), L, 1.0))
         W[W.sum(axis=1) < self.n_params] = 0.0  # too few minima: the resample is left out
         return minima[["budget"]].to_numpy(float), Y, W
+
+    target_kind = "IsoFLOP minima of the held-out budgets"
+
+    def holdout(self, df, train, test, cutoff_flops):
+        """Fitted on every budget at or below the cut-off; its targets are the minima of the budgets above it."""
+        from analysis.isoflop import assign_budgets, frontier_targets
+
+        if cutoff_flops is None:
+            raise FitError("the frontier law extrapolates in compute: validate it with a FLOPs cut-off")
+        d = df.copy()
+        d["budget"] = assign_budgets(d, self.gap_dex)
+        train = d[d["budget"] <= cutoff_flops].reset_index(drop=True)
+        train.attrs["notes"] = list(df.attrs.get("notes", []))
+        return train, frontier_targets(df, self, cutoff_flops)
+
+    def targets_above(self, df, above, cut):
+        from analysis.isoflop import frontier_targets
+
+        return frontier_targets(df, self, cut)
 
     def to_dict(self, level: float = 0.95) -> dict:
         d = super().to_dict(level)

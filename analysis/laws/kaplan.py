@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from analysis.laws.base import Law, register
+from analysis.laws.base import Law
+from analysis.laws.registry import register
 from analysis.optim import JacobianModel
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from analysis.errors import FitError
-from analysis.laws.base import Law, _lse_design, register
+from analysis.laws.base import Law
+from analysis.laws.registry import register
 from analysis.laws.frontier import LN10
-from analysis.optim import JacobianModel, LSEAffineModel
+from analysis.optim import JacobianModel, LSEAffineModel, lse_design
 
 
 def moe_inputs(df: pd.DataFrame, need: tuple[str, ...]) -> pd.DataFrame:
@@ -92,7 +93,7 @@ class ClarkLaw(Law):
         n, lE = np.log10(X[:, 0]), np.log(X[:, 1])
         if not self.saturating:
             # ln L = ln10 (a n + d) + b ln E + c n ln E: linear in theta (one log-sum-exp term)
-            G = _lse_design(len(X), [[(0, LN10 * n), (1, lE), (2, n * lE), (3, LN10)]], 4)
+            G = lse_design(len(X), [[(0, LN10 * n), (1, lE), (2, n * lE), (3, LN10)]], 4)
             return LSEAffineModel(G)
         E = X[:, 1][None]
         n2 = n[None]
@@ -197,7 +198,7 @@ class KrajewskiLaw(Law):
     def model(self, X):
         lN, lD, lG = np.log(X[:, 0]), np.log(X[:, 1]), np.log(X[:, 2])
         terms = [[(3, 1.0), (6, -lG), (4, -lN)], [(0, 1.0), (4, -lN)], [(1, 1.0), (5, -lD)], [(2, 1.0)]]
-        return LSEAffineModel(_lse_design(len(X), terms, 7))
+        return LSEAffineModel(lse_design(len(X), terms, 7))
 
     def params_from_theta(self, theta):
         la, lb, lc, lg, al, be, ga = np.asarray(theta, float).ravel()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from analysis.errors import FitError
-from analysis.laws.base import Law, Option, _lse_design, register
-from analysis.optim import LSEAffineModel
+from analysis.laws.base import Law
+from analysis.laws.registry import Option, register
+from analysis.optim import LSEAffineModel, lse_design
 
 
 @register
@@ -42,7 +43,7 @@ class PowerLaw(Law):
     def model(self, X):
         lx = np.log(X[:, 0])
         terms = [[(0, 1.0), (1, -lx)]] + ([[(2, 1.0)]] if self.offset else [])
-        return LSEAffineModel(_lse_design(len(X), terms, self.n_params))
+        return LSEAffineModel(lse_design(len(X), terms, self.n_params))
 
     def params_from_theta(self, theta):
         theta = np.asarray(theta, float).ravel()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from analysis.errors import FitError
-from analysis.laws.base import Law, register
+from analysis.laws.base import Law
+from analysis.laws.registry import register
 from analysis.optim import JacobianModel
 
 
