@@ -82,7 +82,9 @@ def chinchilla_walkthrough() -> nbf.NotebookNode:
             "`compare_laws` is `scaling validate RUNS --law all`: each law is fitted below a compute cut-off (by default "
             "the widest gap that holds out the largest 10-30% of runs) and predicts every run above it; the frontier law "
             "predicts the IsoFLOP minima of the held-out budgets. Coverage is the share of held-out runs inside the 95% "
-            "single-run prediction interval."
+            "single-run prediction interval. `top_starts=256` optimises each fit from the 256 best-scoring starts of its grid "
+            "instead of all of them: on every shipped table it finds the same optimum (the same errors and coverages to "
+            "the digits shown) in three quarters of the time."
         ),
         code(
             "rows = []\n"
@@ -90,7 +92,7 @@ def chinchilla_walkthrough() -> nbf.NotebookNode:
             "for path in sorted(DATA_DIR.glob('*.csv')):\n"
             "    if path.name == 'marin2026_validation_optimal.csv':\n"
             "        continue  # one run per budget and dataset: the frontier check below\n"
-            "    for name, r in compare_laws(load_runs(path), n_bootstrap=100).items():\n"
+            "    for name, r in compare_laws(load_runs(path), n_bootstrap=100, top_starts=256).items():\n"
             "        if 'skipped' in r:\n"
             "            rows.append({'table': path.stem, 'law': name, 'note': r['skipped'][:70]})\n"
             "            continue\n"
