@@ -198,6 +198,48 @@ def _objective(pred, y, w, delta):
     return np.where(np.isfinite(f), f, np.inf), r
 
 
+def _step_eval(model: Model, Y: np.ndarray, W: np.ndarray, delta: float, exact: np.ndarray, chunk: int, idx: np.ndarray,
+               th: np.ndarray, fref: np.ndarray):
+    """Objective at th for problems idx; where it is below fref, also gradient and Hessian (in chunks of ``chunk``
+    problems; the Huber curvature exact where ``exact``, else its majorant). Non-finite derivatives: objective inf."""
+    p = th.shape[1]
+    fo = np.empty(len(idx))
+    go, Ho = np.zeros((len(idx), p)), np.zeros((len(idx), p, p))
+    for a in range(0, len(idx), chunk):
+        sl = slice(a, a + chunk)
+        ii = idx[sl]
+        with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
+            pred, grad_hess = model.derivs(th[sl])
+            fo[sl], r = _objective(pred, Y[ii], W[ii], delta)
+            better = np.flatnonzero(fo[sl] < fref[sl])
+            if len(better):
+                rb, wb, jj = r[better], W[ii[better]], ii[better]
+                curv = np.where(exact[jj, None], huber_d2(rb, delta), huber_curvature(rb, delta))
+                gb, Hb = grad_hess(wb * huber_d1(rb, delta), wb * curv, better)
+                go[a + better], Ho[a + better] = gb, Hb
+    bad = ~np.isfinite(go).all(axis=1) | ~np.isfinite(Ho).all(axis=(1, 2))
+    fo[bad] = np.inf
+    return fo, go, Ho
+
+
+def _damped_newton_step(th: np.ndarray, gi: np.ndarray, Hi: np.ndarray, mu: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The candidate point of one projected, damped Newton step per problem (rows of th)."""
+    p = th.shape[1]
+    # Projected Newton: variables at a bound whose gradient pushes outwards are held fixed this step.
+    fixed = ((th <= lo) & (gi > 0)) | ((th >= hi) & (gi < 0))
+    free = ~fixed
+    Hf = Hi * (free[:, :, None] & free[:, None, :])
+    Hf[:, np.arange(p), np.arange(p)] += fixed
+    gf = gi * free
+    lam, Q = np.linalg.eigh(Hf)
+    scale = np.maximum(np.abs(lam).max(axis=1), 1e-300)
+    # Eigenvalue shift: negative curvature is treated as zero, and mu (relative to the largest eigenvalue)
+    # damps every direction (Levenberg-Marquardt); mu adapts to the success of each step.
+    shifted = np.maximum(lam, 0.0) + (mu * scale)[:, None]
+    step = -np.einsum("spk,sk->sp", Q, np.einsum("spk,sp->sk", Q, gf) / shifted) * free
+    return np.clip(th + step, lo, hi)
+
+
 def minimize_batched(
     model: Model,
     theta0: np.ndarray,
@@ -235,24 +277,7 @@ def minimize_batched(
     exact = np.zeros(S, bool)
 
     def step_eval(idx: np.ndarray, th: np.ndarray, fref: np.ndarray):
-        """Objective at th for problems idx; where it is below fref, also gradient and Hessian (in chunks)."""
-        fo = np.empty(len(idx))
-        go, Ho = np.zeros((len(idx), p)), np.zeros((len(idx), p, p))
-        for a in range(0, len(idx), chunk):
-            sl = slice(a, a + chunk)
-            ii = idx[sl]
-            with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
-                pred, grad_hess = model.derivs(th[sl])
-                fo[sl], r = _objective(pred, Y[ii], W[ii], delta)
-                better = np.flatnonzero(fo[sl] < fref[sl])
-                if len(better):
-                    rb, wb, jj = r[better], W[ii[better]], ii[better]
-                    curv = np.where(exact[jj, None], huber_d2(rb, delta), huber_curvature(rb, delta))
-                    gb, Hb = grad_hess(wb * huber_d1(rb, delta), wb * curv, better)
-                    go[a + better], Ho[a + better] = gb, Hb
-        bad = ~np.isfinite(go).all(axis=1) | ~np.isfinite(Ho).all(axis=(1, 2))
-        fo[bad] = np.inf
-        return fo, go, Ho
+        return _step_eval(model, Y, W, delta, exact, chunk, idx, th, fref)
 
     allidx = np.arange(S)
     f[:], g[:], H[:] = step_eval(allidx, theta, np.full(S, np.inf))
@@ -265,20 +290,7 @@ def minimize_batched(
     while active.any() and it < max_iter:
         it += 1
         idx = np.flatnonzero(active)
-        th, gi, Hi = theta[idx], g[idx], H[idx]
-        # Projected Newton: variables at a bound whose gradient pushes outwards are held fixed this step.
-        fixed = ((th <= lo) & (gi > 0)) | ((th >= hi) & (gi < 0))
-        free = ~fixed
-        Hf = Hi * (free[:, :, None] & free[:, None, :])
-        Hf[:, np.arange(p), np.arange(p)] += fixed
-        gf = gi * free
-        lam, Q = np.linalg.eigh(Hf)
-        scale = np.maximum(np.abs(lam).max(axis=1), 1e-300)
-        # Eigenvalue shift: negative curvature is treated as zero, and mu (relative to the largest eigenvalue)
-        # damps every direction (Levenberg-Marquardt); mu adapts to the success of each step.
-        shifted = np.maximum(lam, 0.0) + (mu[idx] * scale)[:, None]
-        step = -np.einsum("spk,sk->sp", Q, np.einsum("spk,sp->sk", Q, gf) / shifted) * free
-        cand = np.clip(th + step, lo, hi)
+        cand = _damped_newton_step(theta[idx], g[idx], H[idx], mu[idx], lo, hi)
         fc, gc, Hc = step_eval(idx, cand, f[idx])
         ok = fc < f[idx]
         acc = idx[ok]
