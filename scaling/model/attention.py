@@ -31,24 +31,24 @@ def block_size(L: int) -> int:
 
 def blocked_causal_heads_first(q_BNLH: jax.Array, k_BGLH: jax.Array, v_BGLH: jax.Array, block: int | None = None) -> jax.Array:
     """Causal (grouped-query) attention over query blocks, heads ahead of positions: (B, N, L, H) queries, (B, G, L, H)
-    keys and values, (B, N, L, H) out. Each block's two matmuls are plain batched matmuls over (B, G, R)."""
+    keys and values, (B, N, L, H) out. Each block's two matmuls are plain batched matmuls over (B, G, Q)."""
     B, N, L, H = q_BNLH.shape
     G = k_BGLH.shape[1]
-    R = N // G  # query heads per key/value head
+    Q = N // G  # query heads per key/value head
     block = block or block_size(L)
     dt = q_BNLH.dtype
     precision = jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if dt == jnp.bfloat16 else None
     scale = jnp.float32(1.0 / math.sqrt(H))
     big_negative = jnp.float32(-0.7 * np.finfo(np.float32).max)  # jax.nn's mask value
-    q_BGRLH = q_BNLH.reshape(B, G, R, L, H)
+    q_BGQLH = q_BNLH.reshape(B, G, Q, L, H)
     outs = []
     for start in range(0, L, block):
         end = min(start + block, L)
-        logits_BGRTS = jnp.einsum("bgrth,bgsh->bgrts", q_BGRLH[:, :, :, start:end], k_BGLH[:, :, :end],
+        logits_BGQIJ = jnp.einsum("bgqih,bgjh->bgqij", q_BGQLH[:, :, :, start:end], k_BGLH[:, :, :end],
                                   precision=precision, preferred_element_type=jnp.float32) * scale
-        causal_TS = jnp.arange(start, end)[:, None] >= jnp.arange(end)[None, :]
-        probs = jax.nn.softmax(jnp.where(causal_TS, logits_BGRTS, big_negative), axis=-1).astype(v_BGLH.dtype)
-        outs.append(jnp.einsum("bgrts,bgsh->bgrth", probs, v_BGLH[:, :, :end]))
+        causal_IJ = jnp.arange(start, end)[:, None] >= jnp.arange(end)[None, :]
+        probs_BGQIJ = jax.nn.softmax(jnp.where(causal_IJ, logits_BGQIJ, big_negative), axis=-1).astype(v_BGLH.dtype)
+        outs.append(jnp.einsum("bgqij,bgjh->bgqih", probs_BGQIJ, v_BGLH[:, :, :end]))
     return jnp.concatenate(outs, axis=3).reshape(B, N, L, H)
 
 

@@ -23,7 +23,14 @@ R      -            rotary frequencies, head_dim / 2 (activations only)
 T      -            tokens flattened (batch x sequence) (activations only)
 A      -            token-to-expert assignments, T x K (activations only)
 S      -            expert slots flattened, E x C (activations only)
+Q      -            query heads per key/value head, N / G (activations only)
+I      -            query positions of one attention block (activations only)
+J      -            key positions up to that block's end (activations only)
+M      -            gradient-accumulation micro-batches (activations only)
 ====== ============ ====================================================================
+
+A ``1`` after ``L`` means one more position: ``tokens_BL1`` holds L + 1 tokens per sequence (inputs and their
+next-token targets).
 """
 
 from __future__ import annotations

@@ -64,14 +64,14 @@ def train_step_fn(graphdef: nnx.GraphDef, cfg: RunConfig) -> Callable:
         else:
             # micro-batch a takes rows a, a + A, ...: each micro-batch keeps an even share of every batch shard
             B = tokens_BL1.shape[0]
-            micro_ABL1 = jnp.swapaxes(tokens_BL1.reshape(B // A, A, -1), 0, 1)
+            micro_MBL1 = jnp.swapaxes(tokens_BL1.reshape(B // A, A, -1), 0, 1)
 
             def body(acc, tokens):
                 (_, out), g = grad_fn(params, rest, tokens)
                 return jax.tree.map(jnp.add, acc, g), out
 
             zeros = jax.tree.map(jnp.zeros_like, params)
-            grads, (metrics, aux) = jax.lax.scan(body, zeros, micro_ABL1)
+            grads, (metrics, aux) = jax.lax.scan(body, zeros, micro_MBL1)
             grads = jax.tree.map(lambda g: g / A, grads)
             metrics, aux = jax.tree.map(lambda x: jnp.mean(x, axis=0), (metrics, aux))
         metrics["grad_norm"] = optax.global_norm(grads)
