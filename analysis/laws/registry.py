@@ -5,12 +5,11 @@ them, for ``scaling fit``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from analysis.errors import FitError
 
-if TYPE_CHECKING:
-    from analysis.laws.base import Law
+# Law (analysis.laws.base) is named in annotations only: base imports this module, not the other way round.
 
 
 @dataclass(frozen=True)
