@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up the environment if needed, then run the whole test suite (CPU; ~19 min on 2 cores: 1,148 s from a fresh clone, 2026-12-06).
+# Set up the environment if needed, then run the whole test suite (CPU; ~20 min on 2 cores: 1,240 s from a fresh clone, 2026-12-06).
 # Two pytest-xdist workers, one test file each at a time (--dist loadfile keeps a file's module fixtures in one
 # process): most tests wait on subprocesses or compile, so two workers use both cores (~28% less wall time than
 # one). Pass -n 0 to run serially. The soak tests (marked soak) are outside the default suite: -m soak runs them,
