@@ -16,6 +16,7 @@ import numpy as np
 
 from analysis.cli_wandb import add_wandb_args, log_fit_to_wandb, log_validation_to_wandb
 from analysis.errors import AnalysisError
+from analysis.fmt import interval
 from analysis.jsonutil import json_safe
 
 _clean = json_safe  # the name older callers import
@@ -82,7 +83,7 @@ def _fmt_params(law) -> str:
     for k, v in law.params.items():
         s = f"  {k:8s} = {v:.6g}"
         if k in iv:
-            s += f"   (se {iv[k]['se']:.3g}; 95% [{iv[k]['lo']:.4g}, {iv[k]['hi']:.4g}])"
+            s += f"   (se {iv[k]['se']:.3g}; 95% {interval(iv[k]['lo'], iv[k]['hi'])})"
         lines.append(s)
     return "\n".join(lines)
 
@@ -100,7 +101,7 @@ def _fit_isoflop(df, args) -> tuple[dict, str]:
     out = res.to_dict()
     out["notes"] = list(df.attrs.get("notes", [])) + out["notes"]
     iv = res.intervals()
-    ci = lambda k: f" [{iv[k]['lo']:.3f}, {iv[k]['hi']:.3f}]" if k in iv else ""  # noqa: E731
+    ci = lambda k: f" {interval(iv[k]['lo'], iv[k]['hi'], '.3f')}" if k in iv else ""  # noqa: E731
     cols = ["budget", "N_opt", "D_opt", "loss_opt", "n_runs", "n_sizes", "bracketed", "in_range", "weight"]
     text = (
         f"IsoFLOP ({res.method}, {len(res.minima)} budgets): N_opt ∝ C^{res.a:.4f}{ci('a')}, D_opt ∝ C^{res.b:.4f}{ci('b')}\n"
@@ -231,7 +232,7 @@ def cmd_predict(args) -> int:
     text = "\n".join(
         ", ".join(f"{k}={r[k]:.4g}" for k in used)
         + f": loss {r['loss']:.4f}"
-        + (f"  ({kind} [{r['lo']:.4f}, {r['hi']:.4f}]" if "lo" in r else "")
+        + (f"  ({kind} {interval(r['lo'], r['hi'], '.4f')}" if "lo" in r else "")
         + (f"; fit only [{r['fit_lo']:.4f}, {r['fit_hi']:.4f}]; {r['d']:.2f} decades beyond the fitted compute)" if "fit_lo" in r
            else (f"; {r['d']:.2f} decades beyond the fitted compute)" if "d" in r else (")" if "lo" in r else "")))
         for r in rows

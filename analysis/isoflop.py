@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.errors import FitError
+from analysis.fmt import interval
 from analysis.minima import DEFAULT_METHOD, METHODS, budget_minima_batch, empirical_argmin, interp_logD
 
 
@@ -288,7 +289,7 @@ def isoflop_analysis(
     iv = res.intervals()
     for k in ("a", "b"):
         if k in iv and iv[k]["hi"] - iv[k]["lo"] > 0.5:
-            notes.append(f"degenerate fit: the {100 * level:.0f}% interval of {k} is wider than 0.5 ([{iv[k]['lo']:.3g}, {iv[k]['hi']:.3g}])")
+            notes.append(f"degenerate fit: the {100 * level:.0f}% interval of {k} is wider than 0.5 ({interval(iv[k]['lo'], iv[k]['hi'], '.3g')})")
     return res
 
 

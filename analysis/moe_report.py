@@ -27,6 +27,7 @@ import pandas as pd
 
 from analysis import moe, plots
 from analysis.errors import FitError
+from analysis.fmt import with_interval
 from analysis.isoflop import budget_minima
 from analysis.jsonutil import json_safe
 from analysis.laws import ChinchillaLaw, FrontierLaw, make_law
@@ -162,7 +163,7 @@ def _moe_laws_section(runs: pd.DataFrame, family: tuple, out: Path, summary: dic
             iv = law.intervals()
             md += [f"**{name}** on {len(clark_rows)} runs at D = {clark_rows['D'].iloc[0]:.3g} tokens (E = "
                    f"{', '.join(str(int(e)) for e in sorted(clark_rows['n_experts'].fillna(1).unique()))}): "
-                   + ", ".join(f"{k} = {v:.4g} [{iv[k]['lo']:.3g}, {iv[k]['hi']:.3g}]" for k, v in law.params.items())
+                   + ", ".join(f"{k} = {with_interval(v, iv[k]['lo'], iv[k]['hi'], '.4g', '.3g')}" for k, v in law.params.items())
                    + (f". Notes: {'; '.join(law.notes)}" if law.notes else ""), ""]
             summary[name] = {"params": law.params, "intervals": iv, "notes": law.notes}
         except FitError as e:
@@ -181,7 +182,7 @@ def _moe_laws_section(runs: pd.DataFrame, family: tuple, out: Path, summary: dic
             iv = law.intervals()
             md += [f"**moe-krajewski** on {len(krows)} runs at expansion rate {krows['expansion'].iloc[0]:g} (G = "
                    f"{', '.join(str(int(g)) for g in sorted(krows['granularity'].unique()))}): "
-                   + ", ".join(f"{k} = {v:.4g} [{iv[k]['lo']:.3g}, {iv[k]['hi']:.3g}]" for k, v in law.params.items())
+                   + ", ".join(f"{k} = {with_interval(v, iv[k]['lo'], iv[k]['hi'], '.4g', '.3g')}" for k, v in law.params.items())
                    + (f". Notes: {'; '.join(law.notes)}" if law.notes else ""), ""]
             summary["moe-krajewski"] = {"params": law.params, "intervals": iv, "notes": law.notes}
         except FitError as e:

@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from analysis.fmt import with_interval
 from analysis.laws import ChinchillaLaw, Law
 from analysis.runs import compute_frontier
 
@@ -99,7 +100,7 @@ def extrapolation(df: pd.DataFrame, law, C_target: float, predicted: dict, measu
         inside = p["lo"] <= m <= p["hi"]
         ax.errorbar([0.89], [m], yerr=[[2 * se]], fmt="*", c="k", mfc="gold", mec="k", ms=15, zorder=6, label="held-out run, measured (± 2 s.e.)")
         ax.annotate("", xy=(0.89, m), xytext=(1.0, p["loss"]), arrowprops={"arrowstyle": "-", "color": "0.4", "lw": 0.8, "ls": ":"})
-        ax.text(0.02, 0.03, f"{name}: {p['loss']:.4f} [{p['lo']:.4f}, {p['hi']:.4f}]\nmeasured: {m:.4f} ± {se:.4f}, error "
+        ax.text(0.02, 0.03, f"{name}: {with_interval(p['loss'], p['lo'], p['hi'], '.4f')}\nmeasured: {m:.4f} ± {se:.4f}, error "
                 f"{100 * (p['loss'] - m) / m:+.2f}%: {'inside' if inside else 'OUTSIDE'} the interval",
                 transform=ax.transAxes, fontsize=8, va="bottom", ha="left",
                 bbox={"facecolor": "white", "edgecolor": "0.3" if inside else "C3", "alpha": 0.9})

@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+from analysis.fmt import with_interval
 from scaling.config import ConfigError
 from scaling.quickstart.fits import fit_laws
 from scaling.quickstart.heldout import choose_heldout, predict_heldout
@@ -65,7 +66,7 @@ def run_quickstart(
     prediction = predict_heldout(fits, held, runs, report, seed, say)
     say(
         f"[3/4] held-out run: N={held.N:,} D={held.D:,} C={held.C:.3g} ({held.C / max(size.budgets):.1f}x the largest budget); "
-        f"predicted loss {prediction['predicted_loss']:.4f} [{prediction['predicted_lo']:.4f}, {prediction['predicted_hi']:.4f}] ({prediction['headline']} law)"
+        f"predicted loss {with_interval(prediction['predicted_loss'], prediction['predicted_lo'], prediction['predicted_hi'], '.4f')} ({prediction['headline']} law)"
     )
     run_id = config_hash(held.cfg.to_dict())
     run_dir = out / "heldout" / run_id
@@ -75,7 +76,7 @@ def run_quickstart(
     summary = write_report(out, size, fits, held, prediction, record, runs, noise, seed, wandb, t_start, run_dir)
     p, measured, stderr = prediction, summary["measured_eval_loss"], summary["measured_eval_loss_stderr"]
     say(
-        f"held-out loss: predicted {p['predicted_loss']:.4f} [{p['predicted_lo']:.4f}, {p['predicted_hi']:.4f}] ({p['headline']} law), "
+        f"held-out loss: predicted {with_interval(p['predicted_loss'], p['predicted_lo'], p['predicted_hi'], '.4f')} ({p['headline']} law), "
         f"measured {measured:.4f} ± {stderr:.4f} "
         f"({100 * summary['rel_error']:+.2f}%, {'inside' if summary['inside_interval'] else 'outside'} the interval; "
         + (f"frontier law {p['frontier']['loss']:.4f}, {100 * summary['frontier_rel_error']:+.2f}%; " if p.get("frontier") and p["headline"] != "frontier" else "")

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+from analysis.fmt import interval, with_interval
 from scaling.quickstart.fits import Fits, clean
 from scaling.quickstart.heldout import Heldout
 from scaling.quickstart.sizes import QuickstartSize
@@ -155,11 +156,10 @@ def render_report(s: dict, runs, law, frontier, iso, record, surface=None) -> st
         "",
         "| | N | D | C | loss | error |",
         "|---|---|---|---|---|---|",
-        f"| **predicted, {p.get('headline', 'frontier')} law** (before training) | {p['N']:,} | {p['D']:,} | {p['C']:.3g} | {p['predicted_loss']:.4f} "
-        f"[{p['predicted_lo']:.4f}, {p['predicted_hi']:.4f}] | {100 * s['rel_error']:+.2f}% |",
-        *([f"| predicted, frontier law (per-budget minima) | | | | {fr['loss']:.4f} [{fr['lo']:.4f}, {fr['hi']:.4f}] | {100 * s['frontier_rel_error']:+.2f}% |"]
+        f"| **predicted, {p.get('headline', 'frontier')} law** (before training) | {p['N']:,} | {p['D']:,} | {p['C']:.3g} | {with_interval(p['predicted_loss'], p['predicted_lo'], p['predicted_hi'], '.4f')} | {100 * s['rel_error']:+.2f}% |",
+        *([f"| predicted, frontier law (per-budget minima) | | | | {with_interval(fr['loss'], fr['lo'], fr['hi'], '.4f')} | {100 * s['frontier_rel_error']:+.2f}% |"]
           if fr and p.get("headline") != "frontier" else []),
-        f"| predicted, Chinchilla law | | | | {ch['loss']:.4f} [{ch['lo']:.4f}, {ch['hi']:.4f}] | {100 * s['chinchilla_rel_error']:+.2f}% |",
+        f"| predicted, Chinchilla law | | | | {with_interval(ch['loss'], ch['lo'], ch['hi'], '.4f')} | {100 * s['chinchilla_rel_error']:+.2f}% |",
         f"| measured | | | {record['flops']:.3g} | {s['measured_eval_loss']:.4f} ± {s['measured_eval_loss_stderr']:.4f} "
         f"({100 * s['measured_eval_loss_rel_stderr']:.2f}%) | |",
         "",
@@ -176,7 +176,7 @@ def render_report(s: dict, runs, law, frontier, iso, record, surface=None) -> st
         "",
         "| param | value | 95% interval |",
         "|---|---|---|",
-        *([f"| {k} | {v:.4g} | [{sv[k]['lo']:.4g}, {sv[k]['hi']:.4g}] |" for k, v in surface.params.items() if k in sv]
+        *([f"| {k} | {v:.4g} | {interval(sv[k]['lo'], sv[k]['hi'])} |" for k, v in surface.params.items() if k in sv]
           if surface is not None else ["Not fitted on this sweep (fewer than 2 budgets with 3 sizes)."]),
         *([f"", f"Scatter of log loss: between trunks sigma_u {100 * surface.variance['sigma_u']:.2f}%, between branches of one trunk "
            f"sigma_e {100 * surface.variance['sigma_e']:.2f}% ({surface.variance['n_groups']} trunks)."]
@@ -186,14 +186,14 @@ def render_report(s: dict, runs, law, frontier, iso, record, surface=None) -> st
         "",
         "| param | value | 95% interval |",
         "|---|---|---|",
-        *([f"| {k} | {v:.4g} | [{fv[k]['lo']:.4g}, {fv[k]['hi']:.4g}] |" for k, v in frontier.params.items() if k in fv]
+        *([f"| {k} | {v:.4g} | {interval(fv[k]['lo'], fv[k]['hi'])} |" for k, v in frontier.params.items() if k in fv]
           if frontier is not None else [f"Not fitted on this sweep (fewer bracketed budgets than its 3 parameters); the headline is the {p.get('headline', 'chinchilla')} law."]),
         "",
         "## Chinchilla law  L = E + A/N^α + B/D^β",
         "",
         "| param | value | 95% interval |",
         "|---|---|---|",
-        *[f"| {k} | {v:.4g} | [{iv[k]['lo']:.4g}, {iv[k]['hi']:.4g}] |" for k, v in law.params.items() if k in iv],
+        *[f"| {k} | {v:.4g} | {interval(iv[k]['lo'], iv[k]['hi'])} |" for k, v in law.params.items() if k in iv],
         "",
         "![contours](contours.png) ![loss vs compute](loss_vs_compute.png)",
         "",
@@ -217,7 +217,7 @@ def iso_lines(iso) -> list[str]:
     iv = iso.intervals()
     table = iso.minima_table()
     return [
-        f"N_opt ∝ C^{iso.a:.3f} [{iv['a']['lo']:.3f}, {iv['a']['hi']:.3f}], D_opt ∝ C^{iso.b:.3f} [{iv['b']['lo']:.3f}, {iv['b']['hi']:.3f}]",
+        f"N_opt ∝ C^{with_interval(iso.a, iv['a']['lo'], iv['a']['hi'], '.3f')}, D_opt ∝ C^{with_interval(iso.b, iv['b']['lo'], iv['b']['hi'], '.3f')}",
         "",
         "```",
         table.to_string(index=False),
