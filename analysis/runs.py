@@ -182,15 +182,6 @@ EXAMPLES: dict[str, tuple[str, dict]] = {
 }
 
 
-def table_flops_per_param_token(df: pd.DataFrame) -> float:
-    """The table's FLOPs per parameter per token: median of C / (N D) (6 under the 6ND convention)."""
-    if not {"N", "D", "C"} <= set(df.columns):
-        return 6.0
-    k = (df["C"] / (df["N"] * df["D"])).to_numpy(float)
-    k = k[np.isfinite(k) & (k > 0)]
-    return float(np.median(k)) if len(k) else 6.0
-
-
 def example_path(name: str = "chinchilla") -> Path:
     """Path of a shipped table by name (``EXAMPLES``) or file name."""
     return DATA_DIR / EXAMPLES.get(name, (name, {}))[0]

@@ -26,8 +26,7 @@ One law form per file (``chinchilla``, ``power``, ``kaplan``, ``frontier``, ``mo
 by ``@register`` from ``registry`` on the ``Law`` base of ``base``; importing this package registers them all, in this order (``law_names``).
 """
 
-from analysis.laws.base import Law, load_fit
-from analysis.runs import table_flops_per_param_token
+from analysis.laws.base import Law, load_fit, table_flops_per_param_token
 from analysis.laws.registry import LAW_ALIASES, LAWS, Option, law_names, law_options, make_law, register
 from analysis.laws.chinchilla import ChinchillaLaw, compute_optimal_from_theta
 from analysis.laws.power import PowerLaw

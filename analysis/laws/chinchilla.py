@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from analysis.laws.base import Law
-from analysis.runs import table_flops_per_param_token
+from analysis.laws.base import Law, table_flops_per_param_token
 from analysis.laws.registry import Option, register
 from analysis.optim import LSEAffineModel, lse_design
 
