@@ -72,20 +72,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         with local_workdir(args.out) as out, progress_bar(cfg.log.progress) as progress:
             record = train(cfg, out, progress=progress, should_stop=stop, resume_anyway=args.resume_anyway)
     except DivergedError as e:
-        print(f"run diverged: {e}", file=sys.stderr)
-        return exits.DIVERGED
+        return exits.fail(str(e), exits.DIVERGED, prefix="run diverged")
     except StopRequested as e:
-        print(str(e), file=sys.stderr)
-        return stop.exit_code
+        return exits.fail(str(e), stop.exit_code, prefix="")
     except Exception as e:
         from scaling.remote import PushFailed
 
         if isinstance(e, PushFailed):
             return exits.fail(str(e), exits.IOERR, prefix="storage error")
         if storage_cause(e):  # before ValueError: orbax and TensorStore report a full disk as one
-            print(f"storage error: {storage_message(e, args.out)}; the last checkpoint is kept: free space or fix the mount, then rerun to resume",
-                  file=sys.stderr)
-            return exits.IOERR
+            return exits.fail(f"{storage_message(e, args.out)}; the last checkpoint is kept: free space or fix the mount, then rerun to resume",
+                              exits.IOERR, prefix="storage error")
         if isinstance(e, ConfigError):
             return exits.fail(str(e), prefix="config error")
         if isinstance(e, ValueError):

@@ -48,8 +48,7 @@ def cmd_prepare(args) -> int:
     except OSError as e:
         return exits.fail(f"{getattr(e, 'filename', None) or args.out}: {e.strerror or e} (what was prepared is kept: rerun to go on)", exits.IOERR)
     except KeyboardInterrupt:
-        print(f"stopped: rerun the same command to go on from the last completed chunk in {args.out}", file=sys.stderr)
-        return exits.STOPPED
+        return exits.fail(f"rerun the same command to go on from the last completed chunk in {args.out}", exits.STOPPED, prefix="stopped")
     s = m["splits"]
     print(
         f"prepared {args.out}: {s['train']['tokens']:,} training tokens in {len(s['train']['shards'])} shards, "

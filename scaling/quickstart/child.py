@@ -55,8 +55,7 @@ def run_heldout(config: str, out: str, run_id: str, progress: bool) -> int:
     except StopRequested:
         return stop.exit_code
     except Exception as e:  # the record keeps the traceback; the terminal gets one line
-        print(f"held-out run: {type(e).__name__}: {e}", file=sys.stderr)
-        return exits.FAILED
+        return exits.fail(f"{type(e).__name__}: {e}", exits.FAILED, prefix="held-out run")
     return exits.OK
 
 

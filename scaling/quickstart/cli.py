@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from scaling import exits
 from scaling.config import ConfigError
@@ -24,9 +23,8 @@ def cmd_quickstart(args) -> int:
     except QuickstartError as e:
         return exits.fail(str(e), exits.FAILED)
     except (KeyboardInterrupt, StopRequested):
-        print(f"{stop.status if stop.stop else 'stopped'}: rerun the same command to resume", file=sys.stderr)
-        return stop.exit_code
-    return 0
+        return exits.fail("rerun the same command to resume", stop.exit_code, prefix=stop.status if stop.stop else "stopped")
+    return exits.OK
 
 
 def add_quickstart_parser(sub) -> None:

@@ -225,8 +225,7 @@ def _run(args, spec, out: str, shown: str, stop) -> int:
     if res.storage_error:
         return exits.fail(f"{res.storage_error}; the sweep stopped (claims released, checkpoints kept): free space or fix the mount, then rerun", exits.IOERR, prefix="storage error")
     if res.stopped:
-        print(f"{res.stop_status or 'stopped'}: rerun the same command to resume (claims released)", file=sys.stderr)
-        return stop.exit_code
+        return exits.fail("rerun the same command to resume (claims released)", stop.exit_code, prefix=res.stop_status or "stopped")
     return exits.FAILED if res.failed else exits.OK
 
 
