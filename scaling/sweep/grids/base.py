@@ -2,7 +2,7 @@
 
 A kind declares which optional grid fields it reads (``uses``), validates a parsed sweep (``validate``) and plans
 its runs (``plan``). Kinds that are a set of (size, budget | tokens | ratio) points, one run each, subclass
-``PointGrid`` and only say what their points are; the shared planner applies overrides, the recipe, the token
+``PointGrid`` and only say what their points are (``CrossGrid``: every size at every value of one field); the shared planner applies overrides, the recipe, the token
 rounding to whole steps and the budget check the same way for all of them. Adding a kind is one file::
 
     @register_grid("paired")
@@ -19,7 +19,7 @@ from typing import Optional
 from scaling.model.accounting import count_params, flops_per_token
 from scaling.config import ConfigError, merge_dicts
 from scaling.sweep.schema import (
-    PlannedRun, SweepSpec, apply_overrides, check_budget, load_run, positive_numbers, probe_run,
+    PlannedRun, SweepSpec, apply_overrides, check_budget, load_run, positive_numbers, probe_run, size_dict,
 )
 from scaling.train.record import config_hash
 
@@ -35,7 +35,6 @@ class GridKind:
     name: str = ""
     uses: frozenset = frozenset()  # which of OPTIONAL_FIELDS this kind reads
     adaptive: bool = False  # `sweep run --adaptive` may add sizes at its budgets
-    help: str = ""  # one line for `sweep plan` / docs
 
     def validate(self, spec: SweepSpec) -> None:
         """Refuse (ConfigError, naming the field) a grid this kind cannot plan. The fields outside ``uses`` are
@@ -101,6 +100,28 @@ class PointGrid(GridKind):
                 for seed in spec.seeds:
                     runs.append(plan_point(spec, base, n_devices, vname, si, seed, budget, tokens, ratio))
         return runs
+
+
+class CrossGrid(PointGrid):
+    """Every size of ``grid.sizes`` at every value of one grid field (``field``), the value placed in the point's
+    ``slot`` (0 budget, 1 tokens, 2 ratio); ``need`` says what the kind needs the values for."""
+
+    field: str = ""
+    slot: int = 0
+    need: str = ""
+
+    @property
+    def uses(self) -> frozenset:
+        return frozenset({self.field})
+
+    def validate(self, spec: SweepSpec) -> None:
+        if not spec.grid.sizes:
+            raise ConfigError("grid.sizes is empty: list at least one model size")
+        require_values(spec, self.field, self.need)
+
+    def points(self, spec: SweepSpec, base: dict, added: list[dict]) -> list[Point]:
+        return [(si, size_dict(s, si), tuple(float(v) if j == self.slot else None for j in range(3)))
+                for si, s in enumerate(spec.grid.sizes) for v in getattr(spec.grid, self.field)]
 
 
 def plan_point(spec: SweepSpec, base: dict, n_devices: int, vname: str, si: int, seed: int,

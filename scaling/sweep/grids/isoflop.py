@@ -11,7 +11,6 @@ from scaling.sweep.schema import centred_targets, check_sizes_per_budget, resolv
 class IsoFLOP(PointGrid):
     uses = frozenset({"budgets", "sizes_per_budget"})
     adaptive = True
-    help = "each size at each compute budget C (grid.budgets), or sizes_per_budget sizes centred on the prior optimum"
 
     def validate(self, spec):
         g = spec.grid

@@ -21,7 +21,6 @@ from scaling.train.record import config_hash
 @register_grid("wsd_branches")
 class WSDBranches(GridKind):
     uses = frozenset({"budgets", "tokens", "sizes_per_budget"})
-    help = "one constant-lr trunk per size; a cooldown branch per budget (grid.budgets) or token count (grid.tokens)"
 
     def validate(self, spec: SweepSpec) -> None:
         g = spec.grid
