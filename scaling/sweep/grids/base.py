@@ -2,8 +2,9 @@
 
 A kind declares which optional grid fields it reads (``uses``), validates a parsed sweep (``validate``) and plans
 its runs (``plan``). Kinds that are a set of (size, budget | tokens | ratio) points, one run each, subclass
-``PointGrid`` and only say what their points are (``CrossGrid``: every size at every value of one field); the shared planner applies overrides, the recipe, the token
-rounding to whole steps and the budget check the same way for all of them. Adding a kind is one file::
+``PointGrid`` and only say what their points are (``CrossGrid``: every size at every value of one field); the
+shared planner applies overrides, the recipe, the token rounding to whole steps and the budget check the same way
+for all of them. Adding a kind is one file::
 
     @register_grid("paired")
     class Paired(PointGrid):
