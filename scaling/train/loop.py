@@ -36,7 +36,7 @@ from scaling.train.checkpoint import Checkpointer
 from scaling.train.state import TrainState, build, restore_state
 from scaling.train.errors import DivergedError, MeasurementWarning, StopRequested  # noqa: F401  (re-exported: the loop's outcomes)
 from scaling.train.member import Member, run_id_for
-from scaling.train.step import make_eval_step, make_stacked_step
+from scaling.train.step import make_eval_step, make_train_step
 
 
 def _every(n: int, steps: int) -> int:
@@ -79,7 +79,7 @@ def train_stack(
     run_ids: list[str | None] | None = None,
     resume_anyway: bool = False,
 ) -> list[dict]:
-    """Train (or resume) several runs of one shape in one compiled step (``scaling.train.step.make_stacked_step``);
+    """Train (or resume) several runs of one shape in one compiled step (``scaling.train.step.make_train_step``);
     their configs may differ in seeds and peak lr only (``stack_key``). Each run keeps its own run directory,
     record, metrics, checkpoints and final evaluation, and its numbers are bit-identical to training it alone
     (``tests/test_train.py``). A member that is refused, diverges or fails is recorded so and the others go on;
@@ -155,7 +155,7 @@ def _drive(members, state_tuple, graphdef, shardings, eval_fn, par, should_stop,
     """Phases 4 and 5 for members that start at the same step: one compiled step trains them all."""
     m0 = members[0]
     cfg, steps, start = m0.cfg, m0.steps, m0.start_step
-    step_fn = make_stacked_step(graphdef, cfg, len(members), par, shardings)
+    step_fn = make_train_step(graphdef, cfg, par, shardings, k=len(members))
 
     def inputs(step: int):
         return tuple(m.batch(par, step) for m in members), tuple(m.lrs[min(step, steps - 1)] for m in members)

@@ -85,38 +85,32 @@ def train_step_fn(graphdef: nnx.GraphDef, cfg: RunConfig) -> Callable:
     return step
 
 
-def make_train_step(graphdef: nnx.GraphDef, cfg: RunConfig, par=None, state_shardings=None) -> Callable:
-    """The jitted step. With a ``Parallel`` and the state's shardings, the state keeps its layout across steps, the
-    batch arrives split over the batch axes, and the metrics come back replicated (readable by every process)."""
+def make_train_step(graphdef: nnx.GraphDef, cfg: RunConfig, par=None, state_shardings=None, k: int | None = None) -> Callable:
+    """The jitted step; its state buffers are donated. With a ``Parallel`` and the state's shardings, the state
+    keeps its layout across steps, the batch arrives split over the batch axes, and the metrics come back
+    replicated (readable by every process).
+
+    ``k = None``: one model, ``(state, batch, lr) -> (state, out)``. ``k`` an int: one step over ``k`` models of one
+    shape, ``(states, batches, lrs) -> (states, outs)``, each a tuple of ``k``. Every model's step is the
+    single-model step, unrolled in one program (not vmapped): XLA compiles each model's ops as it would alone, so
+    every model's numbers are bit-identical to training it alone (a vmapped step is not, on CPU: batched matmuls
+    round differently), and the models' independent ops run concurrently."""
     step = train_step_fn(graphdef, cfg)
+    if k is None:
+        fn, each = step, (lambda x: x)
+    else:
+        def fn(states, batches, lrs):
+            outs = [step(s, b, lr) for s, b, lr in zip(states, batches, lrs)]
+            return tuple(o[0] for o in outs), tuple(o[1] for o in outs)
+
+        def each(x):
+            return (x,) * k
     if par is None:
-        return jax.jit(step, donate_argnums=(0,))
+        return jax.jit(fn, donate_argnums=(0,))
     return jax.jit(
-        step,
-        in_shardings=(state_shardings, par.batch, par.replicated),
-        out_shardings=(state_shardings, par.replicated),
-        donate_argnums=(0,),
-    )
-
-
-def make_stacked_step(graphdef: nnx.GraphDef, cfg: RunConfig, k: int, par=None, state_shardings=None) -> Callable:
-    """One jitted step over ``k`` models of one shape: ``(states, batches, lrs) -> (states, outs)``, each a tuple of
-    ``k``. Every model's step is the single-model step, unrolled in one program (not vmapped): XLA compiles each
-    model's ops as it would alone, so every model's numbers are bit-identical to training it alone (a vmapped step
-    is not, on CPU: batched matmuls round differently), and the models' independent ops run concurrently. ``k = 1``
-    is the single-model step. The states are donated."""
-    step = train_step_fn(graphdef, cfg)
-
-    def stacked(states, batches, lrs):
-        outs = [step(s, b, lr) for s, b, lr in zip(states, batches, lrs)]
-        return tuple(o[0] for o in outs), tuple(o[1] for o in outs)
-
-    if par is None:
-        return jax.jit(stacked, donate_argnums=(0,))
-    return jax.jit(
-        stacked,
-        in_shardings=((state_shardings,) * k, (par.batch,) * k, (par.replicated,) * k),
-        out_shardings=((state_shardings,) * k, (par.replicated,) * k),
+        fn,
+        in_shardings=(each(state_shardings), each(par.batch), each(par.replicated)),
+        out_shardings=(each(state_shardings), each(par.replicated)),
         donate_argnums=(0,),
     )
 
