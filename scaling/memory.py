@@ -9,13 +9,15 @@ Per device, for the mesh of ``parallel:`` on ``n_devices`` devices:
 * **activations** kept for the backward pass, per layer and per local token (t = micro-batch per batch shard x
   seq_len, ``a`` = bytes of the compute dtype; heads and MLP width are divided by ``tensor``):
 
-  - ``none``: t (10 D + 5 F) a for a dense block (D-sized: block input, norm outputs, q, k, v, attention output,
-    residual; F-sized: gate, up, silu(gate), their product, and one more for its gradient); an MoE block replaces
-    5 F by k c (5 F_e + 2 D) for its k c expert slots per token (c: capacity factor, 1 when dropless) plus the
-    router's few t E floats; attention with materialised scores (XLA's kernel: TPU, CPU below seq_len 128) adds
-    3 B N L^2 x 4 bytes (scores, probabilities, the causal select), the blocked kernel (CPU from seq_len 128) the
-    same for its blocks on and below the diagonal (about half), a fused kernel (cuDNN on GPU) only B N L x 4;
-  - ``block`` (matmul outputs kept): t (5 D + 2 F) a + 1 B N L^2 x 4 per layer, plus one layer's recomputation;
+  - ``none``: t (10 D + s F) a for a dense block (D-sized: block input, norm outputs, q, k, v, attention output,
+    residual; s F-sized arrays, the feed-forward kind's ``saved_F`` in ``scaling.model.ffn``: 5 for swiglu's gate,
+    up, silu(gate), their product and one more for its gradient); an MoE block replaces s F by k c (s F_e + 2 D)
+    for its k c expert slots per token (c: capacity factor, 1 when dropless) plus the router's few t E floats;
+    attention with materialised scores (XLA's kernel: TPU, CPU below seq_len 128) adds 3 B N L^2 x 4 bytes
+    (scores, probabilities, the causal select), the blocked kernel (CPU from seq_len 128) the same for its blocks
+    on and below the diagonal (about half), a fused kernel (cuDNN on GPU) only B N L x 4;
+  - ``block`` (matmul outputs kept): t (5 D + s_b F) a + 1 B N L^2 x 4 per layer (s_b: the kind's ``kept_F``, 2),
+    plus one layer's recomputation;
   - ``full`` (block inputs kept): t D a per layer, plus one layer's recomputation;
   - outside the blocks: 11 t V x 4 (float32 logits, their log-softmax, probabilities and gradient);
   - with ``fsdp`` > 1, the all-gathered weights (twice, compute dtype) and unsharded float32 gradients, as XLA:CPU
@@ -37,6 +39,7 @@ from scaling.model.accounting import expert_ff_dim, moe_layer_indices
 from scaling.config import RunConfig
 from scaling.devices import DEVICES, GB  # noqa: F401
 from scaling.model.attention import BLOCKED_MIN_SEQ, block_size
+from scaling.model.ffn import feed_forward
 from scaling.parallel import LOGICAL_RULES, mesh_shape, partition_spec, shard_shape
 
 def host_memory() -> float:
@@ -105,16 +108,18 @@ def activation_bytes(cfg: RunConfig, sizes: dict[str, int], dtype_bytes: int, at
     else:
         scores = 4.0 * b * heads * L
     moe_layers = set(moe_layer_indices(m))
+    kind = feed_forward(m.mlp)  # F-sized arrays saved per token (scaling.model.ffn)
+    s, s_b = kind.saved_F, kind.kept_F
 
     def layer(i: int, kept: str) -> float:
         if i in moe_layers:
             mo = m.moe
             slots = mo.top_k * (mo.capacity_factor or 1.0)
             Fe = expert_ff_dim(m)
-            ff = slots * (5 * Fe + 2 * D) + 5 * Fe * mo.n_shared_experts + 4 * mo.n_experts
-            ff_kept = slots * (2 * Fe + D) + 2 * Fe * mo.n_shared_experts
+            ff = slots * (s * Fe + 2 * D) + s * Fe * mo.n_shared_experts + 4 * mo.n_experts
+            ff_kept = slots * (s_b * Fe + D) + s_b * Fe * mo.n_shared_experts
         else:
-            ff, ff_kept = 5 * F, 2 * F
+            ff, ff_kept = s * F, s_b * F
         full_layer = t * (10 * D + ff) * dtype_bytes + 3 * scores
         if kept == "none":
             return full_layer

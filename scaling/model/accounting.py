@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from scaling.model.config import ModelConfig
+from scaling.model.ffn import feed_forward
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def expert_ff_dim(cfg: ModelConfig) -> int:
 def count_params(cfg: ModelConfig) -> ParamCounts:
     d, V, L = cfg.d_model, cfg.vocab_size, cfg.n_layers
     dh, H, K = cfg.head_dim, cfg.n_heads, cfg.kv_heads
-    mult = 3 if cfg.mlp == "swiglu" else 2  # swiglu: gate, up, down; gelu: up, down
+    mult = feed_forward(cfg.mlp).n_matrices  # D x F matrices per MLP (scaling.model.ffn)
 
     attn = d * H * dh + 2 * d * K * dh + H * dh * d
     norms_per_layer = 2 * d + (2 * dh if cfg.qk_norm else 0)

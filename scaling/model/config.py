@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from scaling.configbase import ConfigError, _f, _positive
+from scaling.model.ffn import feed_forward
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,10 @@ class ModelConfig:
     n_layers: int = _f(2, "Number of transformer blocks.")
     n_heads: int = _f(4, "Attention query heads; d_model must be divisible by n_heads.")
     n_kv_heads: Optional[int] = _f(None, "Key/value heads for grouped-query attention (null = n_heads); must divide n_heads.")
-    d_ff: Optional[int] = _f(None, "Feed-forward hidden size (null: 4*d_model for gelu; for swiglu the multiple of 8 nearest 8/3*d_model, so d_ff is within a relative 1.5/d_model of 8/3*d_model at every width).")
+    d_ff: Optional[int] = _f(None, "Feed-forward hidden size (null: the kind's default, 4*d_model for gelu; for swiglu the multiple of 8 nearest 8/3*d_model, so d_ff is within a relative 1.5/d_model of 8/3*d_model at every width).")
     vocab_size: int = _f(256, "Vocabulary size (256 for the byte tokenizer; the BPE tokenizer is trained to this size).")
     seq_len: int = _f(128, "Context length in tokens.")
-    mlp: Literal["swiglu", "gelu"] = _f("swiglu", "Feed-forward type.")
+    mlp: str = _f("swiglu", "Feed-forward kind, one of those registered in scaling.model.ffn: swiglu (silu-gated) or gelu.")
     tie_embeddings: bool = _f(False, "Share the input embedding with the output projection.")
     qk_norm: bool = _f(False, "RMS-normalise queries and keys per head before attention.")
     rope_theta: float = _f(10000.0, "Rotary position embedding base.")
@@ -102,14 +103,11 @@ class ModelConfig:
     def ff_dim(self) -> int:
         if self.d_ff is not None:
             return self.d_ff
-        if self.mlp == "gelu":
-            return 4 * self.d_model
-        # SwiGLU keeps the MLP's parameters at 8 d^2 (as GELU's 4d) with d_ff = 8d/3; rounding to the nearest
-        # multiple of 8 (not up to a coarse multiple) keeps the ratio uniform across a sweep's widths.
-        return max(8, 8 * round(self.d_model / 3))
+        return feed_forward(self.mlp).default_d_ff(self.d_model)
 
     def validate(self, where: str = "model") -> None:
         _positive(self, where, "d_model", "n_layers", "n_heads", "vocab_size", "seq_len")
+        feed_forward(self.mlp, f"{where}.mlp")
         if self.d_model % self.n_heads:
             raise ConfigError(f"{where}.d_model={self.d_model} must be divisible by {where}.n_heads={self.n_heads}")
         if self.n_kv_heads is not None and (self.n_kv_heads <= 0 or self.n_heads % self.n_kv_heads):

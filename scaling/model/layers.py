@@ -20,6 +20,7 @@ from scaling.configbase import ConfigError
 from scaling.model.attention import BLOCKED_MIN_SEQ, blocked_causal
 from scaling.model.axes import logical
 from scaling.model.config import ModelConfig
+from scaling.model.ffn import feed_forward
 
 
 def compute_dtype(cfg: ModelConfig) -> jnp.dtype:
@@ -128,20 +129,17 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-    """SwiGLU (gate, up, down) or GELU (up, down) feed-forward without biases."""
+    """The feed-forward of kind ``model.mlp`` (``scaling.model.ffn``): gate, up, down or up, down, without biases."""
 
     def __init__(self, cfg: ModelConfig, d_ff: int, rngs: nnx.Rngs):
         D, (std, out_std) = cfg.d_model, hidden_std(cfg)
-        self.kind = cfg.mlp
-        self.w_gate_DF = normal(rngs, "DF", (D, d_ff), std) if cfg.mlp == "swiglu" else None
+        self.kind = feed_forward(cfg.mlp)
+        self.w_gate_DF = normal(rngs, "DF", (D, d_ff), std) if self.kind.gated else None
         self.w_up_DF = normal(rngs, "DF", (D, d_ff), std)
         self.w_down_FD = normal(rngs, "FD", (d_ff, D), out_std)
 
     def __call__(self, x_BLD: jax.Array) -> jax.Array:
         dt = x_BLD.dtype
         up_BLF = x_BLD @ self.w_up_DF[...].astype(dt)
-        if self.w_gate_DF is not None:
-            h_BLF = jax.nn.silu(x_BLD @ self.w_gate_DF[...].astype(dt)) * up_BLF
-        else:
-            h_BLF = jax.nn.gelu(up_BLF)
+        h_BLF = self.kind.hidden(up_BLF, lambda: x_BLD @ self.w_gate_DF[...].astype(dt))
         return h_BLF @ self.w_down_FD[...].astype(dt)

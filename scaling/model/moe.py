@@ -29,6 +29,7 @@ from flax import nnx
 from scaling.model.accounting import expert_ff_dim
 from scaling.model.axes import constrain
 from scaling.model.config import ModelConfig
+from scaling.model.ffn import feed_forward
 from scaling.model.layers import MLP, normal
 
 
@@ -60,7 +61,8 @@ class MoE(nnx.Module):
         std, out_std = cfg.init_std, cfg.init_std / math.sqrt(2 * cfg.n_layers)
         # The router's expert axis is not sharded with the experts: every token needs every expert's logit.
         self.router_DE = normal(rngs, "DE", (D, E), std, axes=("embed", None))
-        self.w_gate_EDF = normal(rngs, "EDF", (E, D, F), std) if cfg.mlp == "swiglu" else None
+        self.kind = feed_forward(cfg.mlp)
+        self.w_gate_EDF = normal(rngs, "EDF", (E, D, F), std) if self.kind.gated else None
         self.w_up_EDF = normal(rngs, "EDF", (E, D, F), std)
         self.w_down_EFD = normal(rngs, "EFD", (E, F, D), out_std)
         if m.n_shared_experts:
@@ -89,10 +91,7 @@ class MoE(nnx.Module):
         """x (..., E, C, D) -> (..., E, C, D), expert e applied to its own slots."""
         dt = x_ECD.dtype
         up = jnp.einsum("...ecd,edf->...ecf", x_ECD, self.w_up_EDF[...].astype(dt))
-        if self.w_gate_EDF is not None:
-            h = jax.nn.silu(jnp.einsum("...ecd,edf->...ecf", x_ECD, self.w_gate_EDF[...].astype(dt))) * up
-        else:
-            h = jax.nn.gelu(up)
+        h = self.kind.hidden(up, lambda: jnp.einsum("...ecd,edf->...ecf", x_ECD, self.w_gate_EDF[...].astype(dt)))
         return jnp.einsum("...ecf,efd->...ecd", h, self.w_down_EFD[...].astype(dt))
 
     def _dispatch_capacity(self, x_BLD, idx_BLK, gates_BLK):
@@ -136,10 +135,7 @@ class MoE(nnx.Module):
         group_sizes = jnp.bincount(expert_A, length=E).astype(jnp.int32)
         x_AD = x_BLD.reshape(B * L, D)[token_A[order]]
         up = jax.lax.ragged_dot(x_AD, self.w_up_EDF[...].astype(dt), group_sizes)
-        if self.w_gate_EDF is not None:
-            h = jax.nn.silu(jax.lax.ragged_dot(x_AD, self.w_gate_EDF[...].astype(dt), group_sizes)) * up
-        else:
-            h = jax.nn.gelu(up)
+        h = self.kind.hidden(up, lambda: jax.lax.ragged_dot(x_AD, self.w_gate_EDF[...].astype(dt), group_sizes))
         y_sorted_AD = jax.lax.ragged_dot(h, self.w_down_EFD[...].astype(dt), group_sizes)
         y_AD = jnp.zeros_like(y_sorted_AD).at[order].set(y_sorted_AD)
         y_BLD = jnp.einsum("blkd,blk->bld", y_AD.reshape(B, L, K, D), gates_BLK.astype(dt))
