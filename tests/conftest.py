@@ -58,3 +58,24 @@ def run_workers(sweep_yaml, out, n=2, timeout=600) -> list[dict]:
         p.wait(timeout=timeout)
         assert p.returncode == 0, p.stderr.read()
     return [json.loads(line) for line in (Path(out) / "events.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory) -> dict:
+    """60 documents of 2 KB of Python source: ~96k training and ~24k held-out byte tokens (20% held out)."""
+    from itertools import islice
+
+    from scaling.data.sources import iter_pieces
+
+    d = tmp_path_factory.mktemp("corpus")
+    text = "".join(p.text for p in islice(iter_pieces("stdlib"), 40))
+    for i in range(60):
+        (d / f"doc{i:02d}.py").write_text(text[i * 2000 : (i + 1) * 2000])
+    return {"data.source": str(d), "data.eval_fraction": 0.2}
+
+
+def read_record(run_dir) -> dict:
+    """A run's record.json."""
+    import json
+
+    return json.loads((Path(run_dir) / "record.json").read_text())

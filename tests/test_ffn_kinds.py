@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from scaling.config import ConfigError, load_config
+from scaling.config import ConfigError, ModelConfig, load_config
 from scaling.memory import plan_memory, xla_memory
 from scaling.model import Transformer, count_model_params
 from scaling.model.accounting import count_params, flops_per_token, moe_layer_indices
@@ -114,3 +114,12 @@ def test_a_kind_is_what_the_model_computes():
         # float32 products of length 32 and 64 on values ~0.1: relative error ~1e-6; 1e-4 of the output's scale
         # leaves room for that and catches any wrong activation or missing gate (differences ~1e-1 relative).
         np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max(), err_msg=kind)
+
+
+def test_swiglu_width_is_uniform_across_the_size_rule():
+    from scaling.model.presets import widths
+
+    for d in widths(4096):
+        ratio = ModelConfig(d_model=d, n_heads=1).ff_dim / d
+        # the multiple of 8 nearest 8d/3 is at most 4 away: relative deviation <= 4 / (8d/3) = 1.5 / d
+        assert abs(ratio / (8 / 3) - 1) <= 1.5 / d + 1e-12, (d, ratio)

@@ -47,11 +47,11 @@ def test_planner_is_within_20_percent_of_xla():
 
 
 def test_remat_recomputes_the_same_numbers_and_plans_less_memory():
-    from .test_structure import _steps
+    from .support.steps import train_steps
 
     losses = {}
     for remat in ("none", "block", "full"):
-        state, out = _steps(load_config(None, tiny_overrides(**{"train.remat": remat})), 3)
+        _, state, out = train_steps(load_config(None, tiny_overrides(**{"train.remat": remat})), 3)
         losses[remat] = out[-1]["lm_loss"]
         leaves = [np.asarray(x) for x in jax.tree.leaves(state.params)]
         if remat == "none":

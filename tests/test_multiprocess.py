@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from .conftest import ROOT, tiny_overrides
+from .conftest import ROOT, run_cli, tiny_overrides
 
 STEPS = 40
 OVERRIDES = tiny_overrides(**{"train.batch_size": 16, "train.tokens": 16 * 32 * STEPS, "train.checkpoint_every": 5,
@@ -202,3 +202,12 @@ def test_a_half_set_distributed_environment_is_refused_in_one_line(env, message,
                        cwd=ROOT, capture_output=True, text=True, timeout=120) if "two" in str(env) else None
     if p is not None:  # once end to end: one line, exit 2, before any JAX call
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and message in p.stderr, p.stderr
+
+
+def test_train_starts_under_a_coordinator_environment(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "1", "JAX_PROCESS_ID": "0"}
+    run_cli("train", "--out", str(tmp_path / "r"), *sum((["--set", o] for o in tiny_overrides(**{"train.tokens": 8 * 32 * 5})), []), env=env)
+    assert _record(tmp_path / "r")["status"] == "completed"

@@ -6,9 +6,13 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
+from flax import nnx
 
-from .conftest import ROOT
+from scaling.config import load_config
+
+from .conftest import ROOT, tiny_overrides
 
 ONE_DEVICE_SCRIPT = r"""
 import json, sys, warnings
@@ -130,3 +134,18 @@ def test_mesh_product_must_match_the_devices():
         mesh_shape(ParallelConfig(data=2, fsdp=2), 8)
     with pytest.raises(ConfigError, match=r"parallel.data=-1: 8 devices are not divisible"):
         mesh_shape(ParallelConfig(fsdp=3), 8)
+
+
+def test_every_parameter_carries_logical_axes():
+    from scaling.model.axes import LOGICAL_AXES
+    from scaling.train.state import abstract_state
+
+    cfg = load_config(None, tiny_overrides(**{"model.moe.n_experts": 4, "model.moe.n_shared_experts": 1, "model.qk_norm": True,
+                                              "model.moe.bias_balancing": True, "model.n_layers": 2}))
+    _, abstract = abstract_state(cfg)
+    names = set(LOGICAL_AXES.values()) | {None}
+    variables = jax.tree.leaves(abstract.params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    assert variables and all(isinstance(v, nnx.Param) for v in variables)
+    for v in variables:
+        axes = v.get_metadata()["out_sharding"]
+        assert len(axes) == v.get_value().ndim and set(axes) <= names, (axes, v.get_value().shape)

@@ -382,3 +382,46 @@ def test_centred_grid_plan_prints_the_prior_optimum_per_budget(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     out = run_cli("sweep", "plan", str(path)).stdout
     assert out.count("inside the sizes") == 2 and "prior N_opt" in out
+
+
+def test_dense_and_moe_twins_get_the_same_tokens_and_lr():
+    plan = plan_sweep(parse_sweep(yaml.safe_load((ROOT / "sweeps" / "dense_vs_moe_gpu.yaml").read_text())))
+    dense = {(r.size_index, round(r.tokens / r.n_params_active)): r for r in plan if r.variant == "dense"}
+    moe = [r for r in plan if r.variant == "moe"]
+    assert len(moe) == len(dense) == 9
+    for r in moe:
+        twin = dense[(r.size_index, round(r.tokens / r.n_params_active))]
+        # Active counts differ only by the router (d_model x 8 per layer, < 0.2%); D = ratio x N_active is
+        # rounded to whole steps (< 1 step = 32k tokens of >= 44M).
+        assert r.n_params_active == pytest.approx(twin.n_params_active, rel=2e-3)
+        assert r.tokens == pytest.approx(twin.tokens, rel=3e-3)
+        assert r.flops == pytest.approx(twin.flops, rel=5e-3)
+        assert r.config.train.lr == pytest.approx(twin.config.train.lr, rel=1e-3)
+        assert r.n_params > 1.5 * twin.n_params  # while the MoE stores far more parameters
+
+
+def test_recipe_uses_the_resolved_seq_len_and_keeps_batches_divisible_by_devices():
+    raw = {
+        "name": "r",
+        "base": {"model": {"preset": "100m"}, "train": {"batch_size": 64}, "data": {"source": "synthetic"}},
+        "grid": {"kind": "explicit", "sizes": [{"n_layers": 14}], "tokens": [16 * 1024 * 226]},
+        "recipe": {"min_steps": 200, "min_batch_size": 8, "min_warmup_steps": 100},
+    }
+    (run,) = plan_sweep(parse_sweep(raw), n_devices=1)
+    assert run.config.model.seq_len == 1024  # from the preset, not a default of 128
+    assert (run.config.train.batch_size, run.steps) == (16, 226)
+    assert run.config.train.warmup_fraction == pytest.approx(100 / 226)
+    raw = yaml.safe_load((ROOT / "sweeps" / "tiny_isoflop.yaml").read_text())
+    raw["recipe"] |= {"min_steps": 10**6, "min_batch_size": 1}  # halve as far as allowed
+    for n in (1, 8):
+        assert all(r.config.train.batch_size % n == 0 for r in plan_sweep(parse_sweep(raw), n_devices=n))
+    assert {r.config.train.batch_size for r in plan_sweep(parse_sweep(raw), n_devices=8)} == {8}
+
+
+def test_overrides_that_change_the_model_are_applied_before_the_budget():
+    raw = yaml.safe_load((ROOT / "sweeps" / "tiny_isoflop.yaml").read_text())
+    raw["overrides"] = [{"match": {"size": 0}, "set": {"model.n_layers": 3}}]
+    plan = plan_sweep(parse_sweep(raw), n_devices=1)
+    assert {r.config.model.n_layers for r in plan if r.size_index == 0} == {3}
+    for r in plan:  # whole steps of 256 tokens: |C / budget - 1| <= 0.5 / steps < 1% for >= 50 steps
+        assert abs(r.flops / r.budget - 1) <= 0.5 / r.steps + 1e-12

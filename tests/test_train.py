@@ -2,12 +2,10 @@
 
 import glob
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ import pytest
 from scaling.config import load_config
 from scaling.train import DivergedError, train
 
-from .conftest import ROOT, run_cli, tiny_overrides
+from .conftest import ROOT, read_record, run_cli, tiny_overrides
 
 RECORD_KEYS = {
     "run_id", "status", "config", "n_params", "n_params_nonembedding", "n_params_active", "tokens", "flops",
@@ -171,3 +169,33 @@ def test_stop_signal_checkpoints_and_exits_then_the_rerun_resumes(tmp_path, sig,
     done = json.loads(rec_path.read_text())
     assert done["status"] == "completed" and done["resumed_from_step"] == stopped["last_checkpoint_step"]
     assert done["restarts"] == 1 and done["steps_recomputed"] == 0 and "stop_signal" not in done
+
+
+def test_changed_config_refuses_the_old_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    args = lambda **kw: ["train", "--out", str(run), *sum((["--set", o] for o in tiny_overrides(**kw)), [])]  # noqa: E731
+    run_cli(*args(**{"train.tokens": 8 * 32 * 30}))
+    done = read_record(run)
+    assert done["status"] == "completed" and done["steps"] == 30
+    # fewer steps: the 30-step checkpoint is past the end, always an error; the completed record is untouched
+    p = run_cli(*args(**{"train.tokens": 8 * 32 * 20}), check=False)
+    assert p.returncode == 2 and "past this config's 20 steps" in p.stderr and "Traceback" not in p.stderr
+    assert read_record(run) == done
+    # more steps and another lr: refused, naming the fields, unless --resume-anyway
+    p = run_cli(*args(**{"train.tokens": 8 * 32 * 40, "train.lr": 5e-3}), check=False)
+    assert p.returncode == 2 and "train.lr 0.01 -> 0.005" in p.stderr and "--resume-anyway" in p.stderr
+    assert read_record(run) == done
+    run_cli(*args(**{"train.tokens": 8 * 32 * 40, "train.lr": 5e-3}), "--resume-anyway")
+    rec = read_record(run)
+    assert rec["status"] == "completed" and rec["steps"] == 40 and rec["resumed_from_step"] == 30
+    assert any("another config" in w and "train.lr" in w for w in rec["warnings"])
+    # changing only how often it is evaluated or logged is not a different run
+    run_cli(*args(**{"train.tokens": 8 * 32 * 40, "train.lr": 5e-3, "train.log_every": 5}))
+
+
+def test_diverged_at_step_is_the_first_non_finite_step(tmp_path):
+    cfg = load_config(None, tiny_overrides(**{"train.lr": 1e30, "train.grad_clip": None, "train.warmup_fraction": 0, "train.log_every": 10}))
+    with pytest.raises(DivergedError) as e:
+        train(cfg, tmp_path / "run")
+    # step 1 runs on the initial parameters (finite loss); its lr-1e30 update makes step 2's loss non-finite
+    assert e.value.step == 2 and read_record(tmp_path / "run")["diverged_at_step"] == 2

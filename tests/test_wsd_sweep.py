@@ -10,12 +10,12 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 
-from scaling.config import ConfigError
+from scaling.config import ConfigError, load_config
 from scaling.sweep.runner import run_sweep
 from scaling.sweep.spec import branch_savings, parse_sweep, plan_sweep
 from scaling.train import train
 
-from .conftest import run_cli, run_workers
+from .conftest import run_cli, run_workers, tiny_overrides
 
 SIZES = [{"d_model": 16, "n_layers": 1, "n_heads": 1}, {"d_model": 32, "n_layers": 1, "n_heads": 2}]
 
@@ -173,3 +173,25 @@ def test_a_lost_branch_retrains_alone_and_two_workers_share_trunks(wsd_sweep, tm
     a = pd.read_csv(out / "runs.csv").set_index("run_id")["loss"]
     b = pd.read_csv(out2 / "runs.csv").set_index("run_id")["loss"]
     assert (a.sort_index() == b.sort_index()).all()
+
+
+def test_branch_from_a_kept_checkpoint_equals_the_standalone_wsd_run(tmp_path):
+    """A WSD branch: a trunk at constant lr keeps its step-S checkpoint; a run starting there (init_from) that
+    decays the lr over its last steps ends exactly where one uninterrupted WSD run of the same schedule ends."""
+    S, decay, W = 40, 10, 5
+    common = {"train.warmup_steps": W, "train.checkpoint_every": 1000, "train.keep_checkpoints": 1}
+    trunk = load_config(None, tiny_overrides(**common, **{"train.schedule": "constant", "train.tokens": 8 * 32 * 60,
+                                                           "train.keep_steps": f"[{S}]"}))
+    train(trunk, tmp_path / "trunk")
+    ckpts = sorted(int(p.name) for p in (tmp_path / "trunk" / "checkpoints").iterdir() if p.name.isdigit())
+    assert ckpts == [S, 60]  # the kept branch point survives keep_checkpoints=1
+    wsd = {**common, "train.schedule": "wsd", "train.decay_steps": decay, "train.tokens": 8 * 32 * (S + decay)}
+    branch = train(load_config(None, tiny_overrides(**wsd, **{"train.init_from": f"{tmp_path / 'trunk'}@{S}"})), tmp_path / "branch")
+    alone = train(load_config(None, tiny_overrides(**wsd)), tmp_path / "alone")
+    assert branch["initialized_from"].startswith("init_from") and alone["initialized_from"] == "init"
+    # Same lr at every step (the constant schedule is WSD's stable phase), same batches, same Adam state: the same
+    # program on the same numbers, so bit-identical on one machine.
+    assert branch["params_digest"] == alone["params_digest"]
+    assert branch["final_eval_loss"] == alone["final_eval_loss"]
+    with pytest.raises(Exception, match="no checkpoint at step 30"):
+        train(load_config(None, tiny_overrides(**wsd, **{"train.init_from": f"{tmp_path / 'trunk'}@30"})), tmp_path / "bad")
