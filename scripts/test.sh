@@ -4,6 +4,8 @@
 # process): most tests wait on subprocesses or compile, so two workers use both cores (~28% less wall time than
 # one). Pass -n 0 to run serially. The soak tests (marked soak) are outside the default suite: -m soak runs them,
 # -m "soak or not soak" everything.
+# The suite compiles with XLA:CPU's LLVM optimisation level 1 (tests/conftest.py: faster compiles, the same
+# programs); SCALING_TEST_XLA_OPT=xla keeps XLA's default.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh

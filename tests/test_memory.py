@@ -1,7 +1,6 @@
 """The memory planner against XLA's own accounting of the compiled step, remat, and the command line."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ import pytest
 from scaling.config import load_config
 from scaling.memory import plan_memory
 
-from .conftest import ROOT, run_cli, tiny_overrides
+from .conftest import ROOT, run_cli, tiny_overrides, xla_env
 
 BASE = ["data.source=synthetic", "log.wandb=disabled", "model.d_model=256", "model.n_heads=4", "model.seq_len=256",
         "train.batch_size=16", "model.n_layers=4"]
@@ -31,7 +30,7 @@ print(json.dumps(out))
 
 
 def _compare(cases: dict, devices: int) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = xla_env(devices)
     p = subprocess.run([sys.executable, "-c", COMPARE, json.dumps(cases)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     return json.loads(p.stdout.strip().splitlines()[-1])

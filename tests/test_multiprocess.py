@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from .conftest import ROOT, run_cli, tiny_overrides
+from .conftest import ROOT, run_cli, tiny_overrides, xla_env
 
 STEPS = 40
 OVERRIDES = tiny_overrides(**{"train.batch_size": 16, "train.tokens": 16 * 32 * STEPS, "train.checkpoint_every": 5,
@@ -32,7 +32,7 @@ def _launch(args: list[str], processes: int, devices: int, logdir) -> list[subpr
     port = _port()
     procs = []
     for i in range(processes):
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+        env = xla_env(devices)
         if processes > 1:
             env |= {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": str(processes), "JAX_PROCESS_ID": str(i)}
         log = open(logdir / f"p{i}-{time.time_ns()}.log", "w")
@@ -154,7 +154,7 @@ def test_parameters_sharded_across_processes_finalize_and_resume_bit_identically
     _wait(_launch([*train, "--out", str(tmp_path / "ref")], 2, 4, tmp_path))
     ref = _record(tmp_path / "ref")
     assert ref["status"] == "completed" and ref["process_count"] == 2 and ref["mesh"][layout] == 8
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = xla_env(8)
     one = subprocess.run([sys.executable, "-c", DIGEST_SCRIPT, str(tmp_path / "ref")], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
     assert one.stdout.strip().splitlines()[-1] == ref["params_digest"]

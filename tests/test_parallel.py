@@ -2,7 +2,6 @@
 the bytes each device holds, and a checkpoint written on one mesh resumes on another."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ from flax import nnx
 
 from scaling.config import load_config
 
-from .conftest import ROOT, tiny_overrides
+from .conftest import ROOT, tiny_overrides, xla_env
 
 ONE_DEVICE_SCRIPT = r"""
 import json, sys, warnings
@@ -69,7 +68,7 @@ print(json.dumps({"runs": runs, "moved": {"loss": moved["final_train_loss"], "re
 @pytest.fixture(scope="module")
 def mesh_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("meshes")
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = xla_env(8)
     p = subprocess.run([sys.executable, "-c", MESH_SCRIPT, str(out), str(ROOT)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -88,7 +87,7 @@ def test_every_mesh_trains_to_the_same_loss(mesh_runs):
 
 def test_one_device_and_eight_give_the_same_loss(mesh_runs, tmp_path):
     """Data parallelism (and the other layouts, compared above) changes nothing but the reduction order."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = xla_env(1)
     p = subprocess.run([sys.executable, "-c", ONE_DEVICE_SCRIPT, str(tmp_path), str(ROOT)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     one = json.loads(p.stdout.strip().splitlines()[-1])
