@@ -70,8 +70,9 @@ def test_blocked_attention_matches_float64_and_the_xla_kernel(L, N, G, block):
     rng = np.random.default_rng(0)
     q, k, v = (jnp.asarray(rng.standard_normal((2, L, n, H)), jnp.float32) for n in (N, G, G))
     ref = _attention_f64(q, k, v)
-    got = blocked_causal(q, k, v, block)
-    xla = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
+    # jitted, as the model runs them (eagerly, each of the blocked kernel's per-block ops compiles on its own)
+    got = jax.jit(blocked_causal, static_argnums=3)(q, k, v, block)
+    xla = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla"))(q, k, v)
     # float32 logits of H = 32 unit-variance products over sqrt(H): |logit| <~ 6, each off by <~ H * eps * 6 =
     # 1.1e-5 at worst; the softmax-weighted mean of unit-variance values carries that absolute error: atol 2e-5
     np.testing.assert_allclose(np.asarray(got), ref, atol=2e-5)
@@ -82,9 +83,9 @@ def test_blocked_attention_matches_float64_and_the_xla_kernel(L, N, G, block):
     def loss(fn):
         return lambda q, k, v: jnp.sum(fn(q, k, v) * w)
 
-    g_blk = jax.grad(loss(lambda q, k, v: blocked_causal(q, k, v, block)), argnums=(0, 1, 2))(q, k, v)
-    g_xla = jax.grad(loss(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")),
-                     argnums=(0, 1, 2))(q, k, v)
+    g_blk = jax.jit(jax.grad(loss(lambda q, k, v: blocked_causal(q, k, v, block)), argnums=(0, 1, 2)))(q, k, v)
+    g_xla = jax.jit(jax.grad(loss(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")),
+                             argnums=(0, 1, 2)))(q, k, v)
     # the gradients sum up to L of those terms per key: atol L * 2e-5 / sqrt(L) (random signs) ~ 3e-4 at L 256
     for a, b in zip(g_blk, g_xla):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=3e-4)

@@ -14,6 +14,10 @@ from scaling.model.transformer import MLP
 
 from .conftest import tiny_overrides
 
+# Modules are called jitted, as training runs them: eagerly, each of the dispatch's many small ops compiles on its
+# own (these tests took 3-7x longer).
+call = nnx.jit(lambda module, x: module(x))
+
 
 @pytest.mark.parametrize("k", [1, 2, 4])
 def test_aux_loss_is_one_at_uniform_routing(k):
@@ -42,7 +46,7 @@ def test_aux_loss_grows_when_routing_collapses_and_its_gradient_reaches_the_rout
     # collapse: a router that sends every token to expert 0 (and 1)
     collapsed = jnp.zeros((16, E)).at[:, 0].set(5.0).at[:, 1].set(4.0)
     moe.router_DE[...] = collapsed
-    _, m = moe(jnp.abs(x))
+    _, m = call(moe, jnp.abs(x))
     assert float(m["aux_loss"]) > 3.0  # uniform gives 1; full collapse onto k experts gives about E/k = 4
     assert float(m["max_load_ratio"]) == pytest.approx(E / k, rel=1e-5)
 
@@ -51,7 +55,7 @@ def test_aux_loss_grows_when_routing_collapses_and_its_gradient_reaches_the_rout
     def aux_of(p):
         return nnx.merge(graphdef, p, rest)(x)[1]["aux_loss"]
 
-    g = jax.grad(aux_of)(params)
+    g = jax.jit(jax.grad(aux_of))(params)
     assert float(jnp.abs(g["router_DE"][...]).sum()) > 0
 
 
@@ -78,9 +82,9 @@ def test_one_expert_top1_equals_the_dense_mlp(mlp, cf):
     dense.w_down_FD[...] = moe.w_down_EFD[...][0]
     if mlp == "swiglu":
         dense.w_gate_DF[...] = moe.w_gate_EDF[...][0]
-    y, m = moe(x)
+    y, m = call(moe, x)
     # the same float32 products summed in another order (gather/scatter vs matmul): <= d_ff * 2^-24 relative
-    np.testing.assert_allclose(y, dense(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y, call(dense, x), rtol=1e-5, atol=1e-6)
     assert float(m["dropped_frac"]) == 0.0
 
 
@@ -89,8 +93,8 @@ def test_capacity_path_equals_dropless_path_when_capacity_is_large(k):
     E = 4
     _, moe_cap, x = _moe_and_input(E=E, k=k, cf=E / k)  # capacity = T: nothing can drop
     _, moe_free, _ = _moe_and_input(E=E, k=k, cf=None)
-    y1, m1 = moe_cap(x)
-    y2, _ = moe_free(x)
+    y1, m1 = call(moe_cap, x)
+    y2, _ = call(moe_free, x)
     np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-6)  # same products, other order (see above)
     assert float(m1["dropped_frac"]) == 0.0
 
@@ -102,7 +106,7 @@ def test_dropped_fraction_is_exact_on_a_hand_built_routing():
     moe.router_DE[...] = jnp.array([[10.0, 0.0]] * 4)  # positive inputs all choose expert 0
     x = jnp.abs(jax.random.normal(jax.random.key(0), (1, T, 4))) + 0.1
     assert capacity(T, E, k, 1.0) == 4
-    y, m = moe(x)
+    y, m = call(moe, x)
     assert float(m["dropped_frac"]) == pytest.approx(0.5)  # 8 tokens, expert 0 takes 4
     np.testing.assert_allclose(y[0, 4:], 0.0, atol=0)  # the overflow tokens get nothing (residual only)
     assert np.abs(np.asarray(y[0, :4])).sum() > 0
@@ -154,7 +158,7 @@ def test_router_gets_lm_loss_gradient_for_every_k(k):
 
     graphdef, params, rest = nnx.split(Transformer(cfg.model, rngs=nnx.Rngs(0)), nnx.Param, ...)
     tokens = jax.random.randint(jax.random.key(1), (4, 33), 0, 256)
-    g = jax.grad(lambda p: make_loss_fn(graphdef, cfg)(p, rest, tokens)[0])(params)
+    g = jax.jit(jax.grad(lambda p: make_loss_fn(graphdef, cfg)(p, rest, tokens)[0]))(params)  # jitted, as in training
     router = float(jnp.linalg.norm(g["blocks"][0]["mlp"]["router_DE"][...]))
     # With aux and z losses off the router's only gradient is the LM loss's. Renormalising a single gate gives
     # p / p = 1 and a gradient of float32 rounding noise only (~1e-10, measured); a real one is ~1e-4 here.
