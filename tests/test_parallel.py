@@ -39,8 +39,9 @@ from scaling.train import StopRequested, train
 out = sys.argv[1]
 MOE = {"model.moe.n_experts": 8, "model.moe.top_k": 2}
 def cfg(mesh, extra, steps=20):
-    return load_config(None, tiny_overrides(**{"train.batch_size": 16, "train.tokens": 16 * 32 * steps, **extra,
-        **{f"parallel.{a}": n for a, n in zip(("data", "fsdp", "tensor", "expert"), mesh)}}))
+    # checkpoints at step 10 (where the moved run stops) and the end, not the default ten per run
+    return load_config(None, tiny_overrides(**{"train.batch_size": 16, "train.tokens": 16 * 32 * steps, "train.checkpoint_every": 10,
+        **extra, **{f"parallel.{a}": n for a, n in zip(("data", "fsdp", "tensor", "expert"), mesh)}}))
 runs = []
 for kind, extra, meshes in (("dense", {}, [(8,1,1,1), (2,4,1,1), (1,8,1,1), (2,2,2,1)]),
                             ("moe", MOE, [(8,1,1,1), (2,4,1,1), (1,8,1,1), (2,2,2,1), (2,1,1,4), (1,1,1,8)])):
