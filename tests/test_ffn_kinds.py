@@ -19,7 +19,7 @@ from scaling.model.ffn import FEED_FORWARD, FeedForwardKind, feed_forward, regis
 
 # A kind from outside the package: this registration is all it takes.
 register_feed_forward(FeedForwardKind("relu2", gated=False, activation=lambda x: jnp.square(jax.nn.relu(x)),
-                                      default_d_ff=lambda d: 4 * d, saved_F=3, kept_F=1, doc="relu(x W_up)^2"))
+                                      default_d_ff=lambda d: 4 * d, saved_F=3, kept_F=1))  # relu(x W_up)^2
 KINDS = sorted(FEED_FORWARD)
 SHAPES = {
     "dense": [],

@@ -31,15 +31,10 @@ GOLDEN = {
 }
 
 
-def _steps(cfg, n: int):
-    _, state, out = train_steps(cfg, n)
-    return state, out
-
-
 @pytest.mark.parametrize("kind", ["dense", "moe"])
 def test_golden_steps(kind):
     extra = {"model.moe.n_experts": 4, "model.moe.top_k": 2} if kind == "moe" else {}
-    _, out = _steps(load_config(None, tiny_overrides(**{"train.warmup_fraction": 0.0, **extra})), 2)
+    _, _, out = train_steps(load_config(None, tiny_overrides(**{"train.warmup_fraction": 0.0, **extra})), 2)
     for got, want in zip(out, GOLDEN[kind]):
         for k, v in want.items():
             # float32 sums over 256 tokens x 256 logits and the parameters: another CPU may round differently by
@@ -48,8 +43,8 @@ def test_golden_steps(kind):
 
 
 def test_grad_accumulation_2_equals_1():
-    one, _ = _steps(load_config(None, tiny_overrides(**{"train.batch_size": 8})), 3)
-    two, _ = _steps(load_config(None, tiny_overrides(**{"train.batch_size": 8, "train.grad_accum": 2})), 3)
+    _, one, _ = train_steps(load_config(None, tiny_overrides(**{"train.batch_size": 8})), 3)
+    _, two, _ = train_steps(load_config(None, tiny_overrides(**{"train.batch_size": 8, "train.grad_accum": 2})), 3)
     for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)):
         # The mean of two half-batch means is the batch mean up to float32 reassociation (~1e-7 relative per
         # gradient); Adam's normalised update turns that into ~1e-7 x lr = 1e-9 per step on parameters ~0.02.

@@ -27,7 +27,6 @@ class FeedForwardKind:
     default_d_ff: Callable[[int], int]  # d_ff when model.d_ff is null, from d_model
     saved_F: int  # F-sized arrays per token the backward pass reads (remat=none)
     kept_F: int  # of those, the matmul outputs kept under remat=block
-    doc: str = ""
 
     @property
     def n_matrices(self) -> int:
@@ -75,7 +74,5 @@ def _swiglu_d_ff(d_model: int) -> int:
 # W_down (swiglu: gate, up, silu(gate), their product + 1 = 5; gelu: up, gelu(up) + 1 = 3); kept_F: the matmul
 # outputs alone. Against XLA's buffer assignment on CPU (d_model 256 and 512, tests/test_ffn_kinds.py): swiglu
 # 0.96/0.94 of XLA's bytes, gelu 0.96/0.94 (5 F-sized arrays, as swiglu's count, over-counted it: 1.17/1.14).
-register_feed_forward(FeedForwardKind("swiglu", gated=True, activation="silu", default_d_ff=_swiglu_d_ff,
-                                      saved_F=5, kept_F=2, doc="silu(x W_gate) * (x W_up), d_ff ~ 8/3 d_model"))
-register_feed_forward(FeedForwardKind("gelu", gated=False, activation="gelu", default_d_ff=lambda d: 4 * d,
-                                      saved_F=3, kept_F=1, doc="gelu(x W_up), d_ff = 4 d_model"))
+register_feed_forward(FeedForwardKind("swiglu", gated=True, activation="silu", default_d_ff=_swiglu_d_ff, saved_F=5, kept_F=2))
+register_feed_forward(FeedForwardKind("gelu", gated=False, activation="gelu", default_d_ff=lambda d: 4 * d, saved_F=3, kept_F=1))
