@@ -41,3 +41,12 @@ DEVICES: dict[str, tuple[float, int, str]] = {
     "tpu-v5p": (95 * GB, 2, "materialised"),
     "cpu": (0.0, 4, "materialised"),  # memory: this host's RAM
 }
+
+
+def with_cpu_devices(env, n: int) -> dict:
+    """A copy of the environment ``env`` in which JAX's CPU backend shows ``n`` devices: any device count already in
+    ``XLA_FLAGS`` is replaced, the other flags are kept."""
+    import re
+
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).strip()
+    return dict(env, XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={n}".strip())

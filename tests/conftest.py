@@ -26,9 +26,11 @@ if TEST_XLA_FLAGS and TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
 
-def xla_env(devices: int, base: dict | None = None) -> dict:
-    """An environment for a subprocess on ``devices`` fake CPU devices, with the suite's XLA flags."""
-    return dict(os.environ if base is None else base, XLA_FLAGS=f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={devices}".strip())
+def xla_env(devices: int) -> dict:
+    """This environment (with the suite's XLA flags) for a subprocess on ``devices`` fake CPU devices."""
+    from scaling.devices import with_cpu_devices
+
+    return with_cpu_devices(os.environ, devices)
 
 
 @pytest.fixture(scope="session")

@@ -319,7 +319,7 @@ def test_one_worker_per_group_of_devices_trains_each_run_once(tmp_path):
     spec = tiny_sweep(tmp_path)
     out = tmp_path / "out"
     p = run_cli("sweep", "run", str(spec), "--out", str(out), "--devices-per-worker", "2",
-                env=xla_env(4, {}))
+                env=xla_env(4))
     assert "2 workers of 2 cpu devices each on this host's 4" in p.stderr
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     starts = [e["run_id"] for e in events if e["event"] == "start"]
@@ -328,7 +328,7 @@ def test_one_worker_per_group_of_devices_trains_each_run_once(tmp_path):
     assert (df["status"] == "completed").all()
     assert {json.loads((out / "runs" / r / "record.json").read_text())["device_count"] for r in df["run_id"]} == {2}
     p = run_cli("sweep", "run", str(spec), "--out", str(out), "--devices-per-worker", "3", check=False,
-                env=xla_env(2, {}))
+                env=xla_env(2))
     assert p.returncode == 2 and "--devices-per-worker 3: this host has 2 cpu devices" in p.stderr and "Traceback" not in p.stderr
 
 

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from scaling.devices import with_cpu_devices
 from scaling.quickstart.sizes import QuickstartSize
 
 CHILD = [sys.executable, "-m", "scaling.quickstart.child"]
@@ -96,8 +97,7 @@ def train_heldout(cfg, run_dir: Path, run_id: str, progress: bool, should_stop, 
     cfg_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if load_config(cfg_path).to_dict() != cfg.to_dict():  # the child must train exactly this config
         raise QuickstartError(f"{cfg_path} does not round-trip the held-out config")
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}").strip()
+    env = with_cpu_devices(os.environ, devices)
     child = subprocess.Popen(CHILD + ["heldout", str(cfg_path), str(run_dir), run_id] + (["--progress"] if progress else []), env=env)
     try:
         while child.poll() is None and not (should_stop is not None and should_stop()):

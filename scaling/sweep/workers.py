@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
 
 from scaling.config import ConfigError
+from scaling.devices import with_cpu_devices
 from scaling import exits
 
 PROBE = "import jax, json; d = jax.local_devices(); print(json.dumps({'n': len(d), 'platform': d[0].platform}))"
@@ -48,8 +48,7 @@ def worker_envs(k: int, n: int, platform: str, env: dict) -> list[dict]:
     for w in range(n // k):
         e = dict(env, SCALING_NO_DISTRIBUTED="1", SCALING_WORKER=str(w))
         if platform == "cpu":
-            flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).strip()
-            e["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={k}".strip()
+            e = with_cpu_devices(e, k)
             e["JAX_PLATFORMS"] = "cpu"
         else:
             visible = env.get("CUDA_VISIBLE_DEVICES")
