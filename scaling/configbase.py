@@ -34,6 +34,11 @@ def _positive(obj: Any, where: str, *names: str) -> None:
             raise ConfigError(f"{where}.{name} must be > 0, got {v}")
 
 
+def not_allowed(where: str, value: Any, allowed) -> ConfigError:
+    """The error for a value outside a fixed set (a Literal field, a registry's names)."""
+    return ConfigError(f"{where}: {value!r} is not allowed; allowed values: {', '.join(repr(a) for a in allowed)}")
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -64,7 +69,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
-            raise ConfigError(f"{where}: {value!r} is not allowed; allowed values: {', '.join(repr(a) for a in allowed)}")
+            raise not_allowed(where, value, allowed)
         return value
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):

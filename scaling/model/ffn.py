@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from scaling.configbase import ConfigError
+from scaling.configbase import not_allowed
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def feed_forward(name: str, where: str = "model.mlp") -> FeedForwardKind:
     try:
         return FEED_FORWARD[name]
     except (KeyError, TypeError):
-        raise ConfigError(f"{where}: {name!r} is not allowed; allowed values: {', '.join(repr(k) for k in FEED_FORWARD)}") from None
+        raise not_allowed(where, name, FEED_FORWARD) from None
 
 
 def _swiglu_d_ff(d_model: int) -> int:
