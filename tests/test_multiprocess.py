@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from .conftest import ROOT, run_cli, tiny_overrides, xla_env
+from .conftest import ROOT, read_record, run_cli, tiny_overrides, xla_env
 
 STEPS = 40
 OVERRIDES = tiny_overrides(**{"train.batch_size": 16, "train.tokens": 16 * 32 * STEPS, "train.checkpoint_every": 5,
@@ -45,10 +45,6 @@ def _wait(procs, timeout=600):
         assert p.wait(timeout=timeout) == 0, f"a process exited {p.returncode}"
 
 
-def _record(d) -> dict:
-    return json.loads((d / "record.json").read_text())
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     d = tmp_path_factory.mktemp("mp")
@@ -58,7 +54,7 @@ def runs(tmp_path_factory):
 
 
 def test_two_processes_train_like_one_process_with_eight_devices(runs):
-    one, two = _record(runs / "one"), _record(runs / "two")
+    one, two = read_record(runs / "one"), read_record(runs / "two")
     assert (one["process_count"], one["device_count"]) == (1, 8) and (two["process_count"], two["device_count"]) == (2, 8)
     # Same global batch, same mesh layout: only the all-reduce changes (gloo between processes, in-process
     # otherwise), i.e. the summation order of float32 gradients; 1e-4 leaves 3 orders of magnitude (see
@@ -83,10 +79,10 @@ def test_both_processes_killed_mid_run_resume_to_the_same_numbers(runs):
     for p in procs:
         p.send_signal(signal.SIGKILL)
         p.wait()
-    killed = _record(out)
+    killed = read_record(out)
     assert killed["status"] == "running" and 10 <= killed["last_checkpoint_step"] < STEPS
     _wait(_launch([*TRAIN, "--out", str(out)], 2, 4, runs))
-    done, ref = _record(out), _record(runs / "two")
+    done, ref = read_record(out), read_record(runs / "two")
     assert done["resumed_from_step"] >= killed["last_checkpoint_step"]
     assert done["params_digest"] == ref["params_digest"]  # bit-identical resume
     assert done["final_train_loss"] == ref["final_train_loss"] and done["final_eval_loss"] == ref["final_eval_loss"]
@@ -107,7 +103,7 @@ def test_a_sweep_worker_spanning_two_processes_trains_each_run_once(tmp_path):
     assert len(starts) == len(set(starts)) == 3 and len({e["owner"] for e in events}) == 1  # process 0 claims
     df = pd.read_csv(tmp_path / "out" / "runs.csv")
     assert (df["status"] == "completed").all()
-    assert all(_record(tmp_path / "out" / "runs" / r)["process_count"] == 2 for r in df["run_id"])
+    assert all(read_record(tmp_path / "out" / "runs" / r)["process_count"] == 2 for r in df["run_id"])
 
 
 DIGEST_SCRIPT = r"""
@@ -152,7 +148,7 @@ def test_parameters_sharded_across_processes_finalize_and_resume_bit_identically
     one record is written."""
     train = [*TRAIN, *sum((["--set", o] for o in SHARDED[layout]), [])]
     _wait(_launch([*train, "--out", str(tmp_path / "ref")], 2, 4, tmp_path))
-    ref = _record(tmp_path / "ref")
+    ref = read_record(tmp_path / "ref")
     assert ref["status"] == "completed" and ref["process_count"] == 2 and ref["mesh"][layout] == 8
     env = xla_env(8)
     one = subprocess.run([sys.executable, "-c", DIGEST_SCRIPT, str(tmp_path / "ref")], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -160,9 +156,9 @@ def test_parameters_sharded_across_processes_finalize_and_resume_bit_identically
     assert one.stdout.strip().splitlines()[-1] == ref["params_digest"]
     out = tmp_path / "killed"
     _kill_after_checkpoint(_launch([*train, "--out", str(out)], 2, 4, tmp_path), out)
-    assert _record(out)["status"] == "running"
+    assert read_record(out)["status"] == "running"
     _wait(_launch([*train, "--out", str(out)], 2, 4, tmp_path))
-    done = _record(out)
+    done = read_record(out)
     assert done["resumed_from_step"] >= 10 and done["params_digest"] == ref["params_digest"]
     assert done["final_train_loss"] == ref["final_train_loss"] and done["final_eval_loss"] == ref["final_eval_loss"]
     assert [p.name for p in out.iterdir() if p.name.startswith("record")] == ["record.json"]
@@ -210,4 +206,4 @@ def test_train_starts_under_a_coordinator_environment(tmp_path):
         port = s.getsockname()[1]
     env = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "1", "JAX_PROCESS_ID": "0"}
     run_cli("train", "--out", str(tmp_path / "r"), *sum((["--set", o] for o in tiny_overrides(**{"train.tokens": 8 * 32 * 5})), []), env=env)
-    assert _record(tmp_path / "r")["status"] == "completed"
+    assert read_record(tmp_path / "r")["status"] == "completed"
