@@ -111,3 +111,26 @@ def test_a_sweep_stacks_runs_that_differ_in_seed_and_gets_the_same_numbers(tmp_p
     assert got[1] == got[2]  # the same run ids, each with the same trained parameters
     p = run_cli("sweep", "run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "x"), "--stack", "0", check=False)
     assert p.returncode == 2 and p.stderr.strip() == "sweep error: --stack must be >= 1, got 0"
+
+
+def test_each_stack_member_logs_to_its_own_wandb_run(tmp_path):
+    """W&B offline: every member of a stack has its own run (its own lr in its history) and completes. wandb's
+    default for a second init in one process returned the first member's run, so all members logged into it and
+    the later members failed on the finished run while their records said completed."""
+    import glob
+
+    from .wandb_reader import read_records
+
+    cfgs = [_cfg(0, lr=lr, **{"log.wandb": "offline"}) for lr in (5e-3, 2e-2)]
+    recs = train_stack(cfgs, [tmp_path / f"m{i}" for i in range(2)])
+    assert [r["status"] for r in recs] == ["completed", "completed"]
+    logged = []
+    for i in range(2):
+        files = glob.glob(str(tmp_path / f"m{i}" / "wandb" / "offline-run-*" / "run-*.wandb"))
+        assert len(files) == 1
+        logged.append([json.loads(it.value_json) for r in read_records(files[0]) if r.WhichOneof("record_type") == "history"
+                       for it in r.history.item if (it.key or "/".join(it.nested_key)) == "train/lr"])
+    # one schedule, peaks 4x apart: each run holds its own member's lr at every logged step (float32 in the step:
+    # the ratio within 1e-6 relative), and each holds one row per logged step, not both members' rows
+    assert len(logged[0]) == len(logged[1]) == STEPS // 5
+    assert all(b / a == pytest.approx(4.0, rel=1e-6) for a, b in zip(*logged))

@@ -119,6 +119,9 @@ def _init_wandb(run_dir: Path, log: LogConfig, run_id: str, config: dict):
         dir=str(run_dir),
         mode=mode,
         config=config,
+        # a new run even when one is active in this process: the members of a stack each log to their own run (the
+        # default, "return_previous", handed every member the first one's run, which the first member then finished)
+        reinit="create_new",
         # the commit and lock file are in the config (``code``), from the toolkit's own checkout, not the cwd's;
         # system stats (GPU/TPU utilisation, memory) on accelerators, off on a CPU where they only cost time
         settings=wandb.Settings(console="off", quiet=True, disable_git=True, save_code=False,
