@@ -289,3 +289,31 @@ def max_load_over_training(runs: dict[str, dict]):
     ax.set(xlabel="step", ylabel="max / mean expert load (mean over layers)", title="Expert balance over training")
     ax.legend(fontsize=8)
     return fig
+
+
+def lr_scan(df: pd.DataFrame, law) -> plt.Figure:
+    """An lr tuning sweep: final loss against lr, one panel per token horizon D, one line per model size N; the
+    best lr of each (N, D) (parabola) as a dot, the fitted law's lr as a dashed tick of the same colour."""
+    horizons = sorted(df["D"].unique())
+    sizes = sorted(df["N"].unique())
+    fig, axes = plt.subplots(1, len(horizons), figsize=(3.6 * len(horizons), 3.4), sharey=True, squeeze=False)
+    colours = plt.cm.viridis(np.linspace(0, 0.9, len(sizes)))
+    pts = law.points.set_index(["N", "D"])
+    for ax, D in zip(axes[0], horizons):
+        for c, N in zip(colours, sizes):
+            g = df[(df["D"] == D) & (df["N"] == N) & np.isfinite(df["loss"])].groupby("lr")["loss"].mean()
+            if g.empty:
+                continue
+            ax.plot(g.index, g.values, "-o", ms=3, color=c, label=f"N={N:.3g}")
+            if (N, D) in pts.index:
+                p = pts.loc[(N, D)]
+                ax.plot([p["lr_best"]], [p["loss_best"]], "o", ms=7, mfc="none", color=c if p["located"] else "red")
+            ax.axvline(float(law.lr(N, D)), color=c, ls="--", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_title(f"D = {D:.3g} tokens", fontsize=9)
+        ax.set_xlabel("peak learning rate")
+    axes[0][0].set_ylabel("final eval loss")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"lr scan: best lr (circles; red: at the scan's end) and the fitted law (dashed)\n{law.summary()}", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,4 +1,4 @@
-"""``scaling sweep plan | run | status | submit``."""
+"""``scaling sweep plan | run | status | submit | fit-lr``."""
 
 from __future__ import annotations
 
@@ -66,6 +66,9 @@ def _plan_notes(spec, plan, corpora) -> None:
     g = spec.grid
     print(f"parameters basis for the recipe{' and tokens_per_param' if g.ratios else ''}: N_{g.params}")
     print(f"learning rate: {spec.recipe.describe(f'N_{g.params}')}")
+    if spec.lr_scan:
+        print(f"lr_scan: every point at {len(spec.lr_scan)} multipliers of that lr ({', '.join(f'{m:g}' for m in spec.lr_scan)}): "
+              "an lr tuning sweep; after it runs, 'scaling sweep fit-lr SWEEP_DIR' fits the best lr as a law of N and D")
     pars = {(r.config.model.parametrization, r.config.model.mup_base_width) for r in plan}
     for par, base in sorted(pars, key=str):
         if par == "mup":
@@ -166,14 +169,23 @@ def _run_per_device(args, out: str) -> int:
 
 
 def _recorded_yaml(path: str, overrides: list[str] | None) -> str:
-    """The sweep file as the sweep directory records it: its text, or with --set overrides its resolved YAML."""
-    if not overrides:
-        return Path(path).read_text()
+    """The sweep file as the sweep directory records it: its text, or with --set overrides its resolved YAML; a
+    ``recipe: {from: X}`` is recorded as the law read from X (and what it was tuned under), so refitting X later
+    cannot change this directory's learning rates and run ids."""
     import yaml
 
+    from scaling.sweep.recipe import resolve_recipe
     from scaling.sweep.spec import load_sweep_raw
 
-    return f"# {path} with --set {' --set '.join(overrides)}\n" + yaml.safe_dump(load_sweep_raw(path, overrides), sort_keys=False)
+    raw = load_sweep_raw(path, overrides)
+    rec = raw.get("recipe")
+    frozen = isinstance(rec, dict) and "from" in rec
+    if not overrides and not frozen:
+        return Path(path).read_text()
+    if frozen:
+        raw["recipe"] = resolve_recipe(rec)
+    notes = ([f"--set {' --set '.join(overrides)}"] if overrides else []) + ([f"recipe.from {rec['from']} read into recipe"] if frozen else [])
+    return f"# {path} with {'; '.join(notes)}\n" + yaml.safe_dump(raw, sort_keys=False)
 
 
 def cmd_run(args) -> int:
@@ -272,6 +284,17 @@ def _status(sweep_dir: Path, shown: str) -> int:
     return 0
 
 
+def cmd_fit_lr(args) -> int:
+    from scaling.config import ConfigError
+    from scaling.sweep.tune import fit_recipe
+
+    try:
+        fit_recipe(args.sweep_dir)
+    except ConfigError as e:
+        return exits.fail(str(e), prefix="sweep error")
+    return 0
+
+
 def cmd_submit(args) -> int:
     from scaling.sweep.submit import submit_slurm
 
@@ -336,6 +359,16 @@ def add_sweep_parser(sub) -> None:
     st = ss.add_parser("status", help="table of runs: completed / running / failed / pending, losses, progress")
     st.add_argument("sweep_dir")
     st.set_defaults(func=cmd_status)
+
+    fl = ss.add_parser(
+        "fit-lr", help="fit the best lr of an lr_scan sweep as a law of N and D; write SWEEP_DIR/recipe.json for recipe: {from: SWEEP_DIR}",
+        description="Per (N, D) point of an lr tuning sweep (a sweep with lr_scan), the best lr (a parabola in log lr through the best "
+                    "run and its neighbours; points whose best lr is at an end of the scan are left out, noted); then "
+                    "log lr* = log lr_base + a log(N/N_ref) + b log(D/D_ref) by least squares. Writes SWEEP_DIR/recipe.json (the law, "
+                    "what it was tuned under: corpus, tokenizer, seq_len, batch, parametrization, optimizer) and SWEEP_DIR/lr_scan.png.",
+    )
+    fl.add_argument("sweep_dir")
+    fl.set_defaults(func=cmd_fit_lr)
 
     sb = ss.add_parser("submit", help="submit workers to a cluster (slurm job array through submitit)")
     sb.add_argument("sweep", help="sweep YAML")

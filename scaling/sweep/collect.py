@@ -21,7 +21,7 @@ TIMING_COLUMNS = ("tokens_per_sec", "step_time_s", "compile_time_s", "wall_time_
 RUNS_COLUMNS = (
     "run_id", "sweep", "status", "kind", "variant", "N", "N_active", "N_nonembedding", "D", "C", "budget", "loss",
     "eval_loss", "eval_loss_stderr", "eval_bpb", "train_loss", "progress", "seed", "d_model", "n_layers", "n_heads",
-    "n_experts", "top_k", "granularity", "params_basis", "epochs", "eval_tokens", "warnings", "lr", "batch_size",
+    "n_experts", "top_k", "granularity", "params_basis", "epochs", "eval_tokens", "warnings", "lr", "lr_multiplier", "batch_size",
     "steps", "role", "trunk_id", "branch_step", "C_spent", "flops_convention", *TIMING_COLUMNS, "error", "preemptions",
     "restarts", "steps_recomputed",
 )
@@ -80,6 +80,7 @@ def collect(spec: SweepSpec, sweep_dir: str | Path, plan: list[PlannedRun] | Non
                 "params_basis": spec.grid.params,
                 "epochs": rec.get("epochs", run.epochs),
                 "lr": cfg.train.lr,
+                "lr_multiplier": run.lr_multiplier,
                 "batch_size": cfg.train.batch_size,
                 "steps": run.steps,
                 # wsd_branches: trunks (constant lr, not scaling points: analysis.load_runs leaves them out) and

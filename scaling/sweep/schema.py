@@ -62,7 +62,13 @@ class SweepSpec:
     grid: GridSpec = _f(GridSpec(), "The grid.")
     seeds: list = _f([0], "Seeds: every grid point is run once per seed.")
     variants: dict = _f({}, "Named partial configs (e.g. dense / moe) crossed with the grid; empty = one variant.")
-    recipe: Recipe = _f(Recipe(), "Size-dependent hyper-parameters.")
+    recipe: Recipe = _f(Recipe(), "Size- and horizon-dependent hyper-parameters, or {from: DIR}: the lr law a tuning sweep fitted ('scaling sweep fit-lr DIR').")
+    lr_scan: list = _f(
+        [],
+        "Multipliers of the recipe's lr (e.g. [0.5, 0.71, 1, 1.41, 2]): every run is planned once per value, an lr "
+        "tuning sweep; 'scaling sweep fit-lr DIR' fits the best lr as a law of N and D and writes DIR/recipe.json. "
+        "Empty: one run at the recipe's lr.",
+    )
     overrides: list = _f([], "Per-run overrides: [{match: {variant|size|budget|seed: value}, set: {dotted.key: value}}].")
 
 
@@ -85,6 +91,7 @@ class PlannedRun:
     trunk_id: Optional[str] = None  # branch: the trunk it starts from
     branch_step: Optional[int] = None  # branch: the trunk step it starts from (its cooldown's first step)
     cost_flops: Optional[float] = None  # compute this run spends itself (a branch: its cooldown only); None = flops
+    lr_multiplier: float = 1.0  # lr_scan: the recipe's lr times this
 
     @property
     def spent_flops(self) -> float:
@@ -103,6 +110,7 @@ class PlannedRun:
             "steps": self.steps,
             "batch_size": self.config.train.batch_size,
             "lr": self.config.train.lr,
+            "lr_multiplier": self.lr_multiplier,
             "seed": self.seed,
             "epochs": self.epochs,
             "role": self.role,

@@ -22,7 +22,9 @@ A sweep YAML has::
       cooldown_shape: linear       # or 1-sqrt
     seeds: [0]
     variants: {dense: {}, moe: {model: {moe: {n_experts: 8, top_k: 2}}}}   # each variant x every grid point
-    recipe: {lr_base: 3e-3, ...}   # hyper-parameters as functions of N (scaling.sweep.recipe)
+    recipe: {lr_base: 3e-3, ...}   # hyper-parameters as functions of N and D (scaling.sweep.recipe)
+    # or recipe: {from: TUNE_DIR}  # the lr law an lr_scan sweep fitted ('scaling sweep fit-lr TUNE_DIR')
+    lr_scan: [0.5, 0.71, 1, 1.41, 2]   # an lr tuning sweep: every run once per multiplier of the recipe's lr
     overrides: [{match: {variant: moe}, set: {train.lr: 1e-3}}]
 
 Run ids are stable hashes of each resolved run config, so editing a sweep adds or removes runs without renaming
@@ -31,13 +33,17 @@ the others.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from scaling.config import ConfigError, RunConfig, from_dict, merge_dicts, parse_overrides, set_by_path
 from scaling.configbase import load_yaml_file
 from scaling.sweep.grids import grid_kind, grid_kinds
 from scaling.sweep.grids.base import OPTIONAL_FIELDS
-from scaling.sweep.schema import BRANCH_PREFIX, PlannedRun, SweepSpec, added_sizes, load_run, prior_optimum
+from scaling.sweep.recipe import check_tuned_under, resolve_recipe
+from scaling.sweep.schema import (
+    BRANCH_PREFIX, PlannedRun, SweepSpec, added_sizes, load_run, positive_numbers, prior_optimum,
+)
 
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
@@ -57,14 +63,40 @@ def load_sweep_raw(path: str | Path, overrides: list[str] | None = None) -> dict
         raw.setdefault("base", {})
         for k, v in parse_overrides(overrides):
             set_by_path(raw["base"], k, v)
+    rec = raw.get("recipe")
+    if isinstance(rec, dict) and isinstance(rec.get("from"), str) and rec["from"]:
+        # recorded absolute in SWEEP_DIR/sweep.yaml, so the sweep directory reads it from any working directory
+        raw["recipe"] = {**rec, "from": str(Path(rec["from"]).expanduser().absolute())}
     return raw
 
 
 
 def parse_sweep(raw: dict) -> SweepSpec:
     """A sweep file's dict as a validated ``SweepSpec``: the schema, the grid kind's own checks, seeds, variants and
-    overrides, and the base (and each variant) as a run config, so an error names the field."""
+    overrides, and the base (and each variant) as a run config, so an error names the field. ``recipe: {from: X}``
+    is replaced by the law fitted there (every planned run is checked against what it was tuned under)."""
+    rec = raw.get("recipe") if isinstance(raw, dict) else None
+    if isinstance(rec, dict) and "from" in rec:
+        raw = {**raw, "recipe": resolve_recipe(rec)}
     spec = from_dict(SweepSpec, raw)
+    spec.recipe.validate()
+    if spec.recipe.basis and spec.recipe.basis != f"N_{spec.grid.params}":
+        raise ConfigError(f"recipe.from {spec.recipe.source!r} is a law in {spec.recipe.basis}; this sweep's grid.params is "
+                          f"{spec.grid.params!r}: set grid.params to {spec.recipe.basis[2:]!r}")
+    if spec.lr_scan:
+        bad = next((v for v in spec.lr_scan if isinstance(v, bool) or not isinstance(v, (int, float))), None)
+        if bad is not None:
+            raise ConfigError(f"lr_scan: expected numbers (multipliers of the recipe's lr), got {bad!r}")
+        scan = positive_numbers(spec.lr_scan, "lr_scan")
+        if len(set(scan)) != len(scan):
+            raise ConfigError(f"lr_scan lists a multiplier twice: {spec.lr_scan!r}")
+        if not spec.recipe.enabled or spec.recipe.respect_base:
+            raise ConfigError("lr_scan scales the recipe's lr: it needs recipe.enabled true and recipe.respect_base false")
+        for i, o in enumerate(spec.overrides):
+            if isinstance(o, dict) and isinstance(o.get("set"), dict) and "train.lr" in o["set"]:
+                raise ConfigError(f"overrides[{i}] sets train.lr: with lr_scan every multiplier would plan that same run; "
+                                  "drop the override or the scan")
+        spec = replace(spec, lr_scan=scan)
     g = spec.grid
     kind = grid_kind(g.kind)
     for key in OPTIONAL_FIELDS:
@@ -109,9 +141,17 @@ def plan_sweep(
         import jax
 
         n_devices = jax.device_count()
-    runs = grid_kind(spec.grid.kind).plan(spec, n_devices, added_sizes(sweep_dir) if added is None else added)
+    kind, added = grid_kind(spec.grid.kind), added_sizes(sweep_dir) if added is None else added
+    runs = []
+    for m in spec.lr_scan or [1.0]:  # an lr tuning sweep: the whole grid once per multiplier of the recipe's lr
+        scaled = replace(spec, recipe=replace(spec.recipe, lr_multiplier=spec.recipe.lr_multiplier * float(m)))
+        part = kind.plan(scaled, n_devices, added)
+        for r in part:
+            r.lr_multiplier = float(m)
+        runs += part
     seen: dict[str, PlannedRun] = {}
     for r in runs:
+        check_tuned_under(spec.recipe, r.config, f"run {r.run_id} (variant={r.variant}, size={r.size_index}, seed={r.seed})")
         if r.run_id in seen:
             raise ConfigError(f"two runs of the sweep resolve to the same config (run {r.run_id}); remove the duplicate grid point")
         seen[r.run_id] = r
@@ -196,9 +236,11 @@ def with_logging(run: PlannedRun, spec: SweepSpec, sweep_dir: str | Path | None 
     from dataclasses import replace
 
     tags = [f"N={run.n_params:.2g}", f"D={run.tokens:.2g}", f"C={run.flops:.2g}", run.variant, spec.grid.kind] + ([run.role] if run.role != "run" else [])
+    scan = [f"lr={run.config.train.lr:.3g}"] if spec.lr_scan else []
+    tags += scan
     base_log = run.config.log
     parts = [spec.name] + ([run.variant] if run.variant != "default" else []) + ([run.role] if run.role != "run" else [])
-    name = " ".join(parts + [f"N={_short(run.n_params)}", f"D={_short(run.tokens)}", f"s{run.seed}"])
+    name = " ".join(parts + [f"N={_short(run.n_params)}", f"D={_short(run.tokens)}"] + scan + [f"s{run.seed}"])
     log = replace(base_log, wandb_group=base_log.wandb_group or spec.name, wandb_tags=list(base_log.wandb_tags) + tags,
                   wandb_name=name, progress=False)
     cfg = replace(run.config, log=log, name=None)

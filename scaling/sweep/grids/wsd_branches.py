@@ -64,7 +64,9 @@ def trunk_and_branches(spec: SweepSpec, vbase: dict, n_devices: int, vname: str,
     raw = apply_overrides(merge_dicts(merge_dicts(vbase, {"model": size}), {"train": {"seed": seed}}), spec.overrides, here)
     probe, n_basis, fpt = probe_run(spec, raw, where)
     wanted = sorted({(C / fpt if C else D, C) for C, D in pts}, key=lambda t: t[0])
-    raw = spec.recipe.apply(raw, probe, n_params=n_basis, tokens=wanted[0][0], n_devices=n_devices)
+    # one lr for all the trunk's branches: a horizon-dependent recipe takes the geometric mean of their lengths
+    lr_tokens = math.exp(sum(math.log(D) for D, _ in wanted) / len(wanted))
+    raw = spec.recipe.apply(raw, probe, n_params=n_basis, tokens=wanted[0][0], n_devices=n_devices, lr_tokens=lr_tokens)
     raw = apply_overrides(raw, spec.overrides, here)
     tps = probe.model.seq_len * raw.get("train", {}).get("batch_size", probe.train.batch_size)
     steps_min = int(round(wanted[0][0] / tps))
