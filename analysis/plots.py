@@ -292,8 +292,11 @@ def max_load_over_training(runs: dict[str, dict]):
 
 
 def lr_scan(df: pd.DataFrame, law) -> plt.Figure:
-    """An lr tuning sweep: final loss against lr, one panel per token horizon D, one line per model size N; the
-    best lr of each (N, D) (parabola) as a dot, the fitted law's lr as a dashed tick of the same colour."""
+    """An lr tuning sweep: final loss against lr, as % above the best run of its (N, D) (so every size's optimum
+    shows on one scale), one panel per token horizon D, one line per model size N; the best lr of each (N, D)
+    (parabola) as a circle (red: at the scan's end, not located), the fitted law's lr as a dashed line."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     horizons = sorted(df["D"].unique())
     sizes = sorted(df["N"].unique())
     fig, axes = plt.subplots(1, len(horizons), figsize=(3.6 * len(horizons), 3.4), sharey=True, squeeze=False)
@@ -304,15 +307,20 @@ def lr_scan(df: pd.DataFrame, law) -> plt.Figure:
             g = df[(df["D"] == D) & (df["N"] == N) & np.isfinite(df["loss"])].groupby("lr")["loss"].mean()
             if g.empty:
                 continue
-            ax.plot(g.index, g.values, "-o", ms=3, color=c, label=f"N={N:.3g}")
+            best = float(g.min())
+            ax.plot(g.index, 100 * (g.values / best - 1), "-o", ms=3, color=c, label=f"N={N:.3g}")
             if (N, D) in pts.index:
                 p = pts.loc[(N, D)]
-                ax.plot([p["lr_best"]], [p["loss_best"]], "o", ms=7, mfc="none", color=c if p["located"] else "red")
+                y = 100 * (float(np.interp(np.log(p["lr_best"]), np.log(g.index.values), g.values)) / best - 1)
+                ax.plot([p["lr_best"]], [y], "o", ms=8, mfc="none", color=c if p["located"] else "red")
             ax.axvline(float(law.lr(N, D)), color=c, ls="--", lw=0.8)
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"D = {D:.3g} tokens", fontsize=9)
         ax.set_xlabel("peak learning rate")
-    axes[0][0].set_ylabel("final eval loss")
+    axes[0][0].set_ylabel("loss above the best of its (N, D), %")
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(f"lr scan: best lr (circles; red: at the scan's end) and the fitted law (dashed)\n{law.summary()}", fontsize=8)
     fig.tight_layout()
