@@ -216,12 +216,22 @@ def test_fit_lr_refuses_a_sweep_without_a_scan(tmp_path):
     assert p.returncode == 2 and "not an lr tuning sweep" in p.stderr
 
 
-def test_provenance_names_every_setting_it_checks():
+def test_provenance_names_every_setting_it_checks(tmp_path, monkeypatch):
     from scaling.config import load_config
 
     cfg = load_config(base={"model": {"parametrization": "mup", "mup_base_width": 16, "tie_embeddings": False}})
     prov = provenance(cfg)
-    assert prov["model.parametrization"] == "mup" and prov["model.mup_base_width"] == 16 and None not in (prov["train.batch_size"], prov["data.source"])
+    assert set(prov) == set(PROVENANCE)
+    d = cfg.to_dict()
+    for key in PROVENANCE:  # each value is the config's own (sections as canonical JSON)
+        section, field = key.split(".")
+        want = d[section][field]
+        assert prov[key] == (json.dumps(want, sort_keys=True) if isinstance(want, (dict, list)) else want), key
+    # a corpus path compares as an absolute path: the same corpus named from two working directories is one corpus
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus.txt").write_text("def f():\n    return 1\n" * 100)
+    rel = load_config(base={"data": {"source": "corpus.txt"}})
+    assert provenance(rel)["data.source"] == str(tmp_path / "corpus.txt")
 
 
 def test_fit_lr_on_wsd_branches_with_diverged_runs(tmp_path):
