@@ -44,6 +44,18 @@ def test_quickstart_tiny_end_to_end_and_resume(tmp_path, cache_dir):
     # the prediction was written before the held-out run trained
     held = json.loads((out / "heldout").glob("*/record.json").__next__().read_text())
     assert held["config"]["train"]["schedule"] == "wsd"
+    # one recipe for every run: muP relative to width 16, the lr law at the run's own N and D (exact: the same
+    # float64 arithmetic), and the report says which recipe and that it was not tuned for the tiny size
+    from scaling.quickstart.sizes import TINY, recipe_for
+    from scaling.sweep.recipe import Recipe
+
+    law = Recipe(**recipe_for(TINY, "stdlib"))
+    sweep_recs = [json.loads(f.read_text()) for f in (out / "sweep" / "runs").glob("*/record.json")]
+    for rec in [held, *sweep_recs]:
+        m = rec["config"]["model"]
+        assert (m["parametrization"], m["mup_base_width"], m["mup_base_head_dim"]) == ("mup", 16, 8)
+    assert held["config"]["train"]["lr"] == law.lr(held["n_params"], held["tokens"]) == summary["recipe"]["heldout_lr"]
+    assert "muP relative to d_model 16" in text and "not tuned for the --tiny size" in text
     # one W&B group for the sweep, its repeat seeds and the held-out run (the fits log there too), told apart by tags
     noise_rec = json.loads(next((out / "noise" / "runs").glob("*/record.json")).read_text())
     assert held["config"]["log"]["wandb_group"] == noise_rec["config"]["log"]["wandb_group"] == "quickstart"

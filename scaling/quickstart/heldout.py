@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from scaling.quickstart.fits import Fits, clean, predict
-from scaling.quickstart.sizes import RECIPE, QuickstartSize
+from scaling.quickstart.sizes import QuickstartSize
 
 
 @dataclass
@@ -26,15 +26,15 @@ class Heldout:
     C: float
 
 
-def choose_heldout(size: QuickstartSize, base: dict, fits: Fits, runs) -> Heldout:
+def choose_heldout(size: QuickstartSize, base: dict, fits: Fits, runs, recipe) -> Heldout:
     """The held-out size: the surface law's optimum where its exponent is plausible, else the IsoFLOP optimum where
     that fit is well-posed (every minimum inside the trained sizes, a plausible exponent), else the Chinchilla law's
     optimum; then the ladder shape nearest it (in log N). A standalone WSD run (warmup, constant lr, the last 20%
-    decayed) of C_target FLOPs, its lr from the sweep's recipe."""
+    decayed) of C_target FLOPs, its lr from the sweep's ``recipe`` (a ``Recipe``) at its own N and D."""
     from scaling.model.accounting import count_params, flops_per_token
     from scaling.config import load_config
     from scaling.model.config import ModelConfig
-    from scaling.sweep.recipe import Recipe
+    from scaling.sweep.recipe import check_tuned_under
 
     surface, iso = fits.surface, fits.iso
     C_target = size.heldout_factor * max(size.budgets)
@@ -53,11 +53,12 @@ def choose_heldout(size: QuickstartSize, base: dict, fits: Fits, runs) -> Heldou
     model = {k: getattr(held_model, k) for k in ("d_model", "n_layers", "n_heads", "seq_len", "vocab_size")}
     tokens_per_step = size.batch_size * size.seq_len
     steps = max(1, round(C_target / flops_per_token(held_model) / tokens_per_step))
-    held_base = base | {"model": model, "train": {**base["train"], "tokens": steps * tokens_per_step, "schedule": "wsd", "decay_fraction": 0.2}}
+    held_base = base | {"model": {**base["model"], **model}, "train": {**base["train"], "tokens": steps * tokens_per_step, "schedule": "wsd", "decay_fraction": 0.2}}
     held_base["log"] = {**held_base["log"], "wandb_tags": ["heldout", f"C={C_target:.2g}"],
                         "wandb_name": f"quickstart heldout N={count_params(held_model).total / 1e3:.0f}k C={C_target:.2g}"}
-    held_raw = Recipe(**RECIPE).apply(held_base, load_config(base=held_base), count_params(held_model).total, steps * tokens_per_step, 1)
+    held_raw = recipe.apply(held_base, load_config(base=held_base), count_params(held_model).total, steps * tokens_per_step, 1)
     cfg = load_config(base=held_raw)
+    check_tuned_under(recipe, cfg, "the held-out run")  # the sweep's runs were checked when it was planned
     N, D = count_params(cfg.model).total, cfg.steps * cfg.tokens_per_step
     return Heldout(cfg, N_star, size_from, model, C_target, N, D, flops_per_token(cfg.model) * D)
 

@@ -13,7 +13,7 @@ from scaling.quickstart.fits import fit_laws
 from scaling.quickstart.heldout import choose_heldout, predict_heldout
 from scaling.quickstart.processes import run_sweeps, train_heldout
 from scaling.quickstart.report import write_report
-from scaling.quickstart.sizes import FULL, TINY, eval_tokens_for, noise_dict, sweep_dict
+from scaling.quickstart.sizes import FULL, RECIPE_TAG, TINY, eval_tokens_for, noise_dict, recipe_note, sweep_dict
 
 
 def _check_manifest(out: Path, manifest: dict) -> None:
@@ -40,7 +40,9 @@ def run_quickstart(
     t_start = time.perf_counter()
     out = Path(out)
     size = TINY if tiny else FULL
-    _check_manifest(out, {"tiny": tiny, "data": data, "seed": seed})
+    # the recipe every run trains with is part of what a quickstart directory holds: a directory trained under another
+    # (the earlier sp recipe) is refused rather than mixed into one fit
+    _check_manifest(out, {"tiny": tiny, "data": data, "seed": seed, "recipe": RECIPE_TAG})
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
     for m in size.ladder:  # the held-out run may take any ladder shape: all of them are checked before training
@@ -62,7 +64,10 @@ def run_quickstart(
 
     say(f"[2/4] fitting the IsoFLOP surface, the compute frontier, the Chinchilla law ({size.bootstrap} bootstrap resamples each) and the IsoFLOP exponents")
     fits = fit_laws(size, runs, noise, report, say)
-    held = choose_heldout(size, raw["base"], fits, runs)
+    from scaling.sweep.spec import parse_sweep
+
+    spec = parse_sweep(raw)
+    held = choose_heldout(size, raw["base"], fits, runs, spec.recipe)
     prediction = predict_heldout(fits, held, runs, report, seed, say)
     say(
         f"[3/4] held-out run: N={held.N:,} D={held.D:,} C={held.C:.3g} ({held.C / max(size.budgets):.1f}x the largest budget); "
@@ -73,7 +78,11 @@ def run_quickstart(
     record = train_heldout(held.cfg, run_dir, run_id, progress, should_stop, size.workers)
 
     say("[4/4] writing the report")
-    summary = write_report(out, size, fits, held, prediction, record, runs, noise, seed, wandb, t_start, run_dir)
+    m = held.cfg.model
+    recipe = {"parametrization": f"muP relative to d_model {m.mup_base_width} (heads of {m.mup_base_head_dim} dims)" if m.parametrization == "mup" else "sp",
+              "lr": spec.recipe.describe(), "note": recipe_note(size, data), "warmup_steps": size.warmup_steps,
+              "heldout_lr": held.cfg.train.lr}
+    summary = write_report(out, size, fits, held, prediction, record, runs, noise, seed, wandb, t_start, run_dir, recipe)
     p, measured, stderr = prediction, summary["measured_eval_loss"], summary["measured_eval_loss_stderr"]
     say(
         f"held-out loss: predicted {with_interval(p['predicted_loss'], p['predicted_lo'], p['predicted_hi'], '.4f')} ({p['headline']} law), "

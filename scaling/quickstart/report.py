@@ -13,9 +13,9 @@ from scaling.quickstart.sizes import QuickstartSize
 
 
 def write_report(out: Path, size: QuickstartSize, fits: Fits, held: Heldout, prediction: dict, record: dict, runs, noise,
-                 seed: int, wandb: str, t_start: float, run_dir: Path) -> dict:
+                 seed: int, wandb: str, t_start: float, run_dir: Path, recipe: dict | None = None) -> dict:
     """Plots, ``summary.json`` (predicted vs measured, every law's error and interval, compute, wall time over
-    every invocation) and ``report.md``; returns the summary."""
+    every invocation, the recipe every run trained with) and ``report.md``; returns the summary."""
     import pandas as pd
 
     from analysis import plots
@@ -68,6 +68,7 @@ def write_report(out: Path, size: QuickstartSize, fits: Fits, held: Heldout, pre
         "n_noise_runs": len(noise),
         "sweep_flops_spent": float(spent["C_spent"].sum()),
         "sweep_flops_as_separate_runs": float(spent.loc[spent["role"] != "trunk", "C"].sum()),
+        "recipe": recipe,
         "wall_time_s": time.perf_counter() - t_start,
         "heldout_run_dir": str(run_dir),
     }
@@ -150,6 +151,9 @@ def render_report(s: dict, runs, law, frontier, iso, record, surface=None) -> st
         f"{record.get('eval_tokens') or 0:,} held-out tokens for every run. Sweep compute {s['sweep_flops_spent']:.3g} FLOPs "
         f"({s['sweep_flops_as_separate_runs']:.3g} as separate runs). Wall time {wall}.",
         "",
+        *([f"Every run (the sweep, the repeats and the held-out run): {s['recipe']['parametrization']}; {s['recipe']['lr']} "
+           f"({s['recipe']['note']}); warmup {s['recipe']['warmup_steps']} steps. Held-out run's lr: {s['recipe']['heldout_lr']:.4g}.", ""]
+          if s.get("recipe") else []),
         "## Held-out extrapolation",
         "",
         "![extrapolation](extrapolation.png)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 def _m(d: int, L: int, H: int) -> dict:
@@ -26,6 +27,7 @@ class QuickstartSize:
     workers: int = 2
     eval_tokens: int | None = None  # None: the whole eval split
     warmup_steps: int | None = None  # every trunk's and the held-out run's warmup (None: 5% of the shortest branch)
+    tuned: bool = False  # LR_RECIPE was tuned for this size's base (corpus stdlib, batch, sequence length)
 
 
 FULL = QuickstartSize(
@@ -45,6 +47,7 @@ FULL = QuickstartSize(
     # steps left the loss 4.2% higher and 4.8x more seed-dependent (sd 2.16% over 3 inits x 3 data orders) than 100
     # steps (50-150 steps: the same within 0.6%). It did not make the prediction better (benchmarks/RESULTS.md).
     warmup_steps=100,
+    tuned=True,
 )
 TINY = QuickstartSize(
     budgets=(1e10, 2e10, 4e10, 8e10),
@@ -64,10 +67,38 @@ TINY = QuickstartSize(
 NOISE_SEED_STEP = 1000  # the repeat seeds of quickstart --seed s are s + 1000, s + 2000, ...
 
 
+# muP relative to the ladder's smallest width: the lr tuned there holds at every width of the ladder (the held-out
+# run included), instead of an lr rule in N that trains the small models further from their best than the large.
+MUP = {"parametrization": "mup", "mup_base_width": 16, "mup_base_head_dim": 8}
+# The quickstart's lr law in N and D, fitted by `scaling sweep fit-lr` on sweeps/quickstart_lr_tune.yaml (3 widths x 7
+# lrs x 4 horizons under MUP, on stdlib, batch 16 x 64): benchmarks/RESULTS.md, "The quickstart's learning rate".
+LR_RECIPE = Path(__file__).with_name("lr_recipe.json")
+RECIPE_TAG = "mup16-lr_recipe-v1"  # recorded in a quickstart directory's manifest (scaling.quickstart.pipeline)
+
+
+def recipe_for(size: QuickstartSize, data: str) -> dict:
+    """The sweep's ``recipe`` section: the tuned law by reference (its provenance checked against the sweep's base)
+    where it was tuned for this size and corpus; elsewhere (``--tiny``, another corpus) the same law's numbers,
+    untuned there (the report says so)."""
+    from scaling.sweep.recipe import read_recipe_file, resolve_recipe
+
+    if size.tuned and data == "stdlib":
+        return resolve_recipe({"from": str(LR_RECIPE), "min_steps": 0})
+    return {**read_recipe_file(LR_RECIPE)["recipe"], "min_steps": 0}
+
+
+def recipe_note(size: QuickstartSize, data: str) -> str:
+    if size.tuned and data == "stdlib":
+        return f"the lr law tuned for this corpus and batch ({LR_RECIPE.name}: sweeps/quickstart_lr_tune.yaml, `scaling sweep fit-lr`)"
+    why = "another corpus" if data != "stdlib" else "the --tiny size's batch, sequence length and depth"
+    return (f"the full quickstart's lr law ({LR_RECIPE.name}), not tuned for {why}: tune one with "
+            "sweeps/quickstart_lr_tune.yaml (--set data.source=...) and `scaling sweep fit-lr`")
+
+
 def _base(size: QuickstartSize, data: str, wandb: str, seed: int, eval_tokens: int) -> dict:
     return {
         "data": {"source": data, "eval_fraction": size.eval_fraction},
-        "model": {"seq_len": size.seq_len, "vocab_size": 256},
+        "model": {"seq_len": size.seq_len, "vocab_size": 256, **MUP},
         # one evaluation at the end, on the same fixed held-out set for every run
         "train": {"batch_size": size.batch_size, "log_every": 20, "eval_tokens": eval_tokens, "eval_every": 10**9,
                   "seed": seed, **({} if size.warmup_steps is None else {"warmup_steps": size.warmup_steps})},
@@ -76,10 +107,7 @@ def _base(size: QuickstartSize, data: str, wandb: str, seed: int, eval_tokens: i
 
 
 # One batch size for every run (the sweep and the held-out run): the loss at a given compute depends on it, so
-# halving it for short runs (the recipe's min_steps) would change the law between sizes.
-# lr_base 5e-3: at 26k, 58k and 130k parameters (two budgets, three seeds each) half the earlier 1e-2 reached a
-# lower mean loss at every point, and 1e-2 had seeds 5-8% apart.
-RECIPE = {"lr_base": 5e-3, "lr_ref_params": 3e4, "lr_exponent": -0.25, "min_steps": 0}
+# halving it for short runs (the recipe's min_steps: 0) would change the law between sizes.
 
 
 def sweep_dict(size: QuickstartSize, data: str, wandb: str, seed: int = 0, eval_tokens: int = 2**18) -> dict:
@@ -90,7 +118,7 @@ def sweep_dict(size: QuickstartSize, data: str, wandb: str, seed: int = 0, eval_
                  "sizes_per_budget": size.sizes_per_budget, "prior": dict(size.prior), "cooldown_fraction": 0.2,
                  "trunk_eval_tokens": 16 * size.seq_len * 16},
         "seeds": [seed],
-        "recipe": dict(RECIPE),
+        "recipe": recipe_for(size, data),
     }
 
 

@@ -84,9 +84,9 @@ class Recipe:
             return "train.lr from base for every run (recipe disabled)"
         terms = [f"{self.lr_base:.3g}"]
         if self.lr_exponent:
-            terms.append(f"({basis} / {self.lr_ref_params:.3g})^{self.lr_exponent:g}")
+            terms.append(f"({basis} / {self.lr_ref_params:.3g})^{self.lr_exponent:.3g}")
         if self.lr_tokens_exponent:
-            terms.append(f"(D / {self.lr_ref_tokens:.3g})^{self.lr_tokens_exponent:g}")
+            terms.append(f"(D / {self.lr_ref_tokens:.3g})^{self.lr_tokens_exponent:.3g}")
         rule = " x ".join(terms) + (f", clipped to [{self.lr_min:.3g}, {self.lr_max:.3g}]" if len(terms) > 1 else "")
         where = f" (fitted: {self.source})" if self.source else ""
         return f"recipe lr = {rule}{where}" + (" unless base sets train.lr" if self.respect_base else "") + "; per-run overrides win"
