@@ -151,8 +151,8 @@ def render_report(s: dict, runs, law, frontier, iso, record, surface=None) -> st
         f"{record.get('eval_tokens') or 0:,} held-out tokens for every run. Sweep compute {s['sweep_flops_spent']:.3g} FLOPs "
         f"({s['sweep_flops_as_separate_runs']:.3g} as separate runs). Wall time {wall}.",
         "",
-        *([f"Every run (the sweep, the repeats and the held-out run): {s['recipe']['parametrization']}; {s['recipe']['lr']} "
-           f"({s['recipe']['note']}); warmup {s['recipe']['warmup_steps']} steps. Held-out run's lr: {s['recipe']['heldout_lr']:.4g}.", ""]
+        *([f"Every run (the sweep, the repeats and the held-out run): {s['recipe']['parametrization']}; {s['recipe']['lr']}; "
+           f"warmup {s['recipe']['warmup_steps']} steps. The lr law: {s['recipe']['note']}. Held-out run's lr: {s['recipe']['heldout_lr']:.4g}.", ""]
           if s.get("recipe") else []),
         "## Held-out extrapolation",
         "",
