@@ -25,6 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from analysis.lr_law import best_lr as parabola_best_lr  # noqa: E402
 from scaling.config import load_config  # noqa: E402
 from scaling.train.loop import train_stack  # noqa: E402
 
@@ -49,15 +50,9 @@ def run(parametrization: str, width: int, base: int, lrs: list[float], steps: in
 
 
 def best_lr(lrs: list[float], losses: list[float]) -> tuple[float, float]:
-    """(best grid lr, minimum of a parabola in log lr fitted to the best point and up to two neighbours on each side:
-    near the optimum the loss is flat and one run's noise picks the grid point; the grid lr at an edge)."""
-    i = int(np.nanargmin(losses))
-    if 0 < i < len(lrs) - 1:
-        idx = [j for j in range(max(0, i - 2), min(len(lrs), i + 3)) if math.isfinite(losses[j])]
-        a, b, _ = np.polyfit(np.log([lrs[j] for j in idx]), [losses[j] for j in idx], 2)
-        if a > 0:
-            return lrs[i], float(np.exp(np.clip(-b / (2 * a), np.log(lrs[idx[0]]), np.log(lrs[idx[-1]]))))
-    return lrs[i], lrs[i]
+    """(best grid lr, the minimum of a parabola in log lr through the best point and up to two neighbours each side:
+    ``analysis.lr_law.best_lr``, what ``scaling sweep fit-lr`` uses; the grid lr at an edge)."""
+    return lrs[int(np.nanargmin(losses))], parabola_best_lr(lrs, losses)[0]
 
 
 def main() -> int:
