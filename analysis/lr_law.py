@@ -60,7 +60,7 @@ class LRLaw:
     b: float  # exponent in D
     se: dict  # standard errors of log lr_base, a, b (0 where not fitted)
     residual_sd: float  # of log lr* about the law (natural log)
-    points: pd.DataFrame  # one row per (variant, N, D): lrs scanned, best lr, located
+    points: pd.DataFrame  # one row per (N, D): lrs scanned, best lr, located
     lr_range: tuple[float, float]  # the smallest and largest lr any point scanned
     notes: list[str] = field(default_factory=list)
 
@@ -77,26 +77,25 @@ class LRLaw:
         )
 
 
-def fit_lr_law(runs: pd.DataFrame, *, group: tuple[str, ...] = ("N", "D")) -> LRLaw:
+def fit_lr_law(runs: pd.DataFrame) -> LRLaw:
     """Fit the best-lr law to a runs table with columns N, D, lr and loss (one row per completed run; several seeds
     of one (N, D, lr) are averaged). ``AnalysisError`` (one line) on a table that cannot determine it."""
     missing = [c for c in NEEDED if c not in runs.columns]
     if missing:
         raise AnalysisError(f"the runs table lacks the column {missing[0]!r} an lr fit needs ({', '.join(NEEDED)})")
-    df = runs[[*group, "lr", "loss"]].copy()
-    for c in [*group, "lr", "loss"]:
-        df[c] = pd.to_numeric(df[c], errors="coerce")
-    bad = df[~(np.isfinite(df[list(group) + ["lr"]]).all(axis=1) & (df[list(group) + ["lr"]] > 0).all(axis=1))]
+    df = runs[list(NEEDED)].apply(pd.to_numeric, errors="coerce")
+    inputs = df[["N", "D", "lr"]]
+    bad = df[~(np.isfinite(inputs).all(axis=1) & (inputs > 0).all(axis=1))]
     if len(bad):
         raise AnalysisError(f"row {bad.index[0]} of the runs table has a non-positive or missing N, D or lr")
     notes: list[str] = []
     rows = []
-    for key, g in df.groupby(list(group), sort=True):
+    for (N, D), g in df.groupby(["N", "D"], sort=True):
         per_lr = g.groupby("lr")["loss"].mean()  # seeds averaged; a diverged run (NaN, inf) is not finite
         if len(per_lr) < 3:
             continue
         lr_star, located = best_lr(per_lr.index.values, per_lr.values)
-        rows.append({**dict(zip(group, key)), "n_lrs": len(per_lr), "lr_lo": float(per_lr.index.min()),
+        rows.append({"N": N, "D": D, "n_lrs": len(per_lr), "lr_lo": float(per_lr.index.min()),
                      "lr_hi": float(per_lr.index.max()), "lr_best": lr_star, "located": located,
                      "loss_best": float(np.nanmin(per_lr.values))})
     if not rows:

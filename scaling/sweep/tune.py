@@ -48,11 +48,11 @@ def fit_recipe(sweep_dir: str | Path, say=print) -> dict:
     # a diverged run is a loss of +inf at its lr (and so is a branch whose trunk diverged): it marks the scan's upper
     # end without being a usable point
     diverged = (points["status"] == "diverged") | ((points["status"] == "failed") & points["trunk_id"].map(lambda t: status.get(t) == "diverged"))
-    done = points[points["status"] == "completed"]
-    if done.empty:
+    completed = points["status"] == "completed"
+    if not completed.any():
         raise ConfigError(f"{str(sweep_dir)!r} has no completed runs yet: run the sweep first ('scaling sweep run')")
     table = pd.DataFrame({"N": points[N_col].astype(float), "D": points["D"].astype(float), "lr": points["lr"].astype(float),
-                          "loss": np.where(diverged, np.inf, points["loss"].astype(float))})[(points["status"] == "completed") | diverged]
+                          "loss": np.where(diverged, np.inf, points["loss"].astype(float))})[completed | diverged]
     try:
         law = fit_lr_law(table)
     except AnalysisError as e:
@@ -77,7 +77,7 @@ def fit_recipe(sweep_dir: str | Path, say=print) -> dict:
             "lr_scan": [float(m) for m in spec.lr_scan],
             "notes": notes,
         },
-        "sweep": {"dir": str(sweep_dir.absolute()), "name": spec.name, "runs_completed": int(len(done)),
+        "sweep": {"dir": str(sweep_dir.absolute()), "name": spec.name, "runs_completed": int(completed.sum()),
                   "runs_diverged": int(diverged.sum())},
     }
     write_json_atomic(sweep_dir / RECIPE_FILE, doc)
