@@ -151,9 +151,7 @@ def render_report(s: dict, runs, law, frontier, iso, record, surface=None) -> st
         f"{record.get('eval_tokens') or 0:,} held-out tokens for every run. Sweep compute {s['sweep_flops_spent']:.3g} FLOPs "
         f"({s['sweep_flops_as_separate_runs']:.3g} as separate runs). Wall time {wall}.",
         "",
-        *([f"Every run (the sweep, the repeats and the held-out run): {s['recipe']['parametrization']}; {s['recipe']['lr']}; "
-           f"warmup {s['recipe']['warmup_steps']} steps. The lr law: {s['recipe']['note']}. Held-out run's lr: {s['recipe']['heldout_lr']:.4g}.", ""]
-          if s.get("recipe") else []),
+        *([recipe_line(s["recipe"]), ""] if s.get("recipe") else []),
         "## Held-out extrapolation",
         "",
         "![extrapolation](extrapolation.png)",
@@ -215,6 +213,12 @@ def render_report(s: dict, runs, law, frontier, iso, record, surface=None) -> st
         "",
     ]
     return "\n".join(lines)
+
+
+def recipe_line(r: dict) -> str:
+    """The report's statement of the one recipe every run trained with (``summary.json``'s ``recipe``)."""
+    return (f"Every run (the sweep, the repeats and the held-out run): {r['parametrization']}; {r['lr']}; warmup "
+            f"{r['warmup_steps']} steps. The lr law: {r['note']}. Held-out run's lr: {r['heldout_lr']:.4g}.")
 
 
 def iso_lines(iso) -> list[str]:
