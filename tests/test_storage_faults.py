@@ -81,6 +81,28 @@ def _swap_state(run: Path):
     shutil.copytree(run / "checkpoints" / "20" / "state", run / "checkpoints" / "25" / "state")
 
 
+@pytest.mark.parametrize("shape", [(1,), (4095,), (4096,), (4097,), (40, 4096), (32 * 4096 + 5,), (3, 5, 7)])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8", "float64"])
+def test_checkpoint_checksums_equal_their_definition_on_host_and_device(shape, dtype):
+    """The two sums a checkpoint stores (sum of the 32-bit words, sum of word x position, both mod 2^32) against
+    their definition in Python integers, for the host path (numpy, chunked rows and columns) and the device path
+    (one XLA program); shapes around the 4096-word rows and the 32-row chunks, narrow and wide types. Exact."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from scaling.train.checkpoint import _all_checksums, _host_checksum
+
+    x = (np.random.default_rng(0).standard_normal(shape) * 1e3).astype(jnp.dtype(dtype))
+    raw = np.ascontiguousarray(x)
+    size = raw.dtype.itemsize
+    words = (raw.view(np.uint32) if size in (4, 8) else raw.view({1: np.uint8, 2: np.uint16}[size])).reshape(-1).tolist()
+    want = (sum(words) % 2**32, sum((i + 1) * w for i, w in enumerate(words)) % 2**32)
+    assert _host_checksum(x) == want
+    if size <= 4 or jax.config.jax_enable_x64:  # 64-bit arrays exist on the device only under x64
+        assert tuple(int(v) for v in np.asarray(_all_checksums([jnp.asarray(x)]))[0]) == want
+
+
 @pytest.mark.parametrize("damage", ["truncated", "random bytes", "arrays of another step"])
 def test_a_damaged_latest_checkpoint_is_set_aside_and_the_run_resumes_bit_identically(damage, reference, tmp_path):
     _, ref = reference

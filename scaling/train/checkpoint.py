@@ -57,21 +57,32 @@ def _all_checksums(leaves: list) -> jax.Array:
 
 
 BLOCK = 4096  # words per row of the host computation: sum_i (i+1) w_i = K sum_b b S_b + sum_j (j+1) T_j
+CHUNK_ROWS = 64  # rows summed both ways while they are in cache (64 x 16 KB): one pass over memory, not two
 
 
 def _host_checksum(x: np.ndarray) -> tuple[int, int]:
-    """The same two sums on the host, in numpy (row and column sums of a (n / K, K) view, exact mod 2^32): 2-4x
-    faster than XLA's reductions on a CPU, where the arrays are in host memory already."""
+    """The same two sums on the host, in numpy: row sums S_b and column sums T_j of a (n / K, K) view, in uint32
+    (wrapping addition is exact mod 2^32), taken chunk by chunk so each chunk is read from memory once for both
+    (one pass at memory speed; the tail's partial row is padded alone, the array is never copied)."""
     a = np.ascontiguousarray(x)
     size = a.dtype.itemsize
     w = a.view(np.uint32) if size in (4, 8) else a.view({1: np.uint8, 2: np.uint16}[size]).astype(np.uint32)
     w = w.reshape(-1)
-    pad = (-len(w)) % BLOCK
-    if pad:
-        w = np.concatenate([w, np.zeros(pad, np.uint32)])
-    m = w.reshape(-1, BLOCK)
-    rows = m.sum(axis=1, dtype=np.uint64) & 0xFFFFFFFF
-    cols = m.sum(axis=0, dtype=np.uint64) & 0xFFFFFFFF
+    full = len(w) // BLOCK
+    rows = np.zeros(full + 1, np.uint32)
+    cols = np.zeros(BLOCK, np.uint32)
+    part = np.empty(BLOCK, np.uint32)
+    m, row_sums = w[: full * BLOCK].reshape(full, BLOCK), rows[:full]
+    for i in range(0, full, CHUNK_ROWS):
+        c = m[i : i + CHUNK_ROWS]
+        np.add.reduce(c, axis=1, dtype=np.uint32, out=row_sums[i : i + CHUNK_ROWS])
+        np.add.reduce(c, axis=0, dtype=np.uint32, out=part)
+        cols += part
+    tail = w[full * BLOCK :]
+    if len(tail):
+        rows[full] = np.add.reduce(tail, dtype=np.uint32)
+        cols[: len(tail)] += tail
+    rows, cols = rows.astype(np.uint64), cols.astype(np.uint64)
     s1 = int(rows.sum(dtype=np.uint64)) & 0xFFFFFFFF
     b = np.arange(len(rows), dtype=np.uint64)
     j = np.arange(1, BLOCK + 1, dtype=np.uint64)
