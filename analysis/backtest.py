@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.calibration import INNER_BOOTSTRAP, MAX_CUTOFFS, MIN_FIT_FRACTION, Calibration, compute_of, fit_kappa, internal_cutoffs
+from analysis.calibration import (INNER_BOOTSTRAP, MAX_CUTOFFS, MIN_FIT_FRACTION, Calibration, compute_of, fit_kappa, floor_verdict,
+                                  internal_cutoffs)
 from analysis.errors import AnalysisError
 
 
@@ -25,6 +26,7 @@ def calibrate(law, df: pd.DataFrame, max_cutoffs: int = MAX_CUTOFFS, min_fit_fra
     cuts = internal_cutoffs(C, min_fit, max_cutoffs)
     rows = []
     used = []
+    refits = []
     for cut in cuts:
         below = df[C <= cut].reset_index(drop=True)
         above = df[C > cut].reset_index(drop=True)
@@ -42,6 +44,7 @@ def calibrate(law, df: pd.DataFrame, max_cutoffs: int = MAX_CUTOFFS, min_fit_fra
         d = np.log10(compute_of(above) / c_fit)
         r = np.log(above["loss"].to_numpy(float) / pred)
         s_in = np.zeros(len(r))
+        se = {}
         if inner_bootstrap:
             from analysis.uncertainty import bootstrap
 
@@ -50,10 +53,12 @@ def calibrate(law, df: pd.DataFrame, max_cutoffs: int = MAX_CUTOFFS, min_fit_fra
                 with np.errstate(all="ignore"):
                     s_in = np.nanstd(np.log(inner.predict_samples(above)), axis=0, ddof=1)
                 s_in = np.where(np.isfinite(s_in), s_in, 0.0)
+                se = {k: iv["se"] for k, iv in inner.intervals().items()}
             except (FitError, AnalysisError, ValueError, RuntimeError):
                 s_in = np.zeros(len(r))
         ok = np.isfinite(r) & np.isfinite(d)
         used.append(float(cut))
+        refits.append({"cutoff": float(cut), "n_runs": len(below), "params": dict(inner.params), "se": se})
         rows += [{"cutoff": float(cut), "C": float(c), "d": float(x), "r": float(y), "s_inner": float(si)}
                  for c, x, y, si in zip(compute_of(above)[ok], d[ok], r[ok], s_in[ok])]
     if not rows:
@@ -64,7 +69,11 @@ def calibrate(law, df: pd.DataFrame, max_cutoffs: int = MAX_CUTOFFS, min_fit_fra
     res = pd.DataFrame(rows)
     kappa = fit_kappa(res["r"].to_numpy(), res["d"].to_numpy(), sigma0, res["s_inner"].to_numpy())
     law.calibration = Calibration(sigma0=sigma0, kappa=kappa, c_max=float(np.max(C)), n_backtests=len(used), n_residuals=len(res),
-                                  cutoffs=used, max_distance=float(res["d"].max()), residuals=rows)
+                                  cutoffs=used, max_distance=float(res["d"].max()), residuals=rows, refits=refits)
+    verdict = floor_verdict(law)
+    law.notes = [n for n in law.notes if not n.startswith("E not determined:")]
+    if verdict is not None and not verdict["determined"]:
+        law.notes.append(verdict["note"])
     return law
 
 

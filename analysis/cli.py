@@ -154,7 +154,7 @@ def _fit_law(df, args, progress: bool):
     out = law.to_dict()
     out.pop("bootstrap_samples")
     if out.get("calibration"):
-        out["calibration"] = {k: v for k, v in out["calibration"].items() if k != "residuals"}
+        out["calibration"] = {k: v for k, v in out["calibration"].items() if k not in ("residuals", "refits")}
     fields, summary = law.fit_summary(df)
     out.update(fields)
     extra = cal_text + summary

@@ -64,6 +64,7 @@ def write_report(out: Path, size: QuickstartSize, fits: Fits, held: Heldout, pre
         "chinchilla": law.params,
         "chinchilla_intervals": law.intervals(),
         "isoflop": {"a": iso.a, "b": iso.b, "intervals": iso.intervals()} if iso is not None else None,
+        "floor": floors(record.get("entropy_rate"), surface=surface, frontier=frontier, chinchilla=law),
         "n_sweep_runs": len(runs),
         "n_noise_runs": len(noise),
         "sweep_flops_spent": float(spent["C_spent"].sum()),
@@ -199,6 +200,7 @@ def render_report(s: dict, runs, law, frontier, iso, record, surface=None) -> st
         "",
         "![contours](contours.png) ![loss vs compute](loss_vs_compute.png)",
         "",
+        *(floor_lines(s["floor"]) + [""] if s.get("floor") else []),
         "## IsoFLOP analysis",
         "",
         *(iso_lines(iso) if iso is not None else ["Not possible on this sweep (fewer than 2 budgets with an interior loss minimum)."]),
@@ -213,6 +215,47 @@ def render_report(s: dict, runs, law, frontier, iso, record, surface=None) -> st
         "",
     ]
     return "\n".join(lines)
+
+
+def floors(entropy_rate: float | None, **laws) -> dict:
+    """Each law's loss floor E: value, fit-only 95% interval, whether the data determine it
+    (``analysis.calibration.floor_verdict``) and, on the synthetic source, the true floor (its entropy rate)."""
+    from analysis.calibration import floor_verdict
+
+    out = {"entropy_rate": entropy_rate}
+    for name, law in laws.items():
+        if law is None or "E" not in law.params:
+            continue
+        iv = law.intervals().get("E", {})
+        v = floor_verdict(law) or {"determined": None, "note": "not calibrated"}
+        row = {"E": law.params["E"], "lo": iv.get("lo"), "hi": iv.get("hi"), "determined": v["determined"], "note": v["note"]}
+        if entropy_rate is not None and row["lo"] is not None:
+            row["covers_entropy_rate"] = bool(row["lo"] <= entropy_rate <= row["hi"])
+        out[name] = row
+    return out
+
+
+def floor_lines(f: dict) -> list[str]:
+    """The report's section on the loss floor E (``summary.json``'s ``floor``)."""
+    h = f.get("entropy_rate")
+    lines = ["## The loss floor E", "",
+             "E is each law's loss at infinite compute, not a measurement: its bootstrap interval holds only for a law of "
+             "exactly the fitted form. It is called determined when the backtests inside the sweep measured no "
+             "extrapolation error (kappa 0) and the refits below internal cut-offs held it still (`analysis.calibration.floor_verdict`).", ""]
+    if h is not None:
+        lines += [f"The synthetic source's entropy rate, the loss a perfect model reaches, is **{h:.4f}** nats/token.", ""]
+    lines += ["| law | E | 95% interval (fit only) | determined |" + (" interval holds the entropy rate |" if h is not None else ""),
+              "|---|---|---|---|" + ("---|" if h is not None else "")]
+    for name in ("surface", "frontier", "chinchilla"):
+        r = f.get(name)
+        if r is None:
+            continue
+        iv = interval(r["lo"], r["hi"], ".4f") if r["lo"] is not None else "-"
+        det = {True: "yes", False: "**no**", None: "not calibrated"}[r["determined"]]
+        cov = {True: "yes", False: "**no**", None: "-"}[r.get("covers_entropy_rate")]
+        lines.append(f"| {name} | {r['E']:.4f} | {iv} | {det} |" + (f" {cov} |" if h is not None else ""))
+    notes = [f"- {name}: {f[name]['note']}" for name in ("surface", "frontier", "chinchilla") if f.get(name) and f[name]["note"]]
+    return lines + ([""] + notes if notes else [])
 
 
 def recipe_line(r: dict) -> str:
