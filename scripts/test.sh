@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up the environment if needed, then run the whole test suite (CPU; ~18 min on 2 cores: 1,087 s from a fresh clone, 2026-12-07).
+# Set up the environment if needed, then run the whole test suite (CPU; ~14 min on 2 cores: 818 s from a fresh clone, 2026-12-07).
 # Two pytest-xdist workers, one test file each at a time (--dist loadfile keeps a file's module fixtures in one
 # process): most tests wait on subprocesses or compile, so two workers use both cores (~28% less wall time than
 # one). The slowest files are handed out first (tests/conftest.py: SLOW_FIRST; --no-loadscope-reorder keeps that

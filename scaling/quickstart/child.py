@@ -32,11 +32,17 @@ def _exit_with_parent() -> None:
 
 
 def run_sweeps(pairs: list[str]) -> int:
-    from scaling.cli import main
+    """``scaling sweep run YAML --out DIR --no-progress`` for each pair, through the sweep's own parser (not the
+    top-level CLI, which imports the quickstart)."""
+    from scaling.sweep.cli import add_sweep_parser
 
+    os.environ.pop("WANDB_SERVICE", None)  # as scaling.cli.main: this process owns its wandb service
+    parser = argparse.ArgumentParser(prog="scaling")
+    add_sweep_parser(parser.add_subparsers(dest="command"))
     rc = 0
     for yaml_path, out in zip(pairs[::2], pairs[1::2]):
-        rc = rc or main(["sweep", "run", yaml_path, "--out", out, "--no-progress"])
+        args = parser.parse_args(["sweep", "run", yaml_path, "--out", out, "--no-progress"])
+        rc = rc or int(args.func(args) or 0)
     return rc
 
 

@@ -241,7 +241,8 @@ def floor_lines(f: dict) -> list[str]:
     lines = ["## The loss floor E", "",
              "E is each law's loss at infinite compute, not a measurement: its bootstrap interval holds only for a law of "
              "exactly the fitted form. It is called determined when the backtests inside the sweep measured no "
-             "extrapolation error (kappa 0) and the refits below internal cut-offs held it still (`analysis.calibration.floor_verdict`).", ""]
+             "extrapolation error (kappa 0), its bootstrap interval stays off 0 and within 10x, and the refits below internal "
+             "cut-offs held it still (`analysis.calibration.floor_verdict`).", ""]
     if h is not None:
         lines += [f"The synthetic source's entropy rate, the loss a perfect model reaches, is **{h:.4f}** nats/token.", ""]
     lines += ["| law | E | 95% interval (fit only) | determined |" + (" interval holds the entropy rate |" if h is not None else ""),
