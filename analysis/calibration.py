@@ -114,12 +114,12 @@ DRIFT_LEVEL = 0.95  # a parameter that moves further across the backtest refits 
 def parameter_drift(cal: Calibration, name: str, value: float, level: float = DRIFT_LEVEL) -> dict | None:
     """Whether parameter ``name`` (fitted ``value`` on every run) held still when the law was refitted on the runs below
     each internal cut-off. Each refit j gives p_j with its own bootstrap standard error s_j; under a law that holds,
-    p_j - value is sampling scatter, of which s_j is an upper bound (the refit's runs are a subset of the full fit's,
-    so the difference scatters by sqrt(s_j^2 - s^2) <= s_j): |z_j| = |p_j - value| / s_j exceeds the normal quantile
-    at 1 - (1 - level) / (2 J) for some j with probability at most 1 - level (Bonferroni over the J refits). A
-    parameter that moves further than that as budgets are added (typically the floor E of a law whose form leaves a
-    slow term for E to absorb) is measured by the fit range, not determined by the data: its bootstrap interval
-    describes the fit only. None when no refit has the parameter with a usable standard error."""
+    p_j - value is sampling scatter of about s_j or less (the refit's runs are a subset of the full fit's: for an
+    efficient fit with constant scatter the difference has sd sqrt(s_j^2 - s^2) <= s_j), so |z_j| = |p_j - value| / s_j
+    exceeds the normal quantile at 1 - (1 - level) / (2 J) for some j with probability about 1 - level or less
+    (Bonferroni over the J refits; approximate: s_j comes from a small bootstrap of each refit, so the tails are
+    somewhat heavier). A parameter that moves further than that as budgets are added moves with the fit range: its
+    bootstrap interval describes the fit only. None when no refit has the parameter with a usable standard error."""
     from scipy.stats import norm
 
     pts = [(float(x["cutoff"]), float(x["params"][name]), float(x["se"][name])) for x in cal.refits  # None: NaN in a saved fit
@@ -149,10 +149,12 @@ def floor_verdict(law, name: str = "E") -> dict | None:
     """Whether the loss floor ``name`` of a calibrated law is determined by the data: ``{"param", "determined",
     "note"}`` (note: why not), None without a calibration or such a parameter.
 
-    The floor is the law's prediction at infinite compute: infinitely many decades beyond the fitted runs. Under
-    the calibration's model a prediction d decades out carries an extrapolation error kappa * d, so a table whose
-    backtests measured any (kappa > 0) leaves the floor unbounded: its bootstrap interval holds only if the law's
-    form is exactly right, which the backtests say it is not. With kappa = 0 the floor's bootstrap interval (when
+    The floor is the law's prediction at infinite compute (infinite N or D for a law in one of them): infinitely
+    many decades beyond the fitted runs. The calibrated intervals carry the measured kappa as it stands (a prediction
+    d decades out: kappa * d), so under the same model a table whose backtests measured any (kappa > 0, noise
+    included: kappa is a maximum-likelihood estimate bounded at 0) leaves the floor unbounded, and its bootstrap
+    interval holds only if the law's form is exactly right. Conservative by design: on exact synthetic laws kappa is
+    often a little above 0 by chance, and E is then called not determined. With kappa = 0 the floor's bootstrap interval (when
     there is one) must also stay within 10x and off 0, and the floor hold still across the backtest refits
     (``parameter_drift``). On synthetic grids from an exact Chinchilla law the verdict is
     "determined" on most draws and the bootstrap interval then covers the true floor at about its level; a slow term
@@ -163,12 +165,15 @@ def floor_verdict(law, name: str = "E") -> dict | None:
     if cal.kappa > 0:
         return {"param": name, "determined": False,
                 "note": (f"{name} not determined: it is the law's loss at infinite compute, and the backtests inside these "
-                         f"runs measured an extrapolation error of {cal.kappa:.4f} (log) per decade of compute beyond the fitted "
+                         f"runs measured an extrapolation error of {cal.kappa:.2g} (log) per decade of compute beyond the fitted "
                          f"range, without bound there; its bootstrap interval holds only for a law of exactly this form")}
-    iv = law.intervals().get(name) if law.bootstrap_samples is not None else None
-    if iv is not None and not (np.isfinite(iv["lo"]) and np.isfinite(iv["hi"]) and iv["lo"] > 0 and iv["hi"] <= 10 * iv["lo"]):
-        return {"param": name, "determined": False,
-                "note": f"{name} not determined: its bootstrap interval [{iv['lo']:.4g}, {iv['hi']:.4g}] spans more than 10x"}
+    if law.bootstrap_samples is not None:
+        iv = law.intervals().get(name)
+        if iv is None:
+            return {"param": name, "determined": False, "note": f"{name} not determined: no bootstrap resample was fitted"}
+        if not (np.isfinite(iv["lo"]) and np.isfinite(iv["hi"]) and iv["lo"] > 0 and iv["hi"] <= 10 * iv["lo"]):
+            return {"param": name, "determined": False,
+                    "note": f"{name} not determined: its bootstrap interval [{iv['lo']:.4g}, {iv['hi']:.4g}] reaches 0 or spans more than 10x"}
     drift = parameter_drift(cal, name, law.params[name])
     if drift is not None and not drift["determined"]:
         return {"param": name, "determined": False, "note": drift_note(drift)}

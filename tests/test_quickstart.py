@@ -41,6 +41,13 @@ def test_quickstart_tiny_end_to_end_and_resume(tmp_path, cache_dir):
     assert pred["interval_kind"] == ("calibrated" if calibrated else "fit-only")
     assert ("the extrapolation error its backtests inside the sweep measured" in text) == calibrated
     assert ("not calibrated" in text) == (not calibrated)
+    # the loss floor: each calibrated law's E with its verdict, in the summary and the report (stdlib: no entropy rate)
+    floor = summary["floor"]
+    assert floor["entropy_rate"] is None and "## The loss floor E" in text
+    for name in ("surface", "chinchilla"):
+        f = floor[name]
+        assert f["determined"] in (True, False) and (f["determined"] or f["note"].startswith("E not determined:"))
+        assert f"| {name} | {f['E']:.4f} |" in text
     # the prediction was written before the held-out run trained
     held = json.loads((out / "heldout").glob("*/record.json").__next__().read_text())
     assert held["config"]["train"]["schedule"] == "wsd"

@@ -83,15 +83,19 @@ def _swap_state(run: Path):
 
 @pytest.mark.parametrize("shape", [(1,), (4095,), (4096,), (4097,), (40, 4096), (32 * 4096 + 5,), (3, 5, 7)])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8", "float64"])
-def test_checkpoint_checksums_equal_their_definition_on_host_and_device(shape, dtype):
+def test_checkpoint_checksums_equal_their_definition_on_host_and_device(shape, dtype, monkeypatch):
     """The two sums a checkpoint stores (sum of the 32-bit words, sum of word x position, both mod 2^32) against
-    their definition in Python integers, for the host path (numpy, chunked rows and columns) and the device path
-    (one XLA program); shapes around the 4096-word rows and the 32-row chunks, narrow and wide types. Exact."""
+    their definition in Python integers, for the host path (numpy, chunked rows and columns; chunks of 3 rows here,
+    so the larger shapes cross several chunk boundaries and end on a partial chunk) and the device path (one XLA
+    program; 64-bit types only under x64); shapes around the 4096-word rows, narrow and wide types. Exact."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
+    from scaling.train import checkpoint
     from scaling.train.checkpoint import _all_checksums, _host_checksum
+
+    monkeypatch.setattr(checkpoint, "CHUNK_ROWS", 3)
 
     x = (np.random.default_rng(0).standard_normal(shape) * 1e3).astype(jnp.dtype(dtype))
     raw = np.ascontiguousarray(x)

@@ -194,6 +194,7 @@ class Law(ABC):
         self.notes = list(df.attrs.get("notes", [])) + self._prepare_notes
         self.notes += self.bound_notes()
         self.bootstrap_samples = None
+        self.calibration = None  # a refit invalidates what the last backtests measured (and the floor's verdict)
         self._after_fit(df)
         return self
 

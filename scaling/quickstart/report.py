@@ -227,7 +227,7 @@ def floors(entropy_rate: float | None, **laws) -> dict:
         if law is None or "E" not in law.params:
             continue
         iv = law.intervals().get("E", {})
-        v = floor_verdict(law) or {"determined": None, "note": "not calibrated"}
+        v = floor_verdict(law) or {"determined": None, "note": ""}  # no backtests: too few budgets
         row = {"E": law.params["E"], "lo": iv.get("lo"), "hi": iv.get("hi"), "determined": v["determined"], "note": v["note"]}
         if entropy_rate is not None and row["lo"] is not None:
             row["covers_entropy_rate"] = bool(row["lo"] <= entropy_rate <= row["hi"])
@@ -252,7 +252,7 @@ def floor_lines(f: dict) -> list[str]:
         if r is None:
             continue
         iv = interval(r["lo"], r["hi"], ".4f") if r["lo"] is not None else "-"
-        det = {True: "yes", False: "**no**", None: "not calibrated"}[r["determined"]]
+        det = {True: "yes", False: "**no**", None: "- (no backtests)"}[r["determined"]]
         cov = {True: "yes", False: "**no**", None: "-"}[r.get("covers_entropy_rate")]
         lines.append(f"| {name} | {r['E']:.4f} | {iv} | {det} |" + (f" {cov} |" if h is not None else ""))
     notes = [f"- {name}: {f[name]['note']}" for name in ("surface", "frontier", "chinchilla") if f.get(name) and f[name]["note"]]

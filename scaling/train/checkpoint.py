@@ -63,7 +63,8 @@ CHUNK_ROWS = 64  # rows summed both ways while they are in cache (64 x 16 KB): o
 def _host_checksum(x: np.ndarray) -> tuple[int, int]:
     """The same two sums on the host, in numpy: row sums S_b and column sums T_j of a (n / K, K) view, in uint32
     (wrapping addition is exact mod 2^32), taken chunk by chunk so each chunk is read from memory once for both
-    (one pass at memory speed; the tail's partial row is padded alone, the array is never copied)."""
+    (one pass at memory speed; the tail's partial row is padded alone instead of copying the array; 1- and 2-byte
+    types are widened to uint32 first, a copy, as are non-contiguous inputs)."""
     a = np.ascontiguousarray(x)
     size = a.dtype.itemsize
     w = a.view(np.uint32) if size in (4, 8) else a.view({1: np.uint8, 2: np.uint16}[size]).astype(np.uint32)
