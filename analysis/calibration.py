@@ -171,7 +171,7 @@ def floor_verdict(law, name: str = "E") -> dict | None:
         iv = law.intervals().get(name)
         if iv is None:
             return {"param": name, "determined": False, "note": f"{name} not determined: no bootstrap resample was fitted"}
-        if not (np.isfinite(iv["lo"]) and np.isfinite(iv["hi"]) and iv["lo"] > 0 and iv["hi"] <= 10 * iv["lo"]):
+        if law.spans_a_decade(iv["lo"], iv["hi"]):  # the interval_notes' test for a degenerate interval
             return {"param": name, "determined": False,
                     "note": f"{name} not determined: its bootstrap interval [{iv['lo']:.4g}, {iv['hi']:.4g}] reaches 0 or spans more than 10x"}
     drift = parameter_drift(cal, name, law.params[name])

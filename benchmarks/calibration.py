@@ -63,16 +63,17 @@ def shared_tables(shared: Path) -> dict[str, pd.DataFrame]:
     return out
 
 
-def synthetic(seed: int, drift: float) -> pd.DataFrame:
+def synthetic(seed: int, drift: float = 0.0, slow: float = 0.0) -> pd.DataFrame:
     """A Chinchilla law (E 1.8, A 400, B 2000, alpha .34, beta .28) on 7 budgets x 7 sizes, 1% scatter; ``drift``:
-    the floor rises by this much per decade of compute (model-form error the law cannot fit)."""
+    the floor rises by this much per decade of compute, ``slow``: plus slow (D/1e9)^-0.1 (model-form errors the law
+    cannot fit; the true floor stays 1.8 under ``slow``)."""
     rng = np.random.default_rng(seed)
     rows = []
     for C in np.logspace(18, 21, 7):
         n_opt = 0.09 * C**0.5
         for N in n_opt * np.logspace(-0.6, 0.6, 7):
             D = C / (6 * N)
-            L = (1.8 + drift * np.log10(C / 1e18)) + 400 / N**0.34 + 2000 / D**0.28
+            L = (1.8 + drift * np.log10(C / 1e18)) + 400 / N**0.34 + 2000 / D**0.28 + slow * (D / 1e9) ** -0.1
             rows.append({"budget": C, "N": N, "D": D, "C": C, "loss": L * np.exp(0.01 * rng.standard_normal())})
     return load_runs(pd.DataFrame(rows))
 

@@ -28,24 +28,16 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from analysis import bootstrap, load_runs  # noqa: E402
+from analysis import bootstrap  # noqa: E402
 from analysis.backtest import calibrate  # noqa: E402
 from analysis.calibration import floor_verdict  # noqa: E402
 from analysis.errors import AnalysisError, FitError  # noqa: E402
 from analysis.laws.registry import make_law  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from calibration import shared_tables, shipped, synthetic  # noqa: E402  the grids and tables benchmarks/calibration.py uses
+
 TRUE_E = 1.8
-
-
-def synthetic(seed: int, slow: float) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    rows = []
-    for C in np.logspace(18, 21, 7):
-        for N in 0.09 * C**0.5 * np.logspace(-0.6, 0.6, 7):
-            D = C / (6 * N)
-            L = TRUE_E + 400 / N**0.34 + 2000 / D**0.28 + slow * (D / 1e9) ** -0.1
-            rows.append({"budget": C, "N": N, "D": D, "C": C, "loss": L * np.exp(0.01 * rng.standard_normal())})
-    return load_runs(pd.DataFrame(rows))
 
 
 def floor_of(df: pd.DataFrame, law_name: str, n_bootstrap: int, seed: int = 0) -> dict:
@@ -73,7 +65,7 @@ def main() -> int:
             rows = []
             for s in range(args.draws):
                 try:
-                    rows.append(floor_of(synthetic(s, slow), law, args.bootstrap, seed=s))
+                    rows.append(floor_of(synthetic(s, slow=slow), law, args.bootstrap, seed=s))
                 except (AnalysisError, FitError) as e:
                     print(f"  draw {s} {law}: {e}", file=sys.stderr)
             r = pd.DataFrame(rows)
@@ -82,9 +74,6 @@ def main() -> int:
             among = f"{int((cover & det).sum())}/{int(det.sum())}" if det.any() else "-"
             print(f"| {label} | {law} | {len(r)} | {int(det.sum())}/{len(r)} | {int(cover.sum())}/{len(r)} | {among} | {r['E'].median():.4f} |")
     if not args.no_tables:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from calibration import shared_tables, shipped
-
         from analysis.validate import default_cutoff_flops
 
         print("\n| table | law | E [95% fit-only] | refits | kappa | determined |")

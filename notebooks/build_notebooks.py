@@ -92,8 +92,8 @@ def chinchilla_walkthrough() -> nbf.NotebookNode:
         code(
             "rows = []\n"
             "t = time.perf_counter()\n"
-            "for name in ('epoch_chinchilla_tidy', 'llama3_isoflop_tidy', 'marin2026_isoflop_nemotron', 'porian2024_isoflop_rw_reproducing_kaplan'):\n"
-            "    path = DATA_DIR / f'{name}.csv'\n"
+            "for stem in ('epoch_chinchilla_tidy', 'llama3_isoflop_tidy', 'marin2026_isoflop_nemotron', 'porian2024_isoflop_rw_reproducing_kaplan'):\n"
+            "    path = DATA_DIR / f'{stem}.csv'\n"
             "    for name, r in compare_laws(load_runs(path), n_bootstrap=100, top_starts=256).items():\n"
             "        if 'skipped' in r:\n"
             "            rows.append({'table': path.stem, 'law': name, 'note': r['skipped'][:70]})\n"

@@ -212,6 +212,11 @@ class Law(ABC):
                     notes.append(f"degenerate fit: {name} = {v:.4g} is at its {side} bound; the data do not determine it")
         return notes
 
+    @staticmethod
+    def spans_a_decade(lo: float, hi: float) -> bool:
+        """Whether a (positive) parameter's interval does not pin it: not finite, reaching 0, or over 10x wide."""
+        return not (np.isfinite(lo) and np.isfinite(hi)) or lo <= 0 < hi or (lo > 0 and hi / lo > 10)
+
     def interval_notes(self, level: float = 0.95) -> list[str]:
         """A note for each parameter whose bootstrap interval spans more than 10x (or includes 0)."""
         notes = []
@@ -219,7 +224,7 @@ class Law(ABC):
             lo, hi = iv["lo"], iv["hi"]
             if not (np.isfinite(lo) and np.isfinite(hi)):
                 notes.append(f"degenerate fit: the {100 * level:.0f}% interval of {k} is not finite")
-            elif lo <= 0 < hi or (lo > 0 and hi / lo > 10):
+            elif self.spans_a_decade(lo, hi):
                 notes.append(f"degenerate fit: the {100 * level:.0f}% interval of {k} spans more than 10x ([{lo:.4g}, {hi:.4g}])")
         return notes
 
