@@ -145,10 +145,13 @@ def _fit_law(df, args, progress: bool):
         try:
             calibrate(law, df, progress=progress)
             c = law.calibration
+            kJ = c.kappa_backtests
             cal_text = (f"\nextrapolation error (backtests inside the table, analysis.calibration): kappa = {c.kappa:.4f} per decade of "
                         f"compute beyond C = {c.c_max:.3g} (from {c.n_backtests} inner fits, {c.n_residuals} predictions up to "
-                        f"{c.max_distance:.2f} decades out), run scatter sigma0 = {c.sigma0:.4f}; `scaling predict` widens its "
-                        "intervals by it")
+                        f"{c.max_distance:.2f} decades out), run scatter sigma0 = {c.sigma0:.4f}"
+                        + (f"; per backtest {kJ:.4f} per decade (root mean square of {len(c.backtest_slopes())} backtests' errors, "
+                           "Student t)" if kJ is not None else "")
+                        + "; `scaling predict` widens its intervals by the wider of the two")
         except AnalysisError as e:
             law.notes.append(f"not calibrated: {e}")
     out = law.to_dict()
@@ -233,6 +236,7 @@ def cmd_predict(args) -> int:
         ", ".join(f"{k}={r[k]:.4g}" for k in used)
         + f": loss {r['loss']:.4f}"
         + (f"  ({kind} {interval(r['lo'], r['hi'], '.4f')}" if "lo" in r else "")
+        + (f", width from the per-{r['read']} read" if "read" in r else "")
         + (f"; fit only [{r['fit_lo']:.4f}, {r['fit_hi']:.4f}]; {r['d']:.2f} decades beyond the fitted compute)" if "fit_lo" in r
            else (f"; {r['d']:.2f} decades beyond the fitted compute)" if "d" in r else (")" if "lo" in r else "")))
         for r in rows

@@ -123,6 +123,8 @@ def validate_extrapolation(
         out["inside_interval"] = (out["loss"] >= out["lo"]) & (out["loss"] <= out["hi"])
     if "fit_lo" in pred:
         out["fit_lo"], out["fit_hi"] = pred["fit_lo"].to_numpy(), pred["fit_hi"].to_numpy()
+    if "read" in pred:
+        out["read"] = pred["read"].to_numpy()  # which read of the backtests set the interval's width
     summary = _summary(name, model, cut, target, out, cal, level, calibration_note, cutoff_flops)
     return {"summary": summary, "predictions": out, "law": model}
 
@@ -157,7 +159,9 @@ def _summary(name: str, model: Law, cut: dict, target: str, out: pd.DataFrame, c
     if "lo68" in out:
         summary["coverage_68"] = float(((out["loss"] >= out["lo68"]) & (out["loss"] <= out["hi68"])).mean())
     if cal is not None:
-        summary |= {"kappa": cal.kappa, "sigma0": cal.sigma0, "n_backtests": cal.n_backtests}
+        summary |= {"kappa": cal.kappa, "kappa_backtests": cal.kappa_backtests, "sigma0": cal.sigma0, "n_backtests": cal.n_backtests}
+        if "read" in out:
+            summary["width_from_backtests"] = float((out["read"] == "backtest").mean())  # share of held-out runs
     if calibration_note:
         summary["notes"].append(calibration_note)
     if cutoff_flops is not None:

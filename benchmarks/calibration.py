@@ -90,7 +90,8 @@ def evaluate(name: str, df: pd.DataFrame, laws: list[str], n_bootstrap: int) -> 
         s, p = r["summary"], r["predictions"]
         row = {"table": name, "law": law, "n_fit": s["n_fit"], "n_heldout": s["n_heldout"], "mae": s["mean_abs_rel_error"],
                "bias": s["bias"], "cov95": s["coverage"], "cov68": s.get("coverage_68"), "cov95_fit": s.get("coverage_fit_only"),
-               "half_width": s["median_half_width"], "kappa": s.get("kappa"), "interval": s["interval"], "seconds": time.time() - t0}
+               "half_width": s["median_half_width"], "kappa": s.get("kappa"), "kappa_J": s.get("kappa_backtests"),
+               "from_backtests": s.get("width_from_backtests"), "interval": s["interval"], "seconds": time.time() - t0}
         fw = ((p["fit_hi"] - p["fit_lo"]) / 2 / p["predicted"]).median() if "fit_lo" in p else None
         row["half_width_fit"] = float(fw) if fw is not None else None
         out.append(row)
@@ -102,17 +103,17 @@ def kappa_text(k) -> str:
 
 
 def fmt(rows: list[dict]) -> str:
-    lines = ["| table | law | fit / held out | mean abs err | bias | 95% cov (fit-only) | 68% cov | median half-width (fit-only) | kappa /dex |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| table | law | fit / held out | mean abs err | bias | 95% cov (fit-only) | 68% cov | median half-width (fit-only) | kappa /dex | kappa_J /dex | width from backtests |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['table']} | {r['law']} | skipped: {r['skipped']} | | | | | | |")
+            lines.append(f"| {r['table']} | {r['law']} | skipped: {r['skipped']} | | | | | | | | |")
             continue
         pct = lambda x: "-" if x is None or x != x else f"{100 * x:.0f}%"  # noqa: E731
         pct2 = lambda x: "-" if x is None or x != x else f"{100 * x:.2f}%"  # noqa: E731
         lines.append(f"| {r['table']} | {r['law']} | {r['n_fit']} / {r['n_heldout']} | {pct2(r['mae'])} | {100 * r['bias']:+.2f}% | "
                      f"{pct(r['cov95'])} ({pct(r['cov95_fit'])}) | {pct(r['cov68'])} | {pct2(r['half_width'])} ({pct2(r['half_width_fit'])}) | "
-                     f"{kappa_text(r['kappa'])} |")
+                     f"{kappa_text(r['kappa'])} | {kappa_text(r['kappa_J'])} | {pct(r['from_backtests'])} |")
     return "\n".join(lines)
 
 

@@ -199,3 +199,25 @@ def test_calibration_round_trips_and_rejects_nonsense():
                 {**c.to_dict(), "refits": [{"cutoff": 1e19, "params": {"E": "abc"}, "se": {}}]}):
         with pytest.raises(AnalysisError):
             Calibration.from_dict(bad)
+
+
+def test_the_per_backtest_read_takes_each_backtests_error_per_decade():
+    """Three backtests whose log residuals lie exactly on r = b_j d (b = 0.01, -0.03, 0.02 per decade, no inner
+    scatter): the weighted slope through the origin returns each b_j to rounding (1e-12), kappa_J is their root mean
+    square, and one decade beyond the fit, with no fit or run scatter and kappa 0 (the per-prediction read gives
+    width 0), the 95% half-width is Student's t with 3 dof (3.182) times kappa_J. Inside the fitted range the two
+    reads agree (the normal quantile on the run scatter). One backtest alone gives no per-backtest read."""
+    from scipy.stats import t as student_t
+
+    b = [0.01, -0.03, 0.02]
+    rows = [{"cutoff": 10.0 ** (18 + j), "C": 0.0, "d": d, "r": bj * d, "s_inner": 0.0} for j, bj in enumerate(b) for d in (0.2, 0.5, 0.9)]
+    c = Calibration(sigma0=0.001, kappa=0.0, c_max=1e21, n_backtests=3, n_residuals=len(rows), residuals=rows)
+    assert c.backtest_slopes() == pytest.approx(b, abs=1e-12)
+    kJ = float(np.sqrt(np.mean(np.square(b))))
+    assert c.kappa_backtests == pytest.approx(kJ, rel=1e-12)
+    half, read = c.half_width([1e22], include_noise=False)
+    assert half[0] == pytest.approx(student_t.ppf(0.975, 3) * kJ, rel=1e-12) and read[0] == "backtest"
+    inside, read_in = c.half_width([1e20], include_noise=True)
+    assert inside[0] == pytest.approx(1.959964 * 0.001, rel=1e-6) and read_in[0] == "prediction"
+    one = Calibration(sigma0=0.001, kappa=0.0, c_max=1e21, n_backtests=1, n_residuals=3, residuals=rows[:3])
+    assert one.kappa_backtests is None and one.half_width([1e22])[0][0] == 0.0

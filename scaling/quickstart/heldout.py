@@ -89,6 +89,9 @@ def predict_heldout(fits: Fits, held: Heldout, runs, report: Path, seed: int, sa
         "headline": headline,
         "kappa": {n: (m.calibration.kappa if m is not None and m.calibration is not None else None)
                   for n, m in (("surface", surface), ("frontier", frontier), ("chinchilla", law))},
+        "kappa_backtests": {n: (m.calibration.kappa_backtests if m is not None and m.calibration is not None else None)
+                            for n, m in (("surface", surface), ("frontier", frontier), ("chinchilla", law))},
+        "width_from": str(hp["read"]) if "read" in hp else None,  # which read of the backtests set the headline's width ("prediction" / "backtest")
         "predicted_loss": float(hp["loss"]),
         "predicted_lo": float(hp["lo"]),
         "predicted_hi": float(hp["hi"]),
@@ -97,8 +100,9 @@ def predict_heldout(fits: Fits, held: Heldout, runs, report: Path, seed: int, sa
         "seed_scatter": fits.scatter,
         "interval_kind": "calibrated" if calibrated else "fit-only",
         "interval": "95% prediction interval for one run: the fit's bootstrap (runs resampled within each budget)"
-                    + (", widened by the extrapolation error the law's backtests inside the sweep measured (kappa per decade "
-                       "of compute beyond the fitted range)" if calibrated else "")
+                    + (", widened by the extrapolation error the law's backtests inside the sweep measured (the wider of two "
+                       "reads: kappa per decade of compute beyond the fitted range over every backtest prediction, and the "
+                       "backtests' own errors per decade under Student's t)" if calibrated else "")
                     + ", times exp(N(0, sigma^2)), sigma the run-to-run scatter measured on repeated seeds",
     }
     pred_path = report / "prediction.json"

@@ -168,7 +168,9 @@ def render_report(s: dict, runs, law, frontier, iso, record, surface=None) -> st
         "",
         f"The measurement is **{'inside' if s['inside_interval'] else 'outside'}** the {p.get('headline', 'frontier')} law's 95% interval "
         f"(half-width {100 * s['interval_half_width_rel']:.1f}%). The interval combines the fit's bootstrap"
-        + (f", the extrapolation error its backtests inside the sweep measured (kappa {p['kappa'][p['headline']]:.4f} per decade of compute)"
+        + (f", the extrapolation error its backtests inside the sweep measured (kappa {p['kappa'][p['headline']]:.4f} per decade of compute"
+           + (f" over every backtest prediction, {kJ:.4f} per decade per backtest; the {p.get('width_from') or 'wider'} read set the width"
+              if (kJ := (p.get("kappa_backtests") or {}).get(p.get("headline"))) is not None else "") + ")"
            if (p.get("kappa") or {}).get(p.get("headline")) is not None else " (not calibrated: too few budgets to backtest)")
         + " and the "
         + (f"run-to-run scatter measured on repeated seeds: {100 * sc['sigma']:.2f}% ({sc['n_points']} points, {sc['dof']} degrees of freedom)."
