@@ -22,8 +22,9 @@ then gets the interval
 
 with ``s_boot`` the bootstrap's log standard deviation at that point (0 without a bootstrap) and ``m`` the
 backtests' own quantile of their studentised errors |r| / scale at the level (split conformal's finite-sample
-rank; the normal quantile with fewer than 20 backtest predictions): heavy tails widen the 95% interval, a
-well-described table narrows the 68% one. Interpolation (``d* = 0``) keeps the fit-only width.
+rank; the normal quantile with fewer than 20 backtest predictions): heavy tails widen the 95% interval (a
+well-described table would narrow the 68% one, but the per-backtest read below keeps the normal quantile on the
+fit's and the run's scatter as a floor). Interpolation (``d* = 0``) keeps the fit-only width.
 
 That is the per-prediction read. It counts every backtest prediction as one piece of evidence, but the predictions
 of one backtest share one fitted law, so their errors move together: a table with four backtests has measured its
@@ -31,7 +32,8 @@ extrapolation error four times, not sixty. The per-backtest read takes each back
 weighted least-squares slope, through the origin, of its log residuals on their distances) as one draw of the error
 a new extrapolation makes, with no model of how much of it is noise: ``kappa_J = sqrt(mean(b_j^2))`` over the
 J backtests, and a Student t with J degrees of freedom for the error of the next one (a scale estimated from J
-draws of mean 0):
+draws of mean 0; the backtests reuse the high-compute runs, so the b_j are correlated and t_J is, if anything,
+optimistic):
 
     loss * exp(+- sqrt(z^2 (s_boot^2 [+ sigma0^2]) + t_J^2 kappa_J^2 d*^2))
 
@@ -83,10 +85,12 @@ class Calibration:
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.maximum(0.0, np.log10(np.asarray(C, float) / self.c_max))
 
-    def scale(self, C, s_boot=0.0, include_noise: bool = False) -> np.ndarray:
-        """The log standard deviation of a prediction at compute ``C``."""
+    def scale(self, C, s_boot=0.0, include_noise: bool = False, noise: float | None = None) -> np.ndarray:
+        """The log standard deviation of a prediction at compute ``C`` (``noise``: one new run's scatter, instead of
+        ``sigma0``, with ``include_noise``)."""
         d = self.distance(C)
-        var = np.asarray(s_boot, float) ** 2 + (self.kappa * d) ** 2 + (self.sigma0**2 if include_noise else 0.0)
+        run = self.sigma0 if noise is None else float(noise)
+        var = np.asarray(s_boot, float) ** 2 + (self.kappa * d) ** 2 + (run**2 if include_noise else 0.0)
         return np.sqrt(var)
 
     def multiplier(self, level: float) -> float:
@@ -105,7 +109,8 @@ class Calibration:
 
     def backtest_slopes(self) -> np.ndarray:
         """Each backtest's extrapolation error per decade: the slope through the origin of its log residuals on their
-        distances, each weighted by 1 / (sigma0^2 + s_inner^2). One value per cut-off, in cut-off order."""
+        distances, each weighted by 1 / (sigma0^2 + s_inner^2) (a missing or non-finite s_inner counts as 0). One
+        value per cut-off, in cut-off order."""
         by_cut: dict[float, list[dict]] = {}
         for x in self.residuals:
             if "r" in x and "d" in x and np.isfinite(x["r"]) and np.isfinite(x["d"]) and x["d"] > 0:
@@ -114,7 +119,8 @@ class Calibration:
         for cut in sorted(by_cut):
             d = np.array([x["d"] for x in by_cut[cut]], float)
             r = np.array([x["r"] for x in by_cut[cut]], float)
-            w = 1.0 / np.maximum(self.sigma0**2 + np.array([x.get("s_inner", 0.0) for x in by_cut[cut]], float) ** 2, 1e-12)
+            s_in = np.nan_to_num(np.array([x.get("s_inner") or 0.0 for x in by_cut[cut]], float), nan=0.0, posinf=0.0, neginf=0.0)
+            w = 1.0 / np.maximum(self.sigma0**2 + s_in**2, 1e-12)
             out.append(float(np.sum(w * d * r) / np.sum(w * d * d)))
         return np.array(out)
 
@@ -125,20 +131,27 @@ class Calibration:
         b = self.backtest_slopes()
         return float(np.sqrt(np.mean(b**2))) if len(b) >= MIN_BACKTESTS_T else None
 
-    def half_width(self, C, s_boot=0.0, include_noise: bool = False, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    def half_width(self, C, s_boot=0.0, include_noise: bool = False, level: float = 0.95,
+                   noise: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The calibrated interval's half-width in log loss at compute ``C`` and which read set it: the wider of the
         per-prediction read (``multiplier(level) * scale(...)``) and the per-backtest read (normal quantile on the
-        fit's and the run's scatter, Student's t with J dof on ``kappa_backtests * d``), point by point."""
+        fit's and the run's scatter, Student's t with J dof on ``kappa_backtests * d``), point by point. ``noise``:
+        one new run's scatter (e.g. measured on repeated seeds) in place of ``sigma0`` for the run's own term; what
+        the backtests measured (kappa, the multiplier, the slopes) keeps the fit's ``sigma0``, the scatter its
+        residuals carry. The read is "backtest" only where the per-backtest read is wider beyond rounding and d > 0."""
         from scipy.stats import norm, t as student_t
 
-        per_pred = self.multiplier(level) * self.scale(C, s_boot, include_noise)
+        per_pred = self.multiplier(level) * self.scale(C, s_boot, include_noise, noise)
         kJ = self.kappa_backtests
         if kJ is None:
             return per_pred, np.full(np.shape(per_pred), "prediction")
         z, t = float(norm.ppf(0.5 + level / 2)), float(student_t.ppf(0.5 + level / 2, len(self.backtest_slopes())))
-        fit2 = np.asarray(s_boot, float) ** 2 + (self.sigma0**2 if include_noise else 0.0)
-        per_backtest = np.sqrt(z**2 * fit2 + (t * kJ * self.distance(C)) ** 2)
-        return np.maximum(per_pred, per_backtest), np.where(per_backtest > per_pred, "backtest", "prediction")
+        run = self.sigma0 if noise is None else float(noise)
+        fit2 = np.asarray(s_boot, float) ** 2 + (run**2 if include_noise else 0.0)
+        d = self.distance(C)
+        per_backtest = np.sqrt(z**2 * fit2 + (t * kJ * d) ** 2)
+        wider = (per_backtest > per_pred * (1 + 1e-9)) & (d > 0)
+        return np.maximum(per_pred, per_backtest), np.where(wider, "backtest", "prediction")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -204,10 +217,12 @@ def floor_verdict(law, name: str = "E") -> dict | None:
     "note"}`` (note: why not), None without a calibration or such a parameter.
 
     The floor is the law's prediction at infinite compute (infinite N or D for a law in one of them): infinitely
-    many decades beyond the fitted runs. The calibrated intervals carry the measured kappa as it stands (a prediction
-    d decades out: kappa * d), so under the same model a table whose backtests measured any (kappa > 0, noise
+    many decades beyond the fitted runs. The verdict asks the noise-modelled kappa (the per-prediction read: a
+    prediction d decades out carries kappa * d), so a table whose backtests measured any (kappa > 0, noise
     included: kappa is a maximum-likelihood estimate bounded at 0) leaves the floor unbounded, and its bootstrap
-    interval holds only if the law's form is exactly right. Conservative by design: on exact synthetic laws kappa is
+    interval holds only if the law's form is exactly right. It does not ask kappa_J, the per-backtest read's: that
+    keeps the backtests' noise and is never 0, so under it every floor is unbounded (the calibrated interval at
+    infinite compute is); the verdict says whether the backtests found anything beyond their noise. Conservative by design: on exact synthetic laws kappa is
     often a little above 0 by chance, and E is then called not determined. With kappa = 0 the floor's bootstrap interval (when
     there is one) must also stay within 10x and off 0, and the floor hold still across the backtest refits
     (``parameter_drift``). On synthetic grids from an exact Chinchilla law the verdict is
@@ -293,12 +308,10 @@ def calibrated_interval(law, df: pd.DataFrame | None = None, level: float = 0.95
         with np.errstate(all="ignore"):
             s_boot = np.nanstd(np.log(law.predict_samples(df, **cols)), axis=0, ddof=1)
         s_boot = np.where(np.isfinite(s_boot), s_boot, 0.0)
-    if noise_scale is not None:
-        from dataclasses import replace
-
-        cal = replace(cal, sigma0=float(noise_scale)) if include_noise or noise_scale else cal
-        include_noise = True
-    half, read = cal.half_width(C, s_boot, include_noise, level)
+    noise = None
+    if noise_scale is not None:  # one new run's scatter; the backtests' own figures keep the fit's sigma0
+        noise, include_noise = float(noise_scale), True
+    half, read = cal.half_width(C, s_boot, include_noise, level, noise)
     point = fit["loss"].to_numpy()
     out = fit.drop(columns=[c for c in ("lo", "hi", "se") if c in fit.columns]).copy()
     out["lo"], out["hi"], out["half_log"], out["d"], out["read"] = point * np.exp(-half), point * np.exp(half), half, cal.distance(C), read

@@ -85,7 +85,8 @@ def validate_extrapolation(
     inside the ``level`` single-run prediction interval: with ``calibrated`` (default) the interval widened by the
     extrapolation error that backtests inside the fitted runs measured, ``analysis.calibration``; else the
     bootstrap's, which needs n_bootstrap > 0), coverage_fit_only, coverage_68, median_half_width, mae, rmse,
-    params, notes."""
+    params, notes; calibrated: kappa, kappa_backtests, sigma0, n_backtests and width_from_backtests (the share of
+    held-out runs whose width the per-backtest read set)."""
     model = make_law(law, **law_kw) if isinstance(law, str) else law
     name = law if isinstance(law, str) else model.name
     if cutoff_flops is None and cutoff_params is None:

@@ -221,3 +221,10 @@ def test_the_per_backtest_read_takes_each_backtests_error_per_decade():
     assert inside[0] == pytest.approx(1.959964 * 0.001, rel=1e-6) and read_in[0] == "prediction"
     one = Calibration(sigma0=0.001, kappa=0.0, c_max=1e21, n_backtests=1, n_residuals=3, residuals=rows[:3])
     assert one.kappa_backtests is None and one.half_width([1e22])[0][0] == 0.0
+    # a new run's own scatter replaces sigma0 in its term only; the slopes keep the weights of the fit's sigma0
+    noisy, _ = c.half_width([1e20], include_noise=True, noise=0.05)
+    assert noisy[0] == pytest.approx(1.959964 * 0.05, rel=1e-6) and c.kappa_backtests == pytest.approx(kJ, rel=1e-12)
+    # an older or damaged saved residual without a finite s_inner counts it as 0 rather than making the width NaN
+    holed = Calibration(sigma0=0.001, kappa=0.0, c_max=1e21, n_backtests=3, n_residuals=len(rows),
+                        residuals=[dict(x, s_inner=float("nan")) if i == 0 else x for i, x in enumerate(rows)])
+    assert holed.kappa_backtests == pytest.approx(kJ, rel=1e-12)

@@ -294,8 +294,9 @@ class Law(ABC):
 
     def predict_calibrated(self, df: pd.DataFrame | None = None, level: float = 0.95, include_noise: bool = True,
                            noise_scale: float | None = None, **cols: Any) -> pd.DataFrame:
-        """The calibrated extrapolation interval (``analysis.calibration``): loss, lo, hi, the log scale ``sigma``,
-        the distance ``d`` in decades of compute beyond the fit, and the fit-only interval (``fit_lo``, ``fit_hi``)."""
+        """The calibrated extrapolation interval (``analysis.calibration``): loss, lo, hi, its half-width in log loss
+        ``half_log``, the distance ``d`` in decades of compute beyond the fit, ``read`` (which read of the backtests set
+        the width: "prediction" or "backtest"), and the fit-only interval (``fit_lo``, ``fit_hi``)."""
         from analysis.calibration import calibrated_interval
 
         return calibrated_interval(self, df, level=level, include_noise=include_noise, noise_scale=noise_scale, **cols)
