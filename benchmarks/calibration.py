@@ -98,6 +98,12 @@ def evaluate(name: str, df: pd.DataFrame, laws: list[str], n_bootstrap: int) -> 
     return out
 
 
+def pooled(rows: list[dict], key: str) -> float:
+    """A coverage pooled over tables: each held-out run counted once."""
+    rs = [r for r in rows if r.get(key) is not None]
+    return float(np.average([r[key] for r in rs], weights=[r["n_heldout"] for r in rs]))
+
+
 def kappa_text(k) -> str:
     return "-" if k is None else f"{k:.4f}"
 
@@ -145,7 +151,9 @@ def main() -> int:
         summary.append(f"{law}: {len(rs)} tables; 95% coverage min {100 * min(c95):.0f}%, median {100 * np.median(c95):.0f}% "
                        f"(fit-only min {100 * min(r['cov95_fit'] for r in rs if r['cov95_fit'] is not None):.0f}%); tables >= 90%: "
                        f"{sum(c >= 0.9 for c in c95)}/{len(c95)}; 68% coverage in [55%, 80%]: {sum(0.55 <= c <= 0.8 for c in c68)}/{len(c68)}; "
-                       f"half-width / MAE median {np.median(ratio):.2f}, max {max(ratio):.2f}")
+                       f"half-width / MAE median {np.median(ratio):.2f}, max {max(ratio):.2f}; pooled over the "
+                       f"{sum(r['n_heldout'] for r in rs)} held-out runs: 95% {100 * pooled(rs, 'cov95'):.1f}%, 68% "
+                       f"{100 * pooled(rs, 'cov68'):.1f}% (fit-only 95% {100 * pooled(rs, 'cov95_fit'):.1f}%)")
     syn = []
     for drift in (0.0, 0.01):
         for s in range(args.synthetic_draws):
