@@ -274,6 +274,11 @@ def _validate_text(label, res: dict, cut: dict) -> str:
             f"{name:16s} {s['n_fit']:6d} {s['n_heldout']:8d} {100 * s['mean_abs_rel_error']:12.2f}% {100 * s['max_abs_rel_error']:11.2f}% "
             f"{100 * s['bias']:+6.2f}% {cov:>18s} {hw:>10s}"
         )
+        if s.get("kappa") is not None:
+            kJ = s.get("kappa_backtests")
+            lines.append(f"{'':16s}   calibration: kappa {s['kappa']:.4f} per decade over every backtest prediction"
+                         + (f", {kJ:.4f} per backtest ({s['n_backtests']} backtests); the per-backtest read set "
+                            f"{100 * s.get('width_from_backtests', 0.0):.0f}% of the widths" if kJ is not None else ""))
         for n in s["notes"]:
             if n.startswith("degenerate"):
                 lines.append(f"{'':16s}   note: {n}")
