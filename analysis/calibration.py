@@ -124,12 +124,18 @@ class Calibration:
             out.append(float(np.sum(w * d * r) / np.sum(w * d * d)))
         return np.array(out)
 
+    def _per_backtest(self) -> tuple[float, int] | None:
+        """(kappa_J, J): the root mean square of the J backtests' errors per decade; None with fewer than
+        ``MIN_BACKTESTS_T`` backtests (or no residuals saved)."""
+        b = self.backtest_slopes()
+        return (float(np.sqrt(np.mean(b**2))), len(b)) if len(b) >= MIN_BACKTESTS_T else None
+
     @property
     def kappa_backtests(self) -> float | None:
         """The per-backtest read's error per decade, sqrt(mean(b_j^2)) over the backtests; None with fewer than
         ``MIN_BACKTESTS_T`` of them (or no residuals saved)."""
-        b = self.backtest_slopes()
-        return float(np.sqrt(np.mean(b**2))) if len(b) >= MIN_BACKTESTS_T else None
+        pb = self._per_backtest()
+        return None if pb is None else pb[0]
 
     def half_width(self, C, s_boot=0.0, include_noise: bool = False, level: float = 0.95,
                    noise: float | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -142,10 +148,11 @@ class Calibration:
         from scipy.stats import norm, t as student_t
 
         per_pred = self.multiplier(level) * self.scale(C, s_boot, include_noise, noise)
-        kJ = self.kappa_backtests
-        if kJ is None:
+        pb = self._per_backtest()
+        if pb is None:
             return per_pred, np.full(np.shape(per_pred), "prediction")
-        z, t = float(norm.ppf(0.5 + level / 2)), float(student_t.ppf(0.5 + level / 2, len(self.backtest_slopes())))
+        kJ, J = pb
+        z, t = float(norm.ppf(0.5 + level / 2)), float(student_t.ppf(0.5 + level / 2, J))
         run = self.sigma0 if noise is None else float(noise)
         fit2 = np.asarray(s_boot, float) ** 2 + (run**2 if include_noise else 0.0)
         d = self.distance(C)

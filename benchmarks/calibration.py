@@ -162,9 +162,8 @@ def main() -> int:
         rs = [r for r in syn if r["table"] == f"synthetic drift {drift}" and "skipped" not in r]
         if rs:
             summary.append(f"synthetic Chinchilla law, floor drift {drift}/decade, {len(rs)} draws: pooled 95% coverage "
-                           f"{100 * np.average([r['cov95'] for r in rs], weights=[r['n_heldout'] for r in rs]):.0f}% "
-                           f"(fit-only {100 * np.average([r['cov95_fit'] for r in rs], weights=[r['n_heldout'] for r in rs]):.0f}%), "
-                           f"68% {100 * np.average([r['cov68'] for r in rs], weights=[r['n_heldout'] for r in rs]):.0f}%, "
+                           f"{100 * pooled(rs, 'cov95'):.0f}% (fit-only {100 * pooled(rs, 'cov95_fit'):.0f}%), "
+                           f"68% {100 * pooled(rs, 'cov68'):.0f}%, "
                            f"median half-width {100 * np.median([r['half_width'] for r in rs]):.2f}%, mean abs err {100 * np.mean([r['mae'] for r in rs]):.2f}%")
     report = text + "\n\n" + "\n".join(f"- {s}" for s in summary) + f"\n\n({time.time() - t0:.0f} s)\n"
     print(report)

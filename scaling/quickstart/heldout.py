@@ -76,7 +76,8 @@ def predict_heldout(fits: Fits, held: Heldout, runs, report: Path, seed: int, sa
     sp = predict(surface, runs, sigma, report / "fit_surface.json", say, N=[N_h], C=[C_h]) if surface is not None else None
     headline = "surface" if sp is not None else "frontier" if fp is not None else "chinchilla"
     hp = {"surface": sp, "frontier": fp, "chinchilla": cp}[headline]
-    calibrated = {"surface": surface, "frontier": frontier, "chinchilla": law}[headline].calibration is not None
+    cals = {n: (m.calibration if m is not None else None) for n, m in (("surface", surface), ("frontier", frontier), ("chinchilla", law))}
+    calibrated = cals[headline] is not None
     prediction = {
         "seed": seed,
         "C_target": held.C_target,
@@ -87,10 +88,8 @@ def predict_heldout(fits: Fits, held: Heldout, runs, report: Path, seed: int, sa
         "C": C_h,
         "model": held.model,
         "headline": headline,
-        "kappa": {n: (m.calibration.kappa if m is not None and m.calibration is not None else None)
-                  for n, m in (("surface", surface), ("frontier", frontier), ("chinchilla", law))},
-        "kappa_backtests": {n: (m.calibration.kappa_backtests if m is not None and m.calibration is not None else None)
-                            for n, m in (("surface", surface), ("frontier", frontier), ("chinchilla", law))},
+        "kappa": {n: (c.kappa if c is not None else None) for n, c in cals.items()},
+        "kappa_backtests": {n: (c.kappa_backtests if c is not None else None) for n, c in cals.items()},
         "width_from": str(hp["read"]) if "read" in hp else None,  # which read of the backtests set the headline's width ("prediction" / "backtest")
         "predicted_loss": float(hp["loss"]),
         "predicted_lo": float(hp["lo"]),
