@@ -63,6 +63,12 @@ def test_quickstart_tiny_end_to_end_and_resume(tmp_path, cache_dir):
         assert (m["parametrization"], m["mup_base_width"], m["mup_base_head_dim"]) == ("mup", 16, 8)
     assert held["config"]["train"]["lr"] == law.lr(held["n_params"], held["tokens"]) == summary["recipe"]["heldout_lr"]
     assert "muP relative to d_model 16" in text and "not tuned for the --tiny size" in text
+    # one set of eval windows for every run the fit and the check compare (branches, repeat seeds, held-out run),
+    # and the directory's manifest names it
+    noise_recs = [json.loads(f.read_text()) for f in (out / "noise" / "runs").glob("*/record.json")]
+    scored = [held, *(r for r in noise_recs if r["run_id"] in set(noise["run_id"])), *(r for r in sweep_recs if r["run_id"] in set(runs["run_id"]))]
+    assert len(scored) == 1 + 3 + 16 and {r["eval_tokens"] for r in scored} == {TINY.eval_tokens}
+    assert json.loads((out / "quickstart.json").read_text())["eval_tokens"] == TINY.eval_tokens
     # one W&B group for the sweep, its repeat seeds and the held-out run (the fits log there too), told apart by tags
     noise_rec = json.loads(next((out / "noise" / "runs").glob("*/record.json")).read_text())
     assert held["config"]["log"]["wandb_group"] == noise_rec["config"]["log"]["wandb_group"] == "quickstart"
@@ -127,3 +133,21 @@ def test_heldout_trains_data_parallel_in_a_child_and_resumes_after_a_stop(tmp_pa
     assert 0 < done["resumed_from_step"] < cfg.steps
     again = _train_heldout(cfg, tmp_path / "held2" / "r", "r", False, None, 2)  # uninterrupted, same devices
     assert again["params_digest"] == done["params_digest"]
+
+
+def test_every_quickstart_run_is_scored_on_a_fixed_share_of_the_eval_split():
+    """The full size scores on 2^18 tokens of the stdlib eval split; with no cap, or a cap above the split, on all of
+    it (the split's windows x seq_len, so no run warns that it asked for more than there is)."""
+    import dataclasses
+
+    from scaling.config import load_config
+    from scaling.data import build_dataset
+    from scaling.quickstart.sizes import FULL, eval_tokens_for
+
+    cfg = load_config(base={"data": {"source": "stdlib", "eval_fraction": FULL.eval_fraction}, "model": {"seq_len": FULL.seq_len, "vocab_size": 256}})
+    _, windows = build_dataset(cfg.data, cfg.model).eval_windows(1, FULL.seq_len)
+    whole = windows * FULL.seq_len
+    assert FULL.eval_tokens == 2**18 < whole
+    assert eval_tokens_for(FULL, "stdlib") == 2**18
+    assert eval_tokens_for(dataclasses.replace(FULL, eval_tokens=None), "stdlib") == whole
+    assert eval_tokens_for(dataclasses.replace(FULL, eval_tokens=10 * whole), "stdlib") == whole

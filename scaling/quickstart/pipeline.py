@@ -40,14 +40,14 @@ def run_quickstart(
     t_start = time.perf_counter()
     out = Path(out)
     size = TINY if tiny else FULL
-    # the recipe every run trains with is part of what a quickstart directory holds: a directory trained under another
-    # (the earlier sp recipe) is refused rather than mixed into one fit
-    _check_manifest(out, {"tiny": tiny, "data": data, "seed": seed, "recipe": RECIPE_TAG})
-    report = out / "report"
-    report.mkdir(parents=True, exist_ok=True)
     for m in size.ladder:  # the held-out run may take any ladder shape: all of them are checked before training
         load_config(base={"model": {**m, "seq_len": size.seq_len, "vocab_size": 256}})
     eval_tokens = eval_tokens_for(size, data)
+    # the recipe every run trains with and the windows every run is scored on are part of what a quickstart directory
+    # holds: a directory trained under another recipe or scored on other windows is refused rather than mixed into one fit
+    _check_manifest(out, {"tiny": tiny, "data": data, "seed": seed, "recipe": RECIPE_TAG, "eval_tokens": eval_tokens})
+    report = out / "report"
+    report.mkdir(parents=True, exist_ok=True)
     raw, noise_raw = sweep_dict(size, data, wandb, seed, eval_tokens), noise_dict(size, data, wandb, seed, eval_tokens)
     say = print
 
