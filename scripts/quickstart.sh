@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up the environment if needed, then run the end-to-end quickstart (about 15 min on 2 CPU cores).
+# Set up the environment if needed, then run the end-to-end quickstart (11-13 min on 2 CPU cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh

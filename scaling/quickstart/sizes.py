@@ -44,8 +44,9 @@ FULL = QuickstartSize(
     eval_fraction=0.04,
     # 4,096 of the split's 18,676 windows, drawn by its fixed permutation: the same windows score every run (sweep,
     # repeats, held-out), so their offset from the whole split is shared and a fit absorbs it. What is not shared,
-    # measured on 24 branch models of seed 0 scored on both: sd 0.073% of the loss across models (max 0.15%), against
-    # 0.8% seed scatter. The whole split (1.2M tokens) took 4-11 s a run, a third of the sweep's non-training time.
+    # measured on seed 0's branch models scored on both (benchmarks/eval_subset.py): sd 0.07% of the loss across
+    # models, against 0.8% seed scatter. The whole split (1.2M tokens) took 4-11 s a run, about three quarters of the
+    # sweep's time outside training.
     eval_tokens=2**18,
     # One fixed warmup for every run, so the sweep and the held-out run follow one recipe. The planner's default (5%
     # of a trunk's shortest branch) gave the large trunks 10-22 steps: at 271k parameters and 5e11 FLOPs, 16 warmup
