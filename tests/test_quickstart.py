@@ -135,6 +135,15 @@ def test_heldout_trains_data_parallel_in_a_child_and_resumes_after_a_stop(tmp_pa
     assert again["params_digest"] == done["params_digest"]
 
 
+def test_a_corpus_too_small_to_hold_out_an_eval_split_gets_one_line_and_exit_2(tmp_path):
+    small = tmp_path / "small.txt"
+    small.write_text("def f():\n    return 1\n")
+    p = run_cli("quickstart", "--tiny", "--data", str(small), "--out", str(tmp_path / "qs"), "--no-progress", "--wandb", "disabled", check=False)
+    err = p.stderr.strip()
+    assert p.returncode == 2 and "Traceback" not in err and len(err.splitlines()) == 1, (p.returncode, err)
+    assert "too small to hold out an evaluation split" in err and not (tmp_path / "qs").exists()
+
+
 def test_every_quickstart_run_is_scored_on_a_fixed_share_of_the_eval_split():
     """The full size scores on 2^18 tokens of the stdlib eval split; with no cap, or a cap above the split, on all of
     it (the split's windows x seq_len, so no run warns that it asked for more than there is)."""
