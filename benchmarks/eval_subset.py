@@ -75,7 +75,14 @@ def main() -> int:
         cfg = load_config(d / "config.yaml")
         if seq_len is None:
             seq_len = cfg.model.seq_len
-            windows, _ = build_dataset(cfg.data, cfg.model).eval_windows(10**12, seq_len)  # the whole split, permuted
+            ds = build_dataset(cfg.data, cfg.model)
+            if ds.train_windows_per_epoch(seq_len) is None:
+                print(f"eval_subset: {args.sweep} trains on an endless source ({cfg.data.source!r}): it has no whole split to compare with", file=sys.stderr)
+                return 2
+            windows, _ = ds.eval_windows(10**12, seq_len)  # the whole split, in its fixed permutation
+        if not (d / "checkpoints").is_dir() or not any((d / "checkpoints").iterdir()):
+            print(f"  {run_id}: no checkpoint; skipped", file=sys.stderr)
+            continue
         pw = per_window_losses(d, windows)
         rec = json.loads((d / "record.json").read_text())
         own = pw[: rec.get("eval_windows") or 0]  # the windows its own final evaluation scored

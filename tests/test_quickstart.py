@@ -144,6 +144,38 @@ def test_a_corpus_too_small_to_hold_out_an_eval_split_gets_one_line_and_exit_2(t
     assert "too small to hold out an evaluation split" in err and not (tmp_path / "qs").exists()
 
 
+def test_a_corpus_whose_eval_split_is_shorter_than_a_sequence_gets_one_line_and_exit_2(tmp_path):
+    corpus = tmp_path / "two"
+    corpus.mkdir()
+    (corpus / "a.py").write_text("def f():\n    return 1\n")
+    (corpus / "b.py").write_text("x = 2\n")
+    p = run_cli("quickstart", "--tiny", "--data", str(corpus), "--out", str(tmp_path / "qs"), "--no-progress", "--wandb", "disabled", check=False)
+    err = p.stderr.strip()
+    assert p.returncode == 2 and "Traceback" not in err and len(err.splitlines()) == 1, (p.returncode, err)
+    assert "fewer than one sequence" in err and str(corpus) in err
+
+
+def test_a_directory_from_before_the_manifest_named_its_eval_tokens_is_read_as_what_it_was_scored_on(tmp_path):
+    """Older manifests lack eval_tokens: --tiny ones were scored on 2^15 tokens (as now: accepted), full ones on the
+    whole split (refused, naming both figures)."""
+    from scaling.config import ConfigError
+    from scaling.quickstart.pipeline import _check_manifest
+    from scaling.quickstart.sizes import RECIPE_TAG
+
+    for tiny, before, now in ((True, 2**15, 2**15), (False, 1_195_264, 2**18)):
+        out = tmp_path / f"tiny{tiny}"
+        out.mkdir()
+        old = {"tiny": tiny, "data": "stdlib", "seed": 0, "recipe": RECIPE_TAG}
+        (out / "quickstart.json").write_text(json.dumps(old))
+        manifest = {**old, "eval_tokens": now}
+        if before == now:
+            _check_manifest(out, manifest, before={"eval_tokens": lambda: before})
+        else:
+            with pytest.raises(ConfigError, match=f"eval_tokens {before} -> {now}.*pass another --out"):
+                _check_manifest(out, manifest, before={"eval_tokens": lambda: before})
+        assert json.loads((out / "quickstart.json").read_text()) == old  # an older manifest is read, never rewritten
+
+
 def test_every_quickstart_run_is_scored_on_a_fixed_share_of_the_eval_split():
     """The full size scores on 2^18 tokens of the stdlib eval split; with no cap, or a cap above the split, on all of
     it (the split's windows x seq_len, so no run warns that it asked for more than there is)."""

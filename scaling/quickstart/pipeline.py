@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from analysis.fmt import with_interval
@@ -16,10 +17,13 @@ from scaling.quickstart.report import write_report
 from scaling.quickstart.sizes import FULL, RECIPE_TAG, TINY, eval_tokens_for, noise_dict, recipe_note, sweep_dict
 
 
-def _check_manifest(out: Path, manifest: dict) -> None:
+def _check_manifest(out: Path, manifest: dict, before=None) -> None:
+    """Write ``out/quickstart.json``, or refuse (``ConfigError``) a directory whose manifest says otherwise. A key
+    an older manifest lacks is read as ``before[key]()``: what the code that wrote it did."""
     path = out / "quickstart.json"
     if path.exists():
         old = json.loads(path.read_text())
+        old = {**{k: f() for k, f in (before or {}).items() if k not in old}, **old}
         if old != manifest:
             diff = ", ".join(f"{k} {old.get(k)!r} -> {manifest.get(k)!r}" for k in sorted(set(old) | set(manifest)) if old.get(k) != manifest.get(k))
             raise ConfigError(f"{out} holds a quickstart run with other settings ({diff}); pass another --out")
@@ -45,7 +49,10 @@ def run_quickstart(
     eval_tokens = eval_tokens_for(size, data)
     # the recipe every run trains with and the windows every run is scored on are part of what a quickstart directory
     # holds: a directory trained under another recipe or scored on other windows is refused rather than mixed into one fit
-    _check_manifest(out, {"tiny": tiny, "data": data, "seed": seed, "recipe": RECIPE_TAG, "eval_tokens": eval_tokens})
+    # (before the manifest named them, the full size scored on the whole split and --tiny on its 2^15 tokens)
+    scored_before = lambda: eval_tokens_for(size if tiny else replace(size, eval_tokens=None), data)  # noqa: E731
+    _check_manifest(out, {"tiny": tiny, "data": data, "seed": seed, "recipe": RECIPE_TAG, "eval_tokens": eval_tokens},
+                    before={"eval_tokens": scored_before})
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
     raw, noise_raw = sweep_dict(size, data, wandb, seed, eval_tokens), noise_dict(size, data, wandb, seed, eval_tokens)

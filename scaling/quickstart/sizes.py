@@ -45,8 +45,8 @@ FULL = QuickstartSize(
     # 4,096 of the split's 18,676 windows, drawn by its fixed permutation: the same windows score every run (sweep,
     # repeats, held-out), so their offset from the whole split is shared and a fit absorbs it. What is not shared,
     # measured on seed 0's branch models scored on both (benchmarks/eval_subset.py): sd 0.07% of the loss across
-    # models, against 0.8% seed scatter. The whole split (1.2M tokens) took 4-11 s a run, about three quarters of the
-    # sweep's time outside training.
+    # models, against 0.8% seed scatter. The whole split (1.2M tokens) took 4-11 s a run, more than half of the sweep's
+    # time outside training.
     eval_tokens=2**18,
     # One fixed warmup for every run, so the sweep and the held-out run follow one recipe. The planner's default (5%
     # of a trunk's shortest branch) gave the large trunks 10-22 steps: at 271k parameters and 5e11 FLOPs, 16 warmup
@@ -144,7 +144,13 @@ def eval_tokens_for(size: QuickstartSize, data: str) -> int:
     from scaling.config import load_config
     from scaling.data import build_dataset
 
+    from scaling.config import ConfigError
+
     cfg = load_config(base={"data": {"source": data, "eval_fraction": size.eval_fraction}, "model": {"seq_len": size.seq_len, "vocab_size": 256}})
-    _, avail = build_dataset(cfg.data, cfg.model).eval_windows(1, size.seq_len)
+    ds = build_dataset(cfg.data, cfg.model)
+    try:
+        _, avail = ds.eval_windows(1, size.seq_len)
+    except ValueError as e:  # an eval split shorter than one sequence
+        raise ConfigError(f"data.source {data!r}: {e}") from None
     whole = int(avail) * size.seq_len if avail else 2**20  # an endless source (synthetic): 2^20 tokens
     return whole if size.eval_tokens is None else min(size.eval_tokens, whole)
