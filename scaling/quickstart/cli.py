@@ -10,13 +10,8 @@ from scaling.quickstart.pipeline import run_quickstart
 from scaling.quickstart.processes import QuickstartError
 
 
-def _data_input_errors() -> tuple:
-    from scaling.data.cli import _bad_input_types
-
-    return _bad_input_types()
-
-
 def cmd_quickstart(args) -> int:
+    from scaling.data.cli import _bad_input_types
     from scaling.signals import StopFlag
     from scaling.train import StopRequested
 
@@ -26,7 +21,7 @@ def cmd_quickstart(args) -> int:
         run_quickstart(out, tiny=args.tiny, data=args.data, wandb=args.wandb, progress=not args.no_progress, should_stop=stop, seed=args.seed)
     except ConfigError as e:
         return exits.fail(str(e), prefix="config error")
-    except _data_input_errors() as e:  # --data names a corpus that cannot be prepared (too small, unreadable, ...)
+    except _bad_input_types() as e:  # --data names a corpus that cannot be prepared (too small, unreadable, ...)
         return exits.fail(str(e), prefix="data error")
     except QuickstartError as e:
         return exits.fail(str(e), exits.FAILED)

@@ -141,10 +141,8 @@ def noise_dict(size: QuickstartSize, data: str, wandb: str, seed: int = 0, eval_
 def eval_tokens_for(size: QuickstartSize, data: str) -> int:
     """The tokens every run is scored on, the same windows for all: ``size.eval_tokens``, or the whole eval split
     where that is smaller (or ``size.eval_tokens`` is None)."""
-    from scaling.config import load_config
+    from scaling.config import ConfigError, load_config
     from scaling.data import build_dataset
-
-    from scaling.config import ConfigError
 
     cfg = load_config(base={"data": {"source": data, "eval_fraction": size.eval_fraction}, "model": {"seq_len": size.seq_len, "vocab_size": 256}})
     ds = build_dataset(cfg.data, cfg.model)

@@ -12,11 +12,10 @@ from scaling.config import RunConfig
 from scaling.parallel import InFlight, Parallel
 
 
-def evaluate(eval_fn, params, rest, windows: np.ndarray, micro: int, par: Parallel, bytes_per_token: float | None) -> dict:
-    """Mean next-token loss over a fixed set of held-out windows, each scored once, in micro-batches of ``micro``.
-
-    The standard error is over windows (std / sqrt(n)); the last micro-batch is padded with copies of the first
-    window whose losses are dropped, so every window counts exactly once whatever ``micro`` is."""
+def window_losses(eval_fn, params, rest, windows: np.ndarray, micro: int, par: Parallel) -> np.ndarray:
+    """Each window's mean next-token loss (float64, in the order given), scored in micro-batches of ``micro``: the
+    last micro-batch is padded with copies of the first window whose losses are dropped, so every window counts
+    exactly once whatever ``micro`` is."""
     n, L1 = windows.shape
     losses = []
     in_flight = InFlight(par.max_in_flight)
@@ -26,7 +25,14 @@ def evaluate(eval_fn, params, rest, windows: np.ndarray, micro: int, par: Parall
             chunk = np.concatenate([chunk, np.repeat(windows[:1], micro - len(chunk), axis=0)])
         losses.append(eval_fn(params, rest, par.put_batch(chunk[par.local_rows(micro)], (micro, L1))))
         in_flight.add(losses[-1])
-    per_window = np.concatenate([np.asarray(x, np.float64) for x in jax.device_get(losses)])[:n]
+    return np.concatenate([np.asarray(x, np.float64) for x in jax.device_get(losses)])[:n]
+
+
+def evaluate(eval_fn, params, rest, windows: np.ndarray, micro: int, par: Parallel, bytes_per_token: float | None) -> dict:
+    """Mean next-token loss over a fixed set of held-out windows, each scored once (``window_losses``); the standard
+    error is over windows (std / sqrt(n))."""
+    n, L1 = windows.shape
+    per_window = window_losses(eval_fn, params, rest, windows, micro, par)
     out = {
         "eval_loss": float(per_window.mean()),
         "eval_loss_stderr": float(per_window.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"),
@@ -57,4 +63,4 @@ def eval_micro_batch(cfg: RunConfig, par: Parallel) -> int:
     return max(par.batch_shards, micro - micro % par.batch_shards)
 
 
-__all__ = ["EVAL_CPU_FLOATS", "eval_micro_batch", "evaluate"]
+__all__ = ["EVAL_CPU_FLOATS", "eval_micro_batch", "evaluate", "window_losses"]
